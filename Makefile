@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make verify-all` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+PADDLE_EXTRA ?= cpu
+
+.PHONY: install test test-fast verify-all clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(PADDLE_EXTRA),dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+verify-all: install
+	$(VENV)/bin/parity verify-all --report-dir reports
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache *.egg-info

@@ -1,0 +1,218 @@
+"""Paddle CLIP: the module tree of `torch_clip.py`, in idiomatic Paddle.
+
+Layout differences (all handled by `parity.keymap`): transformer attention is `nn.MultiHeadAttention`
+(q/k/v/out_proj, batch-first), Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and
+no `num_batches_tracked`, `logit_scale` has shape [1]. Every other name equals the official one.
+Paddle cannot compute in float16 on the CPU: load float32 weights.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from ..variants import CLIPConfig
+
+
+class Bottleneck(nn.Layer):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2D(inplanes, planes, 1, bias_attr=False)
+        self.bn1 = nn.BatchNorm2D(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2D(planes, planes, 3, padding=1, bias_attr=False)
+        self.bn2 = nn.BatchNorm2D(planes)
+        self.relu2 = nn.ReLU()
+        self.avgpool = nn.AvgPool2D(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2D(planes, out, 1, bias_attr=False)
+        self.bn3 = nn.BatchNorm2D(out)
+        self.relu3 = nn.ReLU()
+        self.downsample = None
+        if stride > 1 or inplanes != out:
+            self.downsample = nn.Sequential(
+                ("-1", nn.AvgPool2D(stride)),
+                ("0", nn.Conv2D(inplanes, out, 1, bias_attr=False)),
+                ("1", nn.BatchNorm2D(out)),
+            )
+
+    def forward(self, x):
+        y = self.relu1(self.bn1(self.conv1(x)))
+        y = self.relu2(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(self.avgpool(y)))
+        y = y + (x if self.downsample is None else self.downsample(x))
+        return self.relu3(y)
+
+
+class AttentionPool2d(nn.Layer):
+    def __init__(self, grid: int, embed_dim: int, num_heads: int, output_dim: int):
+        super().__init__()
+        self.positional_embedding = self.create_parameter([grid * grid + 1, embed_dim])
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.num_heads = num_heads
+
+    def _heads(self, x):
+        n, length, width = x.shape
+        # [N, L, C] -> [N, L, heads, C/heads] -> [N, heads, L, C/heads]
+        return x.reshape([n, length, self.num_heads, width // self.num_heads]).transpose([0, 2, 1, 3])
+
+    def forward(self, x):
+        x = x.flatten(2).transpose([0, 2, 1])  # [N, C, H, W] -> [N, HW, C]
+        x = paddle.concat([x.mean(axis=1, keepdim=True), x], axis=1)  # [N, HW+1, C]: the mean token leads
+        x = x + self.positional_embedding.astype(x.dtype)
+        # only the mean token's output is used, so only its query is computed
+        q, k, v = self._heads(self.q_proj(x[:, :1])), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        head_dim = q.shape[-1]
+        weights = F.softmax(paddle.matmul(q * head_dim ** -0.5, k, transpose_y=True))  # [N, heads, 1, HW+1]
+        out = paddle.matmul(weights, v).transpose([0, 2, 1, 3]).flatten(2)  # [N, 1, C]
+        return self.c_proj(out)[:, 0]  # [N, output_dim]
+
+
+class ModifiedResNet(nn.Layer):
+    def __init__(self, layers, output_dim: int, heads: int, input_resolution: int, width: int):
+        super().__init__()
+        self.input_resolution = input_resolution
+        half = width // 2
+        self.conv1 = nn.Conv2D(3, half, 3, stride=2, padding=1, bias_attr=False)
+        self.bn1 = nn.BatchNorm2D(half)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2D(half, half, 3, padding=1, bias_attr=False)
+        self.bn2 = nn.BatchNorm2D(half)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2D(half, width, 3, padding=1, bias_attr=False)
+        self.bn3 = nn.BatchNorm2D(width)
+        self.relu3 = nn.ReLU()
+        self.avgpool = nn.AvgPool2D(2)
+        inplanes = width
+        for i, (blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2)), start=1):
+            planes = width * 2 ** (i - 1)
+            stage = [Bottleneck(inplanes, planes, stride)]
+            inplanes = planes * Bottleneck.expansion
+            stage += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
+            setattr(self, f"layer{i}", nn.Sequential(*stage))
+        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
+
+    def forward(self, x):
+        x = x.astype(self.conv1.weight.dtype)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.relu3(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+class QuickGELU(nn.Layer):
+    def forward(self, x):
+        return x * F.sigmoid(1.702 * x)
+
+
+class ResidualAttentionBlock(nn.Layer):
+    def __init__(self, d_model: int, n_head: int, attn_mask=None):
+        super().__init__()
+        self.attn = nn.MultiHeadAttention(d_model, n_head)
+        self.ln_1 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            ("c_fc", nn.Linear(d_model, d_model * 4)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(d_model * 4, d_model)),
+        )
+        self.ln_2 = nn.LayerNorm(d_model)
+        self.attn_mask = attn_mask  # additive float mask: Paddle's boolean masks mean "attend", torch's "block"
+
+    def forward(self, x):
+        h = self.ln_1(x)
+        mask = None if self.attn_mask is None else self.attn_mask.astype(h.dtype)
+        x = x + self.attn(h, h, h, attn_mask=mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Layer):
+    """Batch-first ([N, L, D]) stack: Paddle's MultiHeadAttention silently misreads sequence-first input."""
+
+    def __init__(self, width: int, layers: int, heads: int, attn_mask=None):
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
+
+    def forward(self, x):
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Layer):
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
+                 output_dim: int):
+        super().__init__()
+        self.input_resolution = input_resolution
+        grid = input_resolution // patch_size
+        self.conv1 = nn.Conv2D(3, width, patch_size, stride=patch_size, bias_attr=False)
+        self.class_embedding = self.create_parameter([width])
+        self.positional_embedding = self.create_parameter([grid * grid + 1, width])
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = self.create_parameter([width, output_dim])
+
+    def forward(self, x):
+        x = self.conv1(x)  # [N, width, grid, grid]
+        x = x.flatten(2).transpose([0, 2, 1])  # [N, grid**2, width]
+        cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])  # [N, 1, width]
+        x = paddle.concat([cls, x], axis=1)  # [N, grid**2 + 1, width]
+        x = self.ln_pre(x + self.positional_embedding.astype(x.dtype))
+        x = self.transformer(x)
+        return paddle.matmul(self.ln_post(x[:, 0, :]), self.proj)
+
+
+def causal_mask(length: int):
+    # additive mask: -inf above the diagonal, so token t attends to tokens <= t
+    return paddle.triu(paddle.full([length, length], float("-inf")), diagonal=1)
+
+
+class CLIP(nn.Layer):
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        c = self.config = config
+        if c.is_vit:
+            self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
+                                            c.vision_layers, c.vision_heads, c.embed_dim)
+        else:
+            self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.vision_heads, c.image_resolution,
+                                         c.vision_width)
+        self.context_length = c.context_length
+        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads,
+                                       causal_mask(c.context_length))
+        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
+        self.positional_embedding = self.create_parameter([c.context_length, c.transformer_width])
+        self.ln_final = nn.LayerNorm(c.transformer_width)
+        self.text_projection = self.create_parameter([c.transformer_width, c.embed_dim])
+        self.logit_scale = self.create_parameter([1])
+
+    @property
+    def dtype(self):
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image):
+        return self.visual(image.astype(self.dtype))
+
+    def encode_text(self, text):
+        x = self.token_embedding(text).astype(self.dtype)  # [N, L, D]
+        x = x + self.positional_embedding.astype(self.dtype)
+        x = self.ln_final(self.transformer(x))
+        # the end-of-text token has the highest id in each sequence: its output is the text feature
+        eot = text.argmax(axis=-1)  # [N]
+        x = paddle.take_along_axis(x, eot.reshape([-1, 1, 1]).expand([-1, 1, x.shape[-1]]), axis=1)[:, 0]
+        return paddle.matmul(x, self.text_projection)
+
+    def forward(self, image, text):
+        image_features = self.encode_image(image)
+        text_features = self.encode_text(text)
+        image_features = image_features / image_features.norm(axis=1, keepdim=True)
+        text_features = text_features / text_features.norm(axis=1, keepdim=True)
+        logits_per_image = self.logit_scale.exp() * paddle.matmul(image_features, text_features, transpose_y=True)
+        return logits_per_image, logits_per_image.t()
