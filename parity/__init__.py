@@ -1,0 +1,6 @@
+"""parity: matching PyTorch and PaddlePaddle CLIP, checkpoint conversion both ways, numerical proof."""
+__version__ = "0.1.0"
+
+from .variants import VARIANTS, CLIPConfig, get_config, infer_config  # noqa: E402
+
+__all__ = ["__version__", "VARIANTS", "CLIPConfig", "get_config", "infer_config"]

@@ -1,0 +1,60 @@
+"""Build parity's models from state dicts, strictly: names, shapes and dtypes are checked before loading.
+
+Paddle's `set_state_dict` is not strict (a missing key only warns, a mis-shaped one is skipped and the
+random init kept, a float16 tensor for a float32 parameter raises halfway through), so nothing reaches
+it before parity has checked the whole dict itself.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import numpy as np
+
+from .keymap import ARCHIVE_ENTRIES, StateDictError, as_numpy, check_keys, paddle_shapes, torch_shapes
+from .variants import CLIPConfig, infer_config
+
+
+def import_paddle():
+    """`import paddle` without its import-time chatter (a "No ccache found" warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import paddle
+    return paddle
+
+
+def torch_model(state_dict: Mapping, config: CLIPConfig | None = None, dtype: str = "float32"):
+    """parity's torch CLIP in eval mode, `state_dict` (official layout, any dtype mix) loaded strictly.
+
+    The official archives' int entries (`input_resolution`, ...) are accepted and dropped, as
+    openai/CLIP's `build_model` does.
+    """
+    import torch
+    from .models.torch_clip import CLIP
+
+    config = config or infer_config(state_dict)
+    check_keys(state_dict, torch_shapes(config), "torch state dict", optional=ARCHIVE_ENTRIES)
+    tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(as_numpy(v)))
+               for k, v in state_dict.items() if k not in ARCHIVE_ENTRIES}
+    model = CLIP(config)
+    model.load_state_dict(tensors, strict=True)  # copies into float32 parameters, casting half precision
+    return model.to(getattr(torch, dtype)).eval()
+
+
+def paddle_model(state_dict: Mapping, config: CLIPConfig | None = None):
+    """parity's Paddle CLIP in eval mode, `state_dict` (parity's Paddle layout, float32) loaded strictly."""
+    paddle = import_paddle()
+    from .models.paddle_clip import CLIP
+
+    config = config or infer_config(state_dict)
+    check_keys(state_dict, paddle_shapes(config), "paddle state dict")
+    arrays = {k: as_numpy(v) for k, v in state_dict.items()}
+    model = CLIP(config)
+    wanted = {k: str(v.dtype).replace("paddle.", "") for k, v in model.state_dict().items()}
+    wrong = sorted(f"{k} {a.dtype} (model holds {wanted[k]})" for k, a in arrays.items() if str(a.dtype) != wanted[k])
+    if wrong:
+        raise StateDictError("paddle state dict has tensors of the wrong dtype (Paddle computes float32 on "
+                             "the CPU; convert with dtype='float32'): " + ", ".join(wrong))
+    model.set_state_dict({k: paddle.to_tensor(np.ascontiguousarray(a)) for k, a in arrays.items()})
+    model.eval()
+    return model

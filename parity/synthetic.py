@@ -1,0 +1,154 @@
+"""Deterministic synthetic CLIP weights in the official release's dtype mix, cached on disk.
+
+No official checkpoint can be downloaded here, so every test and the verify-all run use these: every
+tensor drawn from a seeded generator at a trained-network-like scale, BatchNorm running statistics
+calibrated by one pass over random images (random statistics blow deep ResNets up to ~1e7), and the
+tensors the release stores in float16 (openai/CLIP `convert_weights`) cast to float16.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .keymap import torch_shapes
+from .variants import CLIPConfig, get_config
+
+GENERATOR_VERSION = 2  # bump when the recipe changes: it names the cache files
+CALIBRATION_BATCH = 2
+
+# the tensors that openai/CLIP's `convert_weights` halves: conv and linear weights/biases, the fused
+# attention projection, and the two output projections
+_RELEASE_FP16 = re.compile(
+    r".*(conv\d\.weight|downsample\.0\.weight|in_proj_weight|in_proj_bias|out_proj\.(weight|bias)"
+    r"|mlp\.c_(fc|proj)\.(weight|bias)|attnpool\.[qkvc]_proj\.(weight|bias))"
+    r"|text_projection|visual\.proj")
+
+
+def release_dtype(key: str) -> str:
+    """The dtype the official release stores `key` in."""
+    if key.endswith("num_batches_tracked"):
+        return "int64"
+    return "float16" if _RELEASE_FP16.fullmatch(key) else "float32"
+
+
+def _std(key: str, shape: tuple, config: CLIPConfig) -> float:
+    """Standard deviation of the normal draw for a weight-like tensor (fan-in scaling)."""
+    if key == "token_embedding.weight":
+        return 0.02
+    if key == "positional_embedding":
+        return 0.01
+    if key in ("text_projection", "visual.proj", "visual.class_embedding", "visual.positional_embedding",
+               "visual.attnpool.positional_embedding"):
+        return shape[-1 if "positional" in key or "class" in key else 0] ** -0.5
+    fan_in = math.prod(shape[1:])
+    std = fan_in ** -0.5
+    if key.endswith(("attn.out_proj.weight", "mlp.c_proj.weight")):
+        # residual-branch outputs shrink with depth (GPT-2 / openai init), keeping the stream of order one
+        layers = config.vision_layers if key.startswith("visual.") else config.transformer_layers
+        std *= (2 * layers) ** -0.5
+    return std
+
+
+def _draw(config: CLIPConfig, seed: int) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in sorted(torch_shapes(config).items()):  # sorted: independent of dict order
+        if key.endswith("num_batches_tracked"):
+            out[key] = torch.zeros((), dtype=torch.int64)
+            continue
+        if key == "logit_scale":
+            t = torch.tensor(math.log(100.0))
+        elif key.endswith("running_mean"):
+            t = torch.zeros(shape)
+        elif key.endswith("running_var"):
+            t = torch.ones(shape)
+        elif re.search(r"(ln_\w+|bn\d|downsample\.1)\.weight$", key):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)  # norm gains near one
+            if re.search(r"layer\d\.\d+\.bn3\.weight$", key):
+                # the residual branch's last norm shrinks with depth, as the transformers' output
+                # projections do (openai/CLIP zero-initialises it): the stream stays of order one, where
+                # gains of one grow it ~sqrt(blocks) and amplify float32 rounding 100x by RN50x16's layer4
+                t *= sum(config.vision_layers) ** -0.5
+        elif key.endswith("bias") or key.endswith("in_proj_bias"):
+            t = 0.02 * torch.randn(shape, generator=gen)
+        else:
+            t = _std(key, shape, config) * torch.randn(shape, generator=gen)
+        # round to the release dtype now, so calibration sees the weights that will be stored
+        out[key] = t.to(getattr(torch, release_dtype(key))).float()
+    return out
+
+
+def calibration_images(resolution: int, seed: int):
+    """Spatially smooth random images (bicubic-upsampled coarse noise plus fine grain), like photographs.
+
+    White noise would calibrate every 3x3 conv for uncorrelated neighbours; a real image (and the constant
+    canonical image) has correlated ones, and such statistics then grow activations ~3x per conv, to ~1e3.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(CALIBRATION_BATCH, 3, resolution // 32, resolution // 32, generator=gen)
+    fine = torch.randn(CALIBRATION_BATCH, 3, resolution, resolution, generator=gen)
+    return F.interpolate(coarse, size=(resolution, resolution), mode="bicubic", align_corners=False) + 0.1 * fine
+
+
+def _calibrate(config: CLIPConfig, state: dict, seed: int) -> None:
+    """Set BatchNorm running statistics to those of one batch of random images (ResNets only)."""
+    import torch
+    from .models.torch_clip import CLIP
+
+    model = CLIP(config)
+    model.load_state_dict(state, strict=True)
+    for m in model.visual.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+    model.visual.train()
+    images = calibration_images(config.image_resolution, seed + 1)
+    with torch.no_grad():
+        model.visual(images)
+    for key, value in model.state_dict().items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            state[key] = value.clone()
+
+
+def make_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
+    """A synthetic official-layout torch state dict for `variant`, in the release's dtype mix."""
+    import torch
+
+    config = get_config(variant) if isinstance(variant, str) else variant
+    state = _draw(config, seed)
+    if not config.is_vit:
+        _calibrate(config, state, seed)
+    return {k: v.to(getattr(torch, release_dtype(k))) for k, v in state.items()}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PARITY_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "synthetic"
+
+
+def cached_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
+    """`make_state_dict`, generated once and kept as safetensors under `cache_dir()`."""
+    from safetensors.torch import load_file, save_file
+
+    config = get_config(variant) if isinstance(variant, str) else variant
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", config.name or "custom")
+    path = cache_dir() / f"{slug}-seed{seed}-v{GENERATOR_VERSION}.safetensors"
+    if path.exists():
+        return load_file(path)
+    state = make_state_dict(config, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp)
+    os.replace(tmp, path)  # atomic: parallel or interrupted runs never see half a file
+    return state
+
+
+def numpy_state_dict(state: dict) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state.items()}
