@@ -7,11 +7,12 @@ Paddle cannot compute in float16 on the CPU: load float32 weights.
 """
 from __future__ import annotations
 
-import paddle
-import paddle.nn.functional as F
-from paddle import nn
-
+from ..loading import import_paddle
 from ..variants import CLIPConfig
+
+paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
+import paddle.nn.functional as F  # noqa: E402
+from paddle import nn  # noqa: E402
 
 
 class Bottleneck(nn.Layer):

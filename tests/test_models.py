@@ -1,0 +1,97 @@
+"""The acceptance of the two implementations: official == parity torch (1e-6), parity torch ~ parity Paddle."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from parity import keymap
+from parity.harness import OUTPUTS, bounds, compare, noise_floor, run_paddle, run_torch
+from parity.inputs import canonical_inputs
+from parity.loading import paddle_model, torch_model
+from parity.official import build_official
+from parity.synthetic import cached_state_dict
+from parity.variants import get_config
+from conftest import variant_params
+
+
+@pytest.mark.parametrize("variant,seed", variant_params(seeds=(0, 1)))
+def test_official_torch_and_paddle_agree(variant, seed, figures):
+    config = get_config(variant)
+    state = cached_state_dict(variant, seed)
+    image, text = canonical_inputs(config.image_resolution)
+
+    official = build_official(state)  # openai/CLIP's build_model, float32 compute
+    official_out = run_torch(official, image, text)
+    del official
+    gc.collect()
+
+    model = torch_model(state, config)
+    torch_out = run_torch(model, image, text)
+    for name in OUTPUTS:  # the same operations in the same order
+        np.testing.assert_allclose(torch_out[name], official_out[name], rtol=0, atol=1e-6, err_msg=name)
+    noise = noise_floor(model, image, text, torch_out)  # parity's torch model in float64
+    del model
+    gc.collect()
+
+    paddle_sd, _ = keymap.to_paddle(state, config)
+    pmodel = paddle_model(paddle_sd, config)
+    del paddle_sd
+    paddle_out = run_paddle(pmodel, image, text)
+    del pmodel
+    diffs, limits = compare(torch_out, paddle_out), bounds(noise)
+    figures.append(
+        f"{variant:15s} seed {seed}: logit {torch_out.logits.item():+.6f} |Δ| torch-paddle "
+        f"{diffs['logits'].max_abs:.2e} (bound {limits['logits'][0]:.1e}, {limits['logits'][1]}); fp32 noise "
+        f"{noise['logits_measured']:.2e} measured, {noise['logits_propagated']:.2e} propagated; max |Δ feature| "
+        f"{max(diffs['image_features'].max_abs, diffs['text_features'].max_abs):.2e}, cosines "
+        f"{diffs['image_features'].cosine:.8f}/{diffs['text_features'].cosine:.8f}")
+    for name in OUTPUTS:
+        assert diffs[name].max_abs <= limits[name][0], (name, diffs[name], limits[name], noise)
+    assert diffs["image_features"].cosine >= 0.99999 and diffs["text_features"].cosine >= 0.99999
+
+
+def test_float64_runs_and_rounds_back_exactly():
+    state = cached_state_dict("ViT-B/32", 0)
+    model = torch_model(state)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    image, text = canonical_inputs(224)
+    noise = noise_floor(model, image, text)
+    assert 0 < noise["logits_measured"] < 1e-4  # float64 really ran: not bit-equal to float32
+    assert all(torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in model.state_dict().items())
+    model64 = torch_model(state, dtype="float64")
+    assert run_torch(model64, image.astype(np.float64), text).logits.dtype == np.float64
+
+
+def test_paddle_holds_exactly_the_loaded_tensors():
+    state = cached_state_dict("RN50", 0)
+    paddle_sd, _ = keymap.to_paddle(state)
+    model = paddle_model(paddle_sd)
+    loaded = model.state_dict()
+    assert sorted(loaded) == sorted(paddle_sd)
+    for k, v in paddle_sd.items():
+        assert np.array_equal(loaded[k].numpy(), v), k
+
+
+def test_paddle_loader_checks_before_paddle_sees_anything():
+    state = cached_state_dict("RN50", 0)
+    paddle_sd, _ = keymap.to_paddle(state, dtype=None)  # float16 tensors left in
+    with pytest.raises(keymap.StateDictError, match=r"wrong dtype.*visual\.conv1\.weight float16"):
+        paddle_model(paddle_sd)
+    paddle_sd, _ = keymap.to_paddle(state)
+    paddle_sd["ln_final.weight"] = np.ones(7, np.float32)
+    with pytest.raises(keymap.StateDictError, match=r"mis-shaped: ln_final\.weight \[7\]"):
+        paddle_model(paddle_sd, get_config("RN50"))
+
+
+def test_a_wrong_tensor_is_caught():
+    # the comparison can fail: one perturbed norm gain deep in the vision tower exceeds every bound
+    state = cached_state_dict("ViT-B/32", 0)
+    image, text = canonical_inputs(224)
+    model = torch_model(state)
+    torch_out = run_torch(model, image, text)
+    limits = bounds(noise_floor(model, image, text, torch_out))
+    paddle_sd, _ = keymap.to_paddle(state)
+    paddle_sd["visual.transformer.resblocks.9.ln_2.weight"] = paddle_sd["visual.transformer.resblocks.9.ln_2.weight"] * 1.01
+    diffs = compare(torch_out, run_paddle(paddle_model(paddle_sd), image, text))
+    assert diffs["image_features"].max_abs > limits["image_features"][0]
