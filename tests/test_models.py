@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from parity import keymap
-from parity.harness import OUTPUTS, bounds, compare, noise_floor, run_paddle, run_torch
+from parity.harness import OUTPUTS, bounds, compare, noise_floor, run_paddle, run_torch, verify_state_dict
 from parity.inputs import canonical_inputs
 from parity.loading import paddle_model, torch_model
 from parity.official import build_official
@@ -30,25 +30,22 @@ def test_official_torch_and_paddle_agree(variant, seed, figures):
     torch_out = run_torch(model, image, text)
     for name in OUTPUTS:  # the same operations in the same order
         np.testing.assert_allclose(torch_out[name], official_out[name], rtol=0, atol=1e-6, err_msg=name)
-    noise = noise_floor(model, image, text, torch_out)  # parity's torch model in float64
     del model
     gc.collect()
 
-    paddle_sd, _ = keymap.to_paddle(state, config)
-    pmodel = paddle_model(paddle_sd, config)
-    del paddle_sd
-    paddle_out = run_paddle(pmodel, image, text)
-    del pmodel
-    diffs, limits = compare(torch_out, paddle_out), bounds(noise)
+    # parity's torch vs Paddle, through the key map, gated as `parity verify-all` gates
+    result = verify_state_dict(state, f"synthetic seed {seed}", config)
+    d, noise = result.differences, result.noise_floor
     figures.append(
-        f"{variant:15s} seed {seed}: logit {torch_out.logits.item():+.6f} |Δ| torch-paddle "
-        f"{diffs['logits'].max_abs:.2e} (bound {limits['logits'][0]:.1e}, {limits['logits'][1]}); fp32 noise "
-        f"{noise['logits_measured']:.2e} measured, {noise['logits_propagated']:.2e} propagated; max |Δ feature| "
-        f"{max(diffs['image_features'].max_abs, diffs['text_features'].max_abs):.2e}, cosines "
-        f"{diffs['image_features'].cosine:.8f}/{diffs['text_features'].cosine:.8f}")
+        f"{variant:15s} seed {seed}: logit {result.torch_logit:+.6f} |Δ| torch-paddle {result.logit_delta:.2e} "
+        f"(bound {result.logit_bound:.1e}, {result.bound_kind}); fp32 noise {noise['logits_measured']:.2e} "
+        f"measured, {noise['logits_propagated']:.2e} propagated; max |Δ feature| "
+        f"{max(d['image_features']['max_abs'], d['text_features']['max_abs']):.2e}, cosines "
+        f"{d['image_features']['cosine']:.8f}/{d['text_features']['cosine']:.8f}")
+    assert result.torch_logit == pytest.approx(official_out.logits.item(), abs=1e-6)
     for name in OUTPUTS:
-        assert diffs[name].max_abs <= limits[name][0], (name, diffs[name], limits[name], noise)
-    assert diffs["image_features"].cosine >= 0.99999 and diffs["text_features"].cosine >= 0.99999
+        assert d[name]["max_abs"] <= d[name]["bound"], (name, d[name], noise)
+    assert result.feature_cosine >= 0.99999 and result.passed
 
 
 def test_float64_runs_and_rounds_back_exactly():
