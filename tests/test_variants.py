@@ -74,3 +74,13 @@ def test_detect_layout():
         detect_layout(["fc.weight", "fc.bias"])
     with pytest.raises(ConfigError, match="mix both layouts"):
         detect_layout(["a.attn.in_proj_weight", "b.attn.q_proj.weight"])
+
+
+@pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
+def test_infer_config_on_real_state_dicts_of_both_layouts(name):
+    from parity.keymap import to_paddle
+    from parity.synthetic import cached_state_dict, numpy_state_dict
+
+    torch_sd = numpy_state_dict(cached_state_dict(name, 0))
+    assert infer_config(torch_sd) == get_config(name)
+    assert infer_config(to_paddle(torch_sd)[0]) == get_config(name)
