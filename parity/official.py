@@ -32,3 +32,11 @@ def build_official(state_dict: dict, float32: bool = True):
     """openai/CLIP's `build_model` on a copy of `state_dict` (torch tensors); float32 compute by default."""
     model = official_model_module().build_model(dict(state_dict))  # it deletes archive entries in place
     return model.float().eval() if float32 else model.eval()
+
+
+def official_clip(config):
+    """openai/CLIP's `CLIP` module for a `CLIPConfig` (randomly initialised, float32)."""
+    c = config
+    return official_model_module().CLIP(c.embed_dim, c.image_resolution, c.vision_layers, c.vision_width,
+                                        c.vision_patch_size, c.context_length, c.vocab_size,
+                                        c.transformer_width, c.transformer_heads, c.transformer_layers)

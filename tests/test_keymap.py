@@ -36,15 +36,12 @@ def test_rows_are_few_and_never_unrolled_per_layer():
 def test_expected_shapes_match_both_models(variant, seed):
     from parity.loading import import_paddle
     from parity.models import paddle_clip, torch_clip
-    from parity.official import official_model_module
+    from parity.official import official_clip
 
     import_paddle()
     config = get_config(variant)
     assert {k: tuple(v.shape) for k, v in torch_clip.CLIP(config).state_dict().items()} == torch_shapes(config)
-    official = official_model_module().CLIP(config.embed_dim, config.image_resolution, config.vision_layers,
-                                             config.vision_width, config.vision_patch_size, config.context_length,
-                                             config.vocab_size, config.transformer_width, config.transformer_heads,
-                                             config.transformer_layers)
+    official = official_clip(config)
     assert {k: tuple(v.shape) for k, v in official.state_dict().items()} == torch_shapes(config)
     del official
     assert {k: tuple(v.shape) for k, v in paddle_clip.CLIP(config).state_dict().items()} == paddle_shapes(config)

@@ -6,7 +6,7 @@ import torch
 
 from parity.inputs import canonical_inputs
 from parity.loading import torch_model
-from parity.official import official_model_module
+from parity.official import official_clip, official_model_module
 from parity.synthetic import cached_state_dict, make_state_dict, release_dtype
 from parity.variants import get_config
 
@@ -15,11 +15,8 @@ from parity.variants import get_config
 def test_dtype_mix_is_the_releases(variant):
     # the release's dtype of each tensor is what openai/CLIP's convert_weights leaves on the official model
     config = get_config(variant)
-    om = official_model_module()
-    model = om.CLIP(config.embed_dim, config.image_resolution, config.vision_layers, config.vision_width,
-                    config.vision_patch_size, config.context_length, config.vocab_size,
-                    config.transformer_width, config.transformer_heads, config.transformer_layers)
-    om.convert_weights(model)
+    model = official_clip(config)
+    official_model_module().convert_weights(model)
     official = {k: str(v.dtype).removeprefix("torch.") for k, v in model.state_dict().items()}
     state = cached_state_dict(variant, 0)
     assert {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()} == official
