@@ -14,12 +14,13 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from .errors import ParityError
 from .variants import CLIPConfig, infer_config, match_variant
 
 ARCHIVE_ENTRIES = ("input_resolution", "context_length", "vocab_size")
 
 
-class StateDictError(ValueError):
+class StateDictError(ParityError):
     """A state dict that does not fit the expected layout; the message names every offending key."""
 
 
@@ -190,6 +191,12 @@ def paddle_shapes(config: CLIPConfig) -> dict[str, tuple]:
     return out
 
 
+def _listing(keys: list[str], limit: int = 12) -> str:
+    # one line even for a foreign model's hundreds of keys
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
 def check_keys(state_dict: Mapping, expected: Mapping[str, tuple], what: str = "state dict",
                optional: Iterable[str] = ()) -> None:
     """Raise StateDictError naming every missing, unexpected and mis-shaped key (sorted)."""
@@ -198,7 +205,7 @@ def check_keys(state_dict: Mapping, expected: Mapping[str, tuple], what: str = "
     unexpected = sorted(set(state_dict) - set(expected) - optional)
     misshaped = sorted(f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
                        for k in set(state_dict) & set(expected) if tuple(state_dict[k].shape) != tuple(expected[k]))
-    problems = [f"{label}: {', '.join(keys)}" for label, keys in
+    problems = [f"{label}: {_listing(keys)}" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
     if problems:
         raise StateDictError(f"{what} does not fit the layout: " + "; ".join(problems))

@@ -13,6 +13,7 @@ import numpy as np
 
 from .keymap import ARCHIVE_ENTRIES, StateDictError, as_numpy, check_keys, paddle_shapes, torch_shapes
 from .variants import CLIPConfig, infer_config
+from .writers import contiguous
 
 
 def import_paddle():
@@ -34,7 +35,7 @@ def torch_model(state_dict: Mapping, config: CLIPConfig | None = None, dtype: st
 
     config = config or infer_config(state_dict)
     check_keys(state_dict, torch_shapes(config), "torch state dict", optional=ARCHIVE_ENTRIES)
-    tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(as_numpy(v)))
+    tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(contiguous(as_numpy(v)))
                for k, v in state_dict.items() if k not in ARCHIVE_ENTRIES}
     model = CLIP(config)
     model.load_state_dict(tensors, strict=True)  # copies into float32 parameters, casting half precision
@@ -55,6 +56,6 @@ def paddle_model(state_dict: Mapping, config: CLIPConfig | None = None):
     if wrong:
         raise StateDictError("paddle state dict has tensors of the wrong dtype (Paddle computes float32 on "
                              "the CPU; convert with dtype='float32'): " + ", ".join(wrong))
-    model.set_state_dict({k: paddle.to_tensor(np.ascontiguousarray(a)) for k, a in arrays.items()})
+    model.set_state_dict({k: paddle.to_tensor(contiguous(a)) for k, a in arrays.items()})
     model.eval()
     return model

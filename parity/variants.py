@@ -5,8 +5,10 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Mapping, Sequence
 
+from .errors import ParityError
 
-class ConfigError(ValueError):
+
+class ConfigError(ParityError):
     """A state dict or a name that does not describe a known CLIP layout."""
 
 

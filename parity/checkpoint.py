@@ -1,0 +1,402 @@
+"""Checkpoints in and out: `load` any supported file, `save` it in any format, `convert` with every guard.
+
+Every route goes through one canonical form, the source's own official-layout (torch) state dict with
+its dtypes: a torch-layout file is that already, a Paddle-layout one becomes it through the key map and
+its extras record. Each target is made from it, so every pair of formats round-trips bit for bit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from . import __version__
+from .errors import CheckpointError, ParityError
+from .keymap import (ARCHIVE_ENTRIES, Extras, StateDictError, check_keys, paddle_shapes, to_paddle, to_torch,
+                     torch_row, torch_shapes)
+from .readers import FORMAT_NAMES, RawCheckpoint, read
+from .variants import VARIANTS, CLIPConfig, ConfigError, detect_layout, get_config, infer_config
+from .writers import EXTRAS_KEY, atomic_write, write_pdparams, write_safetensors, write_torch
+
+TARGETS = {"paddle": ".pdparams", "torch": ".pt", "safetensors": ".safetensors"}
+DTYPES = ("keep", "float32", "float16")
+PADDLE_NAME_TABLE = "StructuredToParameterName@@"  # paddle.save's own entry: structured name -> variable name
+WRAPPERS = ("state_dict", "model")  # {'state_dict': ...} (Chinese-CLIP, PASSL), {'model': ...}
+PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, wrapper modules, torch.compile
+META_PREFIX = "parity."  # safetensors metadata keys
+
+
+@dataclass
+class Checkpoint:
+    """A CLIP checkpoint in memory: numpy tensors in one layout, and what is known of where they came from.
+
+    `layout` is "torch" (openai/CLIP's names and shapes) or "paddle" (parity's Paddle model's).
+    `extras` is parity's record (torch-only tensors, source dtypes) when the file carried one.
+    """
+
+    state_dict: dict[str, np.ndarray]
+    layout: str
+    config: CLIPConfig
+    format: str | None = None
+    path: Path | None = None
+    sha256: str | None = None
+    extras: Extras | None = None
+    provenance: dict = field(default_factory=dict)  # source file, its SHA-256, parity version of the writer
+    unwrapped: list[str] = field(default_factory=list)  # wrappers and prefixes stripped on reading
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def variant(self) -> str | None:
+        return self.config.name
+
+    @property
+    def official(self) -> bool:
+        """The file is a registered official release (its SHA-256 is in the registry)."""
+        return self.sha256 is not None and self.sha256 == self.config.sha256
+
+    def torch_state(self) -> dict[str, np.ndarray]:
+        """The official-layout state dict, with the source's own dtypes and torch-only tensors."""
+        if self.layout == "torch":
+            return dict(self.state_dict)
+        state, notes = to_torch(self.state_dict, self.extras, self.config)
+        self.notes.extend(n for n in notes if n not in self.notes)
+        return state
+
+    def in_layout(self, layout: str, dtype: str | None = "float32") -> "Checkpoint":
+        """This checkpoint in `layout`; to Paddle, floats are cast to `dtype` (None keeps them)."""
+        if layout == self.layout:
+            return self
+        if layout == "torch":
+            return _replace(self, self.torch_state(), "torch", None)
+        state, extras = to_paddle(self.torch_state(), self.config, dtype=dtype)
+        return _replace(self, state, "paddle", extras)
+
+
+def _replace(ck: Checkpoint, state: dict, layout: str, extras: Extras | None) -> Checkpoint:
+    return Checkpoint(state, layout, ck.config, ck.format, ck.path, ck.sha256, extras, dict(ck.provenance),
+                      list(ck.unwrapped), list(ck.notes))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- reading
+def _is_tensor(value) -> bool:
+    return isinstance(value, (np.ndarray, np.generic))
+
+
+def _unwrap(content, path: Path) -> tuple[dict, list[str]]:
+    unwrapped: list[str] = []
+    while isinstance(content, Mapping) and not all(_is_tensor(v) or k in (EXTRAS_KEY, PADDLE_NAME_TABLE)
+                                                   for k, v in content.items()):
+        wrapper = next((w for w in WRAPPERS if isinstance(content.get(w), Mapping)), None)
+        if wrapper is None:
+            break
+        beside = sorted(str(k) for k in content if k != wrapper)
+        unwrapped.append(f"wrapper {wrapper!r}" + (f" (not read beside it: {', '.join(beside)})" if beside else ""))
+        content = content[wrapper]
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state dict")
+    return dict(content), unwrapped
+
+
+def _tensors(content: dict, path: Path, notes: list[str]) -> tuple[dict[str, np.ndarray], dict | None]:
+    tensors, record = {}, None
+    for key, value in content.items():
+        if key == PADDLE_NAME_TABLE:  # Paddle's own bookkeeping, no tensor: dropped on purpose
+            notes.append(f"dropped Paddle's {PADDLE_NAME_TABLE} name table")
+        elif key == EXTRAS_KEY:
+            record = _parse_record(value, path)
+        elif not isinstance(key, str):
+            raise CheckpointError(f"{path}: key {key!r} is not a string")
+        elif not _is_tensor(value):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; parity "
+                                  f"unwraps {' and '.join(map(repr, WRAPPERS))} only: extract the state dict first")
+        else:
+            tensors[key] = np.asarray(value)
+    return tensors, record
+
+
+def _parse_record(value, path: Path) -> dict:
+    try:
+        record = json.loads(value)
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
+        return record
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: parity's {EXTRAS_KEY} entry is not a JSON object ({e})") from None
+
+
+def _strip_prefixes(tensors: dict, unwrapped: list[str]) -> dict:
+    stripped = True
+    while stripped and tensors:
+        stripped = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+                unwrapped.append(f"prefix {prefix!r}")
+                stripped = True
+    return tensors
+
+
+def _extras(record: dict | None, config: CLIPConfig, path: Path) -> Extras | None:
+    if record is None:
+        return None
+    try:
+        extras = Extras.from_dict(record)
+        for key, dtype in extras.dtypes.items():
+            np.dtype(dtype)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: parity's extras record is malformed ({e})") from None
+    expected = torch_shapes(config, archive_entries=True)
+    wrong = sorted(k for k in list(extras.buffers) + list(extras.dtypes)
+                   if k not in expected or (k in extras.buffers and torch_row(k)[0].paddle is not None))
+    if wrong:
+        raise CheckpointError(f"{path}: parity's extras record names keys this {config.name or 'CLIP'} "
+                              f"does not have: {', '.join(wrong[:8])}")
+    return extras
+
+
+def from_raw(raw: RawCheckpoint, path: Path, variant: str | None = None) -> Checkpoint:
+    """A Checkpoint from what a reader returned: unwrapped, validated, its variant inferred."""
+    content, unwrapped = _unwrap(raw.content, path)
+    notes = list(raw.notes)
+    tensors, record = _tensors(content, path, notes)
+    tensors = _strip_prefixes(tensors, unwrapped)
+    if raw.metadata.get(META_PREFIX + "extras"):
+        record = _parse_record(raw.metadata[META_PREFIX + "extras"], path)
+    if any(re.search(r"(^|\.)blocks\.\d+\.attn\.qkv\.weight$", k) for k in tensors):
+        raise CheckpointError(f"{path}: this is PASSL's CLIP layout (fused 'qkv', 'blocks.{{i}}'), which parity "
+                              "does not read yet (a planned reader); use a checkpoint in openai/CLIP's layout")
+    try:
+        layout = detect_layout(tensors)
+        config = infer_config(tensors)
+    except ConfigError as e:
+        sample = ", ".join(list(tensors)[:3])
+        raise CheckpointError(f"{path}: not a CLIP checkpoint in a layout parity reads ({e}; {len(tensors)} "
+                              f"tensors, e.g. {sample}); parity reads openai/CLIP's layout and its own "
+                              "Paddle layout") from None
+    try:
+        if layout == "torch":
+            check_keys(tensors, torch_shapes(config), "torch state dict", optional=ARCHIVE_ENTRIES)
+        else:
+            check_keys(tensors, paddle_shapes(config), "paddle state dict")
+    except StateDictError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if variant is not None:
+        wanted = get_config(variant)
+        if wanted.architecture() != config.architecture():
+            raise CheckpointError(f"{path}: tensor shapes are those of {config.name or 'an unregistered CLIP'}, "
+                                  f"not {wanted.name} as --variant says")
+    extras = _extras(record, config, path)
+    provenance = {k: v for k, v in (record or {}).items() if k not in ("buffers", "dtypes")}
+    provenance.update({k[len(META_PREFIX):]: v for k, v in raw.metadata.items()
+                       if k.startswith(META_PREFIX) and k != META_PREFIX + "extras"})
+    return Checkpoint(tensors, layout, config, raw.format, path, None, extras, provenance, unwrapped, notes)
+
+
+def load(path, layout: str | None = None, variant: str | None = None) -> Checkpoint:
+    """Read a checkpoint of any supported format, without running code from it.
+
+    `layout` "torch" or "paddle" converts to that layout (None: as stored); `variant` checks the
+    inferred variant. Raises CheckpointError (a ParityError) with a one-line message on bad input.
+
+    >>> ck = parity.load("RN50.pt", layout="torch")      # doctest: +SKIP
+    >>> ck.config.name, len(ck.state_dict)
+    ('RN50', 495)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    if variant is not None:
+        get_config(variant)  # an unknown name fails before the file is read
+    ck = from_raw(read(path), path, variant)
+    ck.sha256 = sha256_of(path)
+    return ck.in_layout(layout) if layout else ck
+
+
+# ---------------------------------------------------------------- writing
+@dataclass
+class Saved:
+    path: Path
+    tensors: dict[str, np.ndarray]  # exactly what was written (and checked after reloading)
+    layout: str
+    bytes: int
+
+
+def _cast(state: dict, dtype: str | None) -> dict:
+    if dtype in (None, "keep"):
+        return state
+    return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in state.items()}
+
+
+def _record(ck: Checkpoint, extras: Extras) -> dict:
+    return {"parity_version": __version__, "variant": ck.variant,
+            "source": {"file": ck.path.name if ck.path else None, "sha256": ck.sha256, "format": ck.format},
+            **extras.to_dict()}
+
+
+def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[dict, dict | None]:
+    if layout == "torch":
+        return _cast(ck.torch_state(), dtype), None
+    state, extras = to_paddle(ck.torch_state(), ck.config, dtype=None if dtype == "keep" else dtype or "float32")
+    return state, _record(ck, extras)
+
+
+def _check_written(path: Path, to: str, tensors: dict, record: dict | None) -> None:
+    """Reload the file just written and compare every tensor, byte for byte, with what was meant."""
+    raw = read(path)
+    got, _ = _tensors(_unwrap(raw.content, path)[0], path, [])
+    if to == "safetensors" and record is not None:
+        got_record = _parse_record(raw.metadata.get(META_PREFIX + "extras"), path)
+    else:
+        got_record = _parse_record(raw.content.get(EXTRAS_KEY), path) if record is not None else None
+    bad = sorted(set(got) ^ set(tensors)) + sorted(
+        k for k in set(got) & set(tensors)
+        if got[k].dtype != tensors[k].dtype or got[k].shape != tensors[k].shape
+        or got[k].tobytes() != tensors[k].tobytes())
+    if bad or got_record != record:
+        raise CheckpointError(f"{path}: the written file does not read back as written "
+                              f"({', '.join(bad[:5]) or 'extras record'}); nothing was kept")
+
+
+def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = None, dtype: str | None = None,
+         force: bool = False) -> Saved:
+    """Write `ck` as `to` ("paddle", "torch" or "safetensors"; default from the suffix), atomically.
+
+    Layouts: paddle -> parity's Paddle layout with the extras record; torch -> openai/CLIP's state dict;
+    safetensors -> `layout` "torch" (default) or "paddle". dtype: None gives each target what its
+    framework loads as is (float32 in the Paddle layout, the source dtypes in the torch layout); "keep",
+    "float32" or "float16" override. The file is reloaded and compared tensor by tensor before it is
+    renamed into place.
+    """
+    path = Path(path)
+    to = to or next((t for t, s in TARGETS.items() if path.suffix == s), None)
+    if to not in TARGETS:
+        raise CheckpointError(f"{path}: unknown target format; use one of {', '.join(TARGETS)}")
+    if dtype not in (None, *DTYPES):
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    layout = layout or ("paddle" if to == "paddle" else "torch")
+    if (to, layout) in (("paddle", "torch"), ("torch", "paddle")) or layout not in ("torch", "paddle"):
+        raise CheckpointError(f"a {to} file is written in the {to} layout; --layout applies to safetensors only")
+    tensors, record = _target(ck, to, layout, dtype)
+    text = json.dumps(record, sort_keys=True) if record is not None else None
+
+    def write(tmp: Path):
+        if to == "paddle":
+            write_pdparams(tmp, tensors, text)
+        elif to == "torch":
+            write_torch(tmp, tensors)
+        else:
+            meta = {"format": "pt" if layout == "torch" else "paddle", META_PREFIX + "layout": layout,
+                    META_PREFIX + "version": __version__, META_PREFIX + "variant": str(ck.variant),
+                    META_PREFIX + "source_file": ck.path.name if ck.path else "",
+                    META_PREFIX + "source_sha256": ck.sha256 or ""}
+            if text is not None:
+                meta[META_PREFIX + "extras"] = text
+            write_safetensors(tmp, tensors, meta)
+
+    atomic_write(path, write, lambda tmp: _check_written(tmp, to, tensors, json.loads(text) if text else None),
+                 force=force)
+    return Saved(path, tensors, layout, path.stat().st_size)
+
+
+# ---------------------------------------------------------------- convert
+@dataclass
+class Converted:
+    source: Checkpoint
+    saved: Saved
+    seconds: float
+    warnings: list[str]
+
+    def summary(self) -> str:
+        """One line: variant, tensors, bytes, dtype mix, seconds, output path (and what was unwrapped)."""
+        mix = Counter(str(v.dtype) for v in self.saved.tensors.values())
+        dtypes = " ".join(f"{d}×{n}" for d, n in sorted(mix.items()))
+        line = (f"{self.source.variant or 'custom CLIP'}: {len(self.saved.tensors)} tensors, "
+                f"{_size(self.saved.bytes)}, {dtypes}, {self.seconds:.1f} s -> {self.saved.path}")
+        if self.source.unwrapped:
+            line += f" (stripped {', '.join(self.source.unwrapped)})"
+        return line
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"
+
+
+def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
+    """Keys of floating tensors holding NaN or Inf."""
+    return sorted(k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
+
+
+def default_output(src: Path, to: str, layout: str | None = None) -> Path:
+    return src.with_suffix(TARGETS[to])
+
+
+def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | None = None,
+            layout: str | None = None, force: bool = False, strict: bool = False,
+            stage: Callable[[str], None] | None = None) -> Converted:
+    """Convert a checkpoint file to another format; the library behind `parity convert`.
+
+    Refuses to write over its input (`force` or not) and over an existing output (without `force`);
+    NaN/Inf in a tensor is a warning, or an error with `strict`. `stage` is told each step as it starts.
+    """
+    start, stage = time.perf_counter(), stage or (lambda _: None)
+    src = Path(src)
+    if to not in TARGETS:
+        raise CheckpointError(f"unknown target {to!r}; use one of {', '.join(TARGETS)}")
+    if variant is not None:
+        get_config(variant)
+    out = Path(out) if out is not None else default_output(src, to)
+    if out.exists() and src.exists() and (out.resolve() == src.resolve() or out.samefile(src)):
+        raise CheckpointError(f"{out}: is the input file; parity never writes over its input, --force or "
+                              "not; choose another output with -o")
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} already exists; pass --force to replace it, or -o to write elsewhere")
+    stage(f"reading {src.name}")
+    ck = load(src, variant=variant)
+    warnings = []
+    bad = nonfinite(ck.state_dict)
+    if bad:
+        message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
+        if strict:
+            raise CheckpointError(message + "; refused under --strict")
+        warnings.append(message)
+    stage(f"writing and checking {out.name}")
+    saved = save(ck, out, to, layout=layout, dtype=dtype, force=force)
+    return Converted(ck, saved, time.perf_counter() - start, warnings)
+
+
+# ---------------------------------------------------------------- info
+def describe(path) -> dict:
+    """What `parity info` prints: format, layout, variant, tensors, dtype mix, bytes, SHA-256, official, extras."""
+    ck = load(path)
+    mix = Counter(str(v.dtype) for v in ck.state_dict.values())
+    official = [c.name for c in VARIANTS.values() if c.sha256 == ck.sha256]
+    return {
+        "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,
+        "variant": ck.variant or "unregistered CLIP shape",
+        "tensors": len(ck.state_dict), "parameters": sum(math.prod(v.shape) for v in ck.state_dict.values()),
+        "dtypes": dict(sorted(mix.items())), "bytes": ck.path.stat().st_size, "sha256": ck.sha256,
+        "official": f"yes, the {official[0]} release file" if official else "no (SHA-256 not in the registry)",
+        "extras": (f"parity record: {len(ck.extras.buffers)} torch-only tensors, {len(ck.extras.dtypes)} source "
+                   f"dtypes" + (f", from {ck.provenance['source'].get('file')}" if isinstance(
+                       ck.provenance.get("source"), dict) else "")) if ck.extras else "none",
+        "unwrapped": ", ".join(ck.unwrapped) or "nothing",
+        "notes": ck.notes,
+    }
