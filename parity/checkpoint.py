@@ -24,7 +24,7 @@ from .keymap import (ARCHIVE_ENTRIES, Extras, StateDictError, check_keys, paddle
                      torch_row, torch_shapes)
 from .readers import FORMAT_NAMES, RawCheckpoint, read
 from .variants import VARIANTS, CLIPConfig, ConfigError, detect_layout, get_config, infer_config
-from .writers import EXTRAS_KEY, atomic_write, write_pdparams, write_safetensors, write_torch
+from .writers import EXTRAS_KEY, atomic_write, contiguous, write_pdparams, write_safetensors, write_torch
 
 TARGETS = {"paddle": ".pdparams", "torch": ".pt", "safetensors": ".safetensors"}
 DTYPES = ("keep", "float32", "float16")
@@ -94,8 +94,17 @@ def sha256_of(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- reading
+def _as_array(value) -> np.ndarray | None:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return np.asarray(value)
+    # paddle.save stores a tensor inside a nested container as (variable name, array)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray):
+        return value[1]
+    return None
+
+
 def _is_tensor(value) -> bool:
-    return isinstance(value, (np.ndarray, np.generic))
+    return _as_array(value) is not None
 
 
 def _unwrap(content, path: Path) -> tuple[dict, list[str]]:
@@ -126,7 +135,7 @@ def _tensors(content: dict, path: Path, notes: list[str]) -> tuple[dict[str, np.
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; parity "
                                   f"unwraps {' and '.join(map(repr, WRAPPERS))} only: extract the state dict first")
         else:
-            tensors[key] = np.asarray(value)
+            tensors[key] = _as_array(value)
     return tensors, record
 
 
@@ -258,6 +267,25 @@ def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[di
     return state, _record(ck, extras)
 
 
+def _words(a: np.ndarray) -> np.ndarray:
+    # a contiguous array's bytes as the widest unsigned words that tile it: fewest comparisons
+    flat = a.reshape(-1).view(np.uint8)
+    width = next(w for w in (8, 4, 2, 1) if flat.size % w == 0)
+    return flat.view(f"u{width}")
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same dtype, shape and bytes (NaN payloads included), without copying either array."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.flags.c_contiguous and b.flags.c_contiguous:
+        return bool(np.array_equal(_words(a), _words(b)))
+    if a.dtype.kind != "f":
+        return bool(np.array_equal(a, b))
+    bits = np.dtype(f"u{a.dtype.itemsize}")  # a same-size view works on any strides
+    return bool(np.array_equal(a.view(bits), b.view(bits)))
+
+
 def _check_written(path: Path, to: str, tensors: dict, record: dict | None) -> None:
     """Reload the file just written and compare every tensor, byte for byte, with what was meant."""
     raw = read(path)
@@ -266,10 +294,8 @@ def _check_written(path: Path, to: str, tensors: dict, record: dict | None) -> N
         got_record = _parse_record(raw.metadata.get(META_PREFIX + "extras"), path)
     else:
         got_record = _parse_record(raw.content.get(EXTRAS_KEY), path) if record is not None else None
-    bad = sorted(set(got) ^ set(tensors)) + sorted(
-        k for k in set(got) & set(tensors)
-        if got[k].dtype != tensors[k].dtype or got[k].shape != tensors[k].shape
-        or got[k].tobytes() != tensors[k].tobytes())
+    bad = sorted(set(got) ^ set(tensors)) + sorted(k for k in set(got) & set(tensors)
+                                                   if not same_bits(got[k], tensors[k]))
     if bad or got_record != record:
         raise CheckpointError(f"{path}: the written file does not read back as written "
                               f"({', '.join(bad[:5]) or 'extras record'}); nothing was kept")
@@ -295,6 +321,7 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if (to, layout) in (("paddle", "torch"), ("torch", "paddle")) or layout not in ("torch", "paddle"):
         raise CheckpointError(f"a {to} file is written in the {to} layout; --layout applies to safetensors only")
     tensors, record = _target(ck, to, layout, dtype)
+    tensors = {k: contiguous(v) for k, v in tensors.items()}  # once, as written: the check compares these
     text = json.dumps(record, sort_keys=True) if record is not None else None
 
     def write(tmp: Path):
@@ -362,8 +389,10 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
         raise CheckpointError(f"unknown target {to!r}; use one of {', '.join(TARGETS)}")
     if variant is not None:
         get_config(variant)
+    if not src.is_file():
+        raise CheckpointError(f"{src}: {'not a file' if src.exists() else 'no such file'}")
     out = Path(out) if out is not None else default_output(src, to)
-    if out.exists() and src.exists() and (out.resolve() == src.resolve() or out.samefile(src)):
+    if out.exists() and (out.resolve() == src.resolve() or out.samefile(src)):
         raise CheckpointError(f"{out}: is the input file; parity never writes over its input, --force or "
                               "not; choose another output with -o")
     if out.exists() and not force:

@@ -122,12 +122,27 @@ def _np_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype)[0]
 
 
+def _np_frombuffer(buffer, dtype, shape, order="C"):  # numpy's protocol-5 form of an array
+    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
+            or dtype.hasobject or order not in ("C", "F"):
+        raise UnsafeCheckpointError("refused a numpy buffer that is not plain bytes of a plain dtype")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
+def _tuple(items=()):  # paddle.save writes a tensor inside nested containers as tuple((name, array))
+    if not isinstance(items, (tuple, list)):
+        raise UnsafeCheckpointError("refused builtins.tuple of anything but a tuple or list")
+    return tuple(items)
+
+
 class _NumpyUnpickler(_Restricted):
     allowed = {("collections", "OrderedDict"): OrderedDict, ("_codecs", "encode"): _latin1,
+               ("builtins", "tuple"): _tuple,
                ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _np_dtype,
                **{(f"numpy.{core}.multiarray", name): f
                   for core in ("core", "_core")  # numpy 1 and numpy 2 spell the module differently
-                  for name, f in (("_reconstruct", _np_reconstruct), ("scalar", _np_scalar))}}
+                  for name, f in (("_reconstruct", _np_reconstruct), ("scalar", _np_scalar))},
+               **{(f"numpy.{core}.numeric", "_frombuffer"): _np_frombuffer for core in ("core", "_core")}}
 
 
 def _check_plain(obj, depth=0):

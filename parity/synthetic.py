@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,8 +139,7 @@ def cached_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
     from safetensors.torch import load_file, save_file
 
     config = get_config(variant) if isinstance(variant, str) else variant
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", config.name or "custom")
-    path = cache_dir() / f"{slug}-seed{seed}-v{GENERATOR_VERSION}.safetensors"
+    path = cache_dir() / f"{_slug(config)}-seed{seed}-v{GENERATOR_VERSION}.safetensors"
     if path.exists():
         return load_file(path)
     state = make_state_dict(config, seed)
@@ -152,3 +152,42 @@ def cached_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
 
 def numpy_state_dict(state: dict) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in state.items()}
+
+
+def _slug(config: CLIPConfig) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", config.name or "custom")
+
+
+def release_archive(variant: str | CLIPConfig, seed: int = 0) -> Path:
+    """A TorchScript archive in the official release's format, holding `cached_state_dict(variant, seed)`.
+
+    Made as the release was: openai/CLIP's model traced, with the three int64 buffers the release
+    carries (`input_resolution`, `context_length`, `vocab_size`), and the release's float16 set cast
+    after tracing (tracing in float32 and casting is minutes faster than tracing in float16 on a CPU).
+    Cached beside the safetensors file.
+    """
+    import torch
+    from .official import build_official
+
+    config = get_config(variant) if isinstance(variant, str) else variant
+    path = cache_dir() / f"{_slug(config)}-seed{seed}-v{GENERATOR_VERSION}.pt"
+    if path.exists():
+        return path
+    model = build_official(cached_state_dict(config, seed), float32=True)
+    entries = {"input_resolution": config.image_resolution, "context_length": config.context_length,
+               "vocab_size": config.vocab_size}
+    for name, value in entries.items():
+        model.__dict__.pop(name, None)  # openai/CLIP keeps two of them as plain ints now
+        model.register_buffer(name, torch.tensor(value, dtype=torch.int64))
+    image = torch.zeros(1, 3, config.image_resolution, config.image_resolution)
+    text = torch.ones(1, config.context_length, dtype=torch.int64)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape checks in nn.MultiheadAttention
+        traced = torch.jit.trace(model, (image, text), check_trace=False)
+        for key, param in traced.named_parameters():
+            if release_dtype(key) == "float16":
+                param.data = param.data.half()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    traced.save(str(tmp))
+    os.replace(tmp, path)
+    return path

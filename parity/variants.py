@@ -158,7 +158,7 @@ def infer_config(state_dict: Mapping) -> CLIPConfig:
         grid = _grid(_shape(state_dict, "visual.attnpool.positional_embedding")[0],
                      "visual.attnpool.positional_embedding")
         resolution = grid * 32  # the ResNet downsamples by 32
-    text_width = _shape(state_dict, "ln_final.weight")[0]
+    text_width = _shape(state_dict, "token_embedding.weight")[1]  # [vocab, width]
     config = CLIPConfig(
         embed_dim=_shape(state_dict, "text_projection")[1],
         image_resolution=resolution,

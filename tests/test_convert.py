@@ -1,0 +1,224 @@
+"""`parity convert` on checkpoints in every format, made the way their own tools make them.
+
+The official release format is a TorchScript archive of the traced openai/CLIP model (fp16 set cast
+after tracing, three int64 buffers); the others come from `torch.save`, `paddle.save` and safetensors
+directly, wrapped the way fine-tuning code wraps them. Nothing here goes through parity's writers to
+make a source.
+"""
+import gc
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import parity
+from parity import keymap
+from parity.checkpoint import convert
+from parity.harness import run_paddle, run_torch
+from parity.inputs import canonical_inputs
+from parity.loading import import_paddle, paddle_model
+from parity.official import build_official
+from parity.synthetic import cached_state_dict, release_archive
+from parity.variants import get_config
+from conftest import ALL, FAST
+
+TARGETS = (("paddle", None), ("torch", None), ("safetensors", "torch"), ("safetensors", "paddle"))
+NATIVE = ("state_dict.pt", "wrapped.pt", "paddle.pdparams", "wrapped.pdparams", "torch.safetensors",
+          "paddle.safetensors")
+
+
+def _suffix(to, layout):
+    return {"paddle": ".pdparams", "torch": ".pt"}.get(to, f".{layout}.safetensors")
+
+
+def _reference(archive):
+    """The archive's state dict as torch itself reads it (torch.jit.load), as numpy."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        return {k: v.numpy() for k, v in torch.jit.load(str(archive)).state_dict().items()}
+
+
+def _make_native(folder, variant):
+    """Every non-TorchScript source format, written by torch / paddle / safetensors themselves."""
+    from safetensors.numpy import save_file as save_numpy
+    from safetensors.torch import save_file as save_torch
+
+    paddle = import_paddle()
+    state = cached_state_dict(variant)
+    torch.save(state, folder / "state_dict.pt")
+    # Chinese-CLIP saves {'epoch', 'step', 'name', 'state_dict': DDP model's state dict, 'optimizer'}
+    torch.save({"epoch": 3, "step": 1200, "name": "finetune", "state_dict": {f"module.{k}": v for k, v in state.items()}},
+               folder / "wrapped.pt")
+    save_torch({k: v.contiguous() for k, v in state.items()}, folder / "torch.safetensors")
+    psd, _ = keymap.to_paddle({k: v.numpy() for k, v in state.items()})
+    model = paddle_model(psd)
+    paddle.save(model.state_dict(), str(folder / "paddle.pdparams"))  # with Paddle's own name table
+    paddle.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 9},
+                str(folder / "wrapped.pdparams"))
+    save_numpy({k: np.ascontiguousarray(v) for k, v in psd.items()}, folder / "paddle.safetensors")
+    del model, psd, state
+    gc.collect()
+
+
+def _assert_bit_identical(got: dict, want: dict):
+    assert sorted(got) == sorted(want)
+    for k, w in want.items():
+        g = got[k]
+        assert (g.dtype, g.shape) == (w.dtype, w.shape), (k, g.dtype, w.dtype, g.shape, w.shape)
+        assert g.tobytes() == w.tobytes(), k
+
+
+@pytest.fixture(scope="module", params=[pytest.param(v, id=v, marks=() if v in FAST else pytest.mark.slow)
+                                        for v in ALL])
+def variant_files(request, tmp_path_factory):
+    """(variant, folder, TorchScript archive, its state dict), and in the folder the archive converted to
+    a.pdparams and that back to a.pt: one variant on disk at a time."""
+    variant = request.param
+    folder = tmp_path_factory.mktemp(variant.replace("/", "-").replace("@", "-"))
+    archive = release_archive(variant)
+    convert(archive, "paddle", folder / "a.pdparams")
+    convert(folder / "a.pdparams", "torch", folder / "a.pt")
+    yield variant, folder, archive, _reference(archive)
+    shutil.rmtree(folder, ignore_errors=True)
+    gc.collect()
+
+
+def test_release_archive_reads_as_torch_reads_it(variant_files):
+    variant, _, archive, reference = variant_files
+    ck = parity.load(archive)
+    assert (ck.format, ck.layout, ck.variant) == ("torchscript", "torch", variant)
+    assert list(ck.state_dict) == list(reference)  # torch's own order, too
+    _assert_bit_identical(ck.state_dict, reference)
+    dtypes = {str(v.dtype) for v in ck.state_dict.values()}
+    assert dtypes == {"float16", "float32", "int64"}  # the release's mix, kept
+    assert [int(ck.state_dict[k]) for k in keymap.ARCHIVE_ENTRIES] == [
+        get_config(variant).image_resolution, 77, 49408]
+
+
+def test_round_trips_are_bit_identical(variant_files):
+    """torch -> paddle -> torch and torch -> safetensors -> paddle -> torch, and a ring through every writer."""
+    variant, folder, archive, reference = variant_files
+    _assert_bit_identical(torch_numpy(folder / "a.pt"), reference)
+
+    # torch -> safetensors -> paddle, on through the one writer not used yet, and home: every reader and
+    # writer on this variant's real shapes
+    convert(archive, "safetensors", folder / "b.safetensors")
+    convert(folder / "b.safetensors", "paddle", folder / "b.pdparams")
+    convert(folder / "b.pdparams", "safetensors", folder / "c.safetensors", layout="paddle")
+    convert(folder / "c.safetensors", "torch", folder / "c.pt")
+    _assert_bit_identical(torch_numpy(folder / "c.pt"), reference)
+    for name in ("b.safetensors", "b.pdparams", "c.safetensors", "c.pt"):
+        (folder / name).unlink()
+
+
+def torch_numpy(path):
+    return {k: v.numpy() for k, v in torch.load(path, weights_only=True).items()}
+
+
+def test_converted_pdparams_gives_the_official_logit(variant_files):
+    """Plain paddle.load + set_state_dict into parity's Paddle model; the official model on the same weights."""
+    variant, folder, archive, reference = variant_files
+    config = get_config(variant)
+    image, text = canonical_inputs(config.image_resolution)
+    official = build_official({k: torch.from_numpy(v) for k, v in reference.items()})
+    want = run_torch(official, image, text).logits
+    del official
+    gc.collect()
+
+    paddle = import_paddle()
+    from parity.models.paddle_clip import CLIP
+    model = CLIP(config)
+    missing, unexpected = model.set_state_dict(paddle.load(str(folder / "a.pdparams")))
+    assert missing == [] and unexpected == ["parity@@extras"]  # parity's record, documented
+    got = run_paddle(model.eval(), image, text).logits
+    assert abs(float(got[0, 0]) - float(want[0, 0])) <= 1e-4
+
+
+def test_converted_pt_loads_in_official_build_model(variant_files):
+    variant, folder, archive, reference = variant_files
+    state = torch.load(folder / "a.pt", weights_only=True)  # plain state dict, safe to load
+    model = build_official(state)  # load_state_dict(strict=True) inside; float32 compute
+    image, text = canonical_inputs(get_config(variant).image_resolution)
+    got = run_torch(model, image, text).logits
+    del model
+    official = build_official({k: torch.from_numpy(v) for k, v in reference.items()})
+    assert np.array_equal(got, run_torch(official, image, text).logits)
+
+
+@pytest.mark.parametrize("variant", FAST)
+def test_every_format_to_every_other(variant, tmp_path):
+    """Sources made by torch / paddle / safetensors themselves, each to every target, values preserved."""
+    config = get_config(variant)
+    _make_native(tmp_path, variant)
+    sources = [release_archive(variant)] + [tmp_path / n for n in NATIVE]
+    expected = {k: v.float().numpy() for k, v in cached_state_dict(variant).items()
+                if not k.endswith("num_batches_tracked")}
+    source_dtypes = {k: str(v.dtype).replace("torch.", "") for k, v in cached_state_dict(variant).items()}
+    for source in sources:
+        for to, layout in TARGETS:
+            out = tmp_path / f"out-{source.stem}{_suffix(to, layout)}"
+            result = convert(source, to, out, layout=layout)  # reloads what it wrote and compares every tensor
+            assert result.source.variant == config.name
+            written = result.saved.tensors
+            if result.saved.layout == "paddle":
+                written = keymap.to_torch(written)[0]
+                if to == "paddle":
+                    assert {str(v.dtype) for v in result.saved.tensors.values()} == {"float32"}
+            elif result.source.layout == "torch":  # a torch-layout source keeps its dtype mix
+                assert {k: str(v.dtype) for k, v in written.items() if k in source_dtypes} == source_dtypes
+            for k, v in expected.items():
+                assert np.array_equal(written[k].astype(np.float32), v), (source.name, to, layout, k)
+            out.unlink()
+    wrapped = parity.load(tmp_path / "wrapped.pt")
+    assert wrapped.unwrapped == ["wrapper 'state_dict' (not read beside it: epoch, name, step)", "prefix 'module.'"]
+    native = parity.load(tmp_path / "paddle.pdparams")
+    assert native.layout == "paddle" and native.extras is None
+    assert "dropped Paddle's StructuredToParameterName@@ name table" in native.notes
+
+
+def test_dtype_option_and_default_output_name(tmp_path):
+    archive = tmp_path / "RN50.pt"
+    shutil.copy(release_archive("RN50"), archive)
+    result = convert(archive, "paddle")
+    assert result.saved.path == tmp_path / "RN50.pdparams"
+    convert(archive, "paddle", tmp_path / "half.pdparams", dtype="float16")
+    convert(archive, "paddle", tmp_path / "keep.pdparams", dtype="keep")
+    convert(archive, "torch", tmp_path / "f32.pt", dtype="float32")
+    kinds = {name: {str(v.dtype) for v in parity.load(tmp_path / name).state_dict.values()}
+             for name in ("half.pdparams", "keep.pdparams", "f32.pt")}
+    assert kinds == {"half.pdparams": {"float16"}, "keep.pdparams": {"float16", "float32"},
+                     "f32.pt": {"float32", "int64"}}
+    # the record brings the release's dtypes back from a file kept in them; float16 is lossy for the
+    # float32 tensors, so from there only the values that float16 holds come back
+    reference = _reference(archive)
+    convert(tmp_path / "keep.pdparams", "torch", tmp_path / "back.pt")
+    _assert_bit_identical(torch_numpy(tmp_path / "back.pt"), reference)
+    convert(tmp_path / "half.pdparams", "torch", tmp_path / "half.pt")
+    half = torch_numpy(tmp_path / "half.pt")
+    assert {k: v.dtype for k, v in half.items()} == {k: v.dtype for k, v in reference.items()}
+    assert all(np.array_equal(half[k], v.astype(np.float16).astype(v.dtype) if v.dtype.kind == "f" else v)
+               for k, v in reference.items())
+
+
+def test_load_api_states_its_layout(tmp_path):
+    ck = parity.load(release_archive("ViT-B/32"), layout="paddle")
+    assert ck.layout == "paddle" and ck.config == get_config("ViT-B/32")
+    assert {k: v.shape for k, v in ck.state_dict.items()} == keymap.paddle_shapes(ck.config)
+    saved = parity.save(ck, tmp_path / "v.safetensors", layout="paddle")
+    again = parity.load(saved.path)
+    assert again.layout == "paddle" and again.provenance["variant"] == "ViT-B/32"
+    assert again.provenance["source"]["sha256"] == ck.sha256
+
+
+def test_conversion_imports_no_framework(tmp_path):
+    """Reading, converting to Paddle and checking the result need neither torch nor paddle."""
+    code = ("import sys; import parity; "
+            f"parity.convert({str(release_archive('RN50'))!r}, 'paddle', {str(tmp_path / 'x.pdparams')!r}); "
+            f"parity.convert({str(tmp_path / 'x.pdparams')!r}, 'safetensors', {str(tmp_path / 'x.safetensors')!r}); "
+            "print(sorted(m for m in ('torch', 'paddle') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]" and out.stderr == ""
