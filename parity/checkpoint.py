@@ -268,8 +268,8 @@ def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[di
 
 
 def _words(a: np.ndarray) -> np.ndarray:
-    # a contiguous array's bytes as the widest unsigned words that tile it: fewest comparisons
-    flat = a.reshape(-1).view(np.uint8)
+    # a contiguous array's bytes (in memory order) as the widest unsigned words that tile it
+    flat = a.ravel(order="K").view(np.uint8)
     width = next(w for w in (8, 4, 2, 1) if flat.size % w == 0)
     return flat.view(f"u{width}")
 
@@ -278,7 +278,7 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     """Same dtype, shape and bytes (NaN payloads included), without copying either array."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
-    if a.flags.c_contiguous and b.flags.c_contiguous:
+    if (a.flags.c_contiguous and b.flags.c_contiguous) or (a.flags.f_contiguous and b.flags.f_contiguous):
         return bool(np.array_equal(_words(a), _words(b)))
     if a.dtype.kind != "f":
         return bool(np.array_equal(a, b))
@@ -321,7 +321,9 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if (to, layout) in (("paddle", "torch"), ("torch", "paddle")) or layout not in ("torch", "paddle"):
         raise CheckpointError(f"a {to} file is written in the {to} layout; --layout applies to safetensors only")
     tensors, record = _target(ck, to, layout, dtype)
-    tensors = {k: contiguous(v) for k, v in tensors.items()}  # once, as written: the check compares these
+    # once, as they will be written (the check compares these); a pickle stores a Fortran-ordered array
+    # as it is, so the Paddle layout's transposed Linear weights need no transposing copy in a .pdparams
+    tensors = {k: v if to == "paddle" and v.flags.f_contiguous else contiguous(v) for k, v in tensors.items()}
     text = json.dumps(record, sort_keys=True) if record is not None else None
 
     def write(tmp: Path):
@@ -368,7 +370,9 @@ def _size(n: int) -> str:
 
 def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
     """Keys of floating tensors holding NaN or Inf."""
-    return sorted(k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all())
+    # min and max propagate NaN and show +-Inf, in two passes that allocate nothing (isfinite().all() does)
+    return sorted(k for k, v in state.items()
+                  if v.dtype.kind == "f" and v.size and not (np.isfinite(v.min()) and np.isfinite(v.max())))
 
 
 def default_output(src: Path, to: str, layout: str | None = None) -> Path:

@@ -41,9 +41,10 @@ def write_pdparams(path: Path, tensors: Mapping[str, np.ndarray], record: str | 
     """A pickle of numpy arrays, as `paddle.save` writes a state dict; the record is a JSON string.
 
     Protocol 5 (Python >= 3.8, which every Paddle 2 needs) writes each array's buffer as it is, where
-    paddle.save's protocol 4 copies it first: 4x faster, and `paddle.load` reads both.
+    paddle.save's protocol 4 copies it first: 4x faster, and `paddle.load` reads both. A Fortran-ordered
+    array (a transposed Linear weight) is stored in that order, as numpy pickles it, without a copy.
     """
-    content = {k: contiguous(v) for k, v in tensors.items()}
+    content = {k: v if v.flags.f_contiguous else contiguous(v) for k, v in tensors.items()}
     if record is not None:
         content[EXTRAS_KEY] = record
     with open(path, "wb") as f:

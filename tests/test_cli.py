@@ -45,3 +45,50 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-H/14", "--report-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "unknown variant 'ViT-H/14'" in result.output and "parity variants" in result.output
+
+
+def test_convert_prints_one_summary_line(tmp_path):
+    from parity.synthetic import release_archive
+    result = CliRunner().invoke(main, ["convert", str(release_archive("RN50")), "--to", "paddle",
+                                       "-o", str(tmp_path / "RN50.pdparams")])
+    assert result.exit_code == 0, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("RN50: 482 tensors, ") and "float32×482" in line and line.endswith(f"-> {tmp_path / 'RN50.pdparams'}")
+
+
+def test_info_describes_a_file(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import parity.checkpoint
+    from parity.synthetic import release_archive
+    archive = release_archive("RN50")
+    result = CliRunner().invoke(main, ["info", str(archive), "--json"])
+    assert result.exit_code == 0, result.output
+    fields = json.loads(result.output)
+    assert fields["format"] == "TorchScript archive" and fields["layout"] == "torch" and fields["variant"] == "RN50"
+    assert fields["tensors"] == 492 and fields["dtypes"] == {"float16": 160, "float32": 274, "int64": 58}
+    assert fields["official"].startswith("no") and fields["extras"] == "none"
+    # a file whose SHA-256 is in the registry is named as that release
+    registry = dict(parity.checkpoint.VARIANTS)
+    registry["RN50"] = replace(registry["RN50"], sha256=fields["sha256"])
+    monkeypatch.setattr(parity.checkpoint, "VARIANTS", registry)
+    text = CliRunner().invoke(main, ["info", str(archive)]).output
+    assert "official   yes, the RN50 release file" in text and "format     TorchScript archive" in text
+    converted = tmp_path / "x.pdparams"
+    CliRunner().invoke(main, ["convert", str(archive), "--to", "paddle", "-o", str(converted)])
+    fields = json.loads(CliRunner().invoke(main, ["info", str(converted), "--json"]).output)
+    assert fields["layout"] == "paddle" and fields["extras"].startswith("parity record: 58 torch-only tensors")
+
+
+def test_progress_bar_draws_on_stderr_and_clears(capsys):
+    from parity.cli import _Stages
+    bar = _Stages(2, enabled=True)
+    bar("reading RN50.pt")
+    bar("writing and checking RN50.pdparams")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "reading RN50.pt" in err and "[############............] writing" in err and err.endswith("\r")
+    quiet = _Stages(2, enabled=False)  # not a terminal, or a small file: nothing drawn
+    quiet("reading")
+    quiet.close()
+    assert capsys.readouterr().err == ""
