@@ -68,6 +68,11 @@ class Checkpoint:
             return dict(self.state_dict)
         state, notes = to_torch(self.state_dict, self.extras, self.config)
         self.notes.extend(n for n in notes if n not in self.notes)
+        try:  # an extras record short of a buffer would otherwise make a file build_model refuses
+            check_keys(state, torch_shapes(self.config), "torch state dict (after the extras record)",
+                       optional=ARCHIVE_ENTRIES)
+        except StateDictError as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
         return state
 
     def in_layout(self, layout: str, dtype: str | None = "float32") -> "Checkpoint":

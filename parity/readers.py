@@ -258,14 +258,19 @@ class _TorchUnpickler(_Restricted):
         key = str(key)
         if key not in self.storages:
             try:
-                raw = self.archive.read(f"{self.prefix}data/{key}")
+                info = self.archive.getinfo(f"{self.prefix}data/{key}")
             except KeyError:
                 raise CheckpointError(f"storage {key} is missing from the archive: truncated or corrupt") from None
             bf16 = kind.dtype == "bfloat16"
             dtype = np.dtype("uint16" if bf16 else kind.dtype)
-            if len(raw) < int(numel) * dtype.itemsize:
-                raise CheckpointError(f"storage {key} holds {len(raw)} bytes, {int(numel) * dtype.itemsize} "
-                                      "expected: truncated or corrupt")
+            size = int(numel) * dtype.itemsize
+            if info.file_size < size:
+                raise CheckpointError(f"storage {key} holds {info.file_size} bytes, {size} expected: "
+                                      "truncated or corrupt")
+            with self.archive.open(info) as f:
+                raw = f.read(size)  # never more than the tensor needs (a zip bomb stays unexploded)
+            if len(raw) < size:
+                raise CheckpointError(f"storage {key} ends after {len(raw)} of {size} bytes: truncated or corrupt")
             if self.big_endian:
                 array = np.frombuffer(raw, dtype=dtype.newbyteorder(">"), count=int(numel)).astype(dtype)
             else:
