@@ -23,7 +23,7 @@ from .errors import CheckpointError, ParityError
 from .keymap import (ARCHIVE_ENTRIES, Extras, StateDictError, check_keys, paddle_shapes, to_paddle, to_torch,
                      torch_row, torch_shapes)
 from .readers import FORMAT_NAMES, RawCheckpoint, read
-from .variants import VARIANTS, CLIPConfig, ConfigError, detect_layout, get_config, infer_config
+from .variants import CLIPConfig, ConfigError, detect_layout, get_config, infer_config
 from .writers import EXTRAS_KEY, atomic_write, contiguous, write_pdparams, write_safetensors, write_torch
 
 TARGETS = {"paddle": ".pdparams", "torch": ".pt", "safetensors": ".safetensors"}
@@ -222,6 +222,13 @@ def from_raw(raw: RawCheckpoint, path: Path, variant: str | None = None) -> Chec
     return Checkpoint(tensors, layout, config, raw.format, path, None, extras, provenance, unwrapped, notes)
 
 
+def _source(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    return path
+
+
 def load(path, layout: str | None = None, variant: str | None = None) -> Checkpoint:
     """Read a checkpoint of any supported format, without running code from it.
 
@@ -232,11 +239,7 @@ def load(path, layout: str | None = None, variant: str | None = None) -> Checkpo
     >>> ck.config.name, len(ck.state_dict)
     ('RN50', 495)
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a file")
+    path = _source(path)
     if variant is not None:
         get_config(variant)  # an unknown name fails before the file is read
     ck = from_raw(read(path), path, variant)
@@ -294,11 +297,9 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 def _check_written(path: Path, to: str, tensors: dict, record: dict | None) -> None:
     """Reload the file just written and compare every tensor, byte for byte, with what was meant."""
     raw = read(path)
-    got, _ = _tensors(_unwrap(raw.content, path)[0], path, [])
-    if to == "safetensors" and record is not None:
-        got_record = _parse_record(raw.metadata.get(META_PREFIX + "extras"), path)
-    else:
-        got_record = _parse_record(raw.content.get(EXTRAS_KEY), path) if record is not None else None
+    got, got_record = _tensors(_unwrap(raw.content, path)[0], path, [])
+    if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
+        got_record = _parse_record(raw.metadata[META_PREFIX + "extras"], path)
     bad = sorted(set(got) ^ set(tensors)) + sorted(k for k in set(got) & set(tensors)
                                                    if not same_bits(got[k], tensors[k]))
     if bad or got_record != record:
@@ -380,7 +381,7 @@ def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
                   if v.dtype.kind == "f" and v.size and not (np.isfinite(v.min()) and np.isfinite(v.max())))
 
 
-def default_output(src: Path, to: str, layout: str | None = None) -> Path:
+def default_output(src: Path, to: str) -> Path:
     return src.with_suffix(TARGETS[to])
 
 
@@ -393,13 +394,11 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
     NaN/Inf in a tensor is a warning, or an error with `strict`. `stage` is told each step as it starts.
     """
     start, stage = time.perf_counter(), stage or (lambda _: None)
-    src = Path(src)
     if to not in TARGETS:
         raise CheckpointError(f"unknown target {to!r}; use one of {', '.join(TARGETS)}")
     if variant is not None:
         get_config(variant)
-    if not src.is_file():
-        raise CheckpointError(f"{src}: {'not a file' if src.exists() else 'no such file'}")
+    src = _source(src)  # before the output checks: a missing input is the first thing to say
     out = Path(out) if out is not None else default_output(src, to)
     if out.exists() and (out.resolve() == src.resolve() or out.samefile(src)):
         raise CheckpointError(f"{out}: is the input file; parity never writes over its input, --force or "
@@ -425,13 +424,12 @@ def describe(path) -> dict:
     """What `parity info` prints: format, layout, variant, tensors, dtype mix, bytes, SHA-256, official, extras."""
     ck = load(path)
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
-    official = [c.name for c in VARIANTS.values() if c.sha256 == ck.sha256]
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,
         "variant": ck.variant or "unregistered CLIP shape",
         "tensors": len(ck.state_dict), "parameters": sum(math.prod(v.shape) for v in ck.state_dict.values()),
         "dtypes": dict(sorted(mix.items())), "bytes": ck.path.stat().st_size, "sha256": ck.sha256,
-        "official": f"yes, the {official[0]} release file" if official else "no (SHA-256 not in the registry)",
+        "official": f"yes, the {ck.variant} release file" if ck.official else "no (SHA-256 not in the registry)",
         "extras": (f"parity record: {len(ck.extras.buffers)} torch-only tensors, {len(ck.extras.dtypes)} source "
                    f"dtypes" + (f", from {ck.provenance['source'].get('file')}" if isinstance(
                        ck.provenance.get("source"), dict) else "")) if ck.extras else "none",

@@ -59,7 +59,7 @@ def test_convert_prints_one_summary_line(tmp_path):
 def test_info_describes_a_file(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import parity.checkpoint
+    import parity.variants
     from parity.synthetic import release_archive
     archive = release_archive("RN50")
     result = CliRunner().invoke(main, ["info", str(archive), "--json"])
@@ -69,9 +69,9 @@ def test_info_describes_a_file(tmp_path, monkeypatch):
     assert fields["tensors"] == 492 and fields["dtypes"] == {"float16": 160, "float32": 274, "int64": 58}
     assert fields["official"].startswith("no") and fields["extras"] == "none"
     # a file whose SHA-256 is in the registry is named as that release
-    registry = dict(parity.checkpoint.VARIANTS)
+    registry = dict(parity.variants.VARIANTS)
     registry["RN50"] = replace(registry["RN50"], sha256=fields["sha256"])
-    monkeypatch.setattr(parity.checkpoint, "VARIANTS", registry)
+    monkeypatch.setattr(parity.variants, "VARIANTS", registry)
     text = CliRunner().invoke(main, ["info", str(archive)]).output
     assert "official   yes, the RN50 release file" in text and "format     TorchScript archive" in text
     converted = tmp_path / "x.pdparams"
