@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import gc
+import json
 import sys
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import __version__
 from .errors import ParityError
+from .harness import DEFAULT_ATOL, DEFAULT_RTOL
 from .variants import VARIANTS, ConfigError, get_config
 
 
@@ -50,8 +53,10 @@ def main():
 
     \b
     Examples:
-      parity variants
-      parity verify-all --report-dir reports
+      parity convert RN50.pt --to paddle
+      parity verify RN50.pt RN50.pdparams
+      parity logits RN50.pdparams --framework paddle --json
+      parity verify-all
     """
 
 
@@ -70,24 +75,128 @@ def variants():
                    f"{c.vision_patch_size or '-':>5} {c.transformer_width:>4}/{c.transformer_heads}/{c.transformer_layers}")
 
 
-@main.command("verify-all")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
-              show_default=True, help="Where verify-all.md and verify-all.json are written.")
-@click.option("--variant", "names", multiple=True, help="Only these variants (repeatable). Default: all nine.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic weights.")
-@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance (raised to 4x the fp32 noise floor).")
-def verify_all(report_dir: Path, names: tuple[str, ...], seed: int, atol: float):
-    """Every variant through parity's torch and Paddle models on the canonical input.
+def _report_options(f):
+    f = click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance.")(f)
+    f = click.option("--rtol", default=DEFAULT_RTOL, show_default=True,
+                     help="Relative tolerance: |Δ| ≤ max(atol + rtol·|x|, 4 × float32 noise floor).")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+                     help="auto: the GPU in both frameworks when both have one, else the CPU.")(f)
+    f = click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+                     show_default=True, help="Where the reports are written.")(f)
+    return f
 
-    Uses deterministic synthetic weights (cached under .cache/), compares logits and features, writes
-    REPORT_DIR/verify-all.md and .json, and exits 1 when any variant disagrees beyond its bound.
+
+def _verdict(report: dict) -> str:
+    d = report["differences"]["logits"]
+    text = (f"{report['variant']}: {'PASS' if report['passed'] else 'FAIL'} — logit torch {report['torch_logit']:.6f} "
+            f"paddle {report['paddle_logit']:.6f} |Δ| {d['max_abs']:.2e} (bound {d['bound']:.1e}, {d['bound_kind']}), "
+            f"feature cosine {report['feature_cosine']:.8f}")
+    if "photos" in report:
+        text += f", top-5 agreement {report['photos']['topk_agreement']:.0%}"
+    if "reference" in report:
+        text += f", reference {report['reference']['logit']:.4f} {'PASS' if report['reference']['passed'] else 'FAIL'}"
+    if report.get("layers"):
+        text += f"; first module beyond its bound: {report['layers']['first_divergence'] or 'none'}"
+    return text
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("other", type=click.Path(path_type=Path), required=False)
+@click.option("--variant", default=None, help="Expected variant (e.g. RN50); checked against the shapes.")
+@_report_options
+@click.option("--layers", is_flag=True, help="Compare every module's output (always done on a failure).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+def verify(checkpoint: Path, other: Path | None, variant: str | None, atol: float, rtol: float, device: str,
+           report_dir: Path, layers: bool, as_json: bool, debug: bool):
+    """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
+
+    With one file, each framework gets it (converted in memory for the other); with a torch checkpoint
+    and a Paddle one, in either order, each framework loads its own file as it is. Inputs: the
+    reference table's canonical pair and scikit-image's photographs with captions. Writes
+    REPORT_DIR/<variant>.json, .md and -similarity.png. Exit status 0 when every output is within
+    tolerance, 1 when not (the report names the first module where the frameworks part), 2 on bad input.
+
+    \b
+    Examples:
+      parity verify RN50.pt
+      parity verify RN50.pt RN50.pdparams --layers
+      parity verify ViT-B-32.pdparams --atol 1e-5 --json
+    """
+    from .api import verify as run
+    from .report import write_variant
+
+    try:
+        report = run(checkpoint, other, variant=variant, device=device, atol=atol, rtol=rtol, layers=layers)
+        paths = write_variant(report, report_dir)
+    except Exception as e:
+        _fail(e, debug)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        click.echo(_verdict(report))
+        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    sys.exit(0 if report["passed"] else 1)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--framework", type=click.Choice(["torch", "paddle"]), required=True,
+              help="Whose model computes (the file is converted in memory when needed).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--variant", default=None, help="Expected variant; checked against the shapes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (logit, both feature vectors, ...).")
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+def logits(checkpoint: Path, framework: str, device: str, variant: str | None, as_json: bool, debug: bool):
+    """The canonical logit and features of one framework's model on CHECKPOINT.
+
+    Canonical pair: image = ones/2 of shape (1, 3, R, R), text = ones (1, 77) int64.
+
+    \b
+    Examples:
+      parity logits RN50.pt --framework torch
+      parity logits RN50.pdparams --framework paddle --json
+    """
+    from .api import logits as run
+
+    try:
+        out = run(checkpoint, framework, device, variant)
+    except Exception as e:
+        _fail(e, debug)
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    img, txt = np.asarray(out["image_features"]), np.asarray(out["text_features"])
+    click.echo(f"{out['variant']} on {out['framework']} ({out['device']}), {out['weights']}")
+    click.echo(f"logit          {out['logit']:.6f}")
+    click.echo(f"image features {img.size} values, norm {np.linalg.norm(img):.6f}, first {img[:4].round(6).tolist()}")
+    click.echo(f"text features  {txt.size} values, norm {np.linalg.norm(txt):.6f}, first {txt[:4].round(6).tolist()}")
+
+
+@main.command("verify-all")
+@_report_options
+@click.option("--variant", "names", multiple=True, help="Only these variants (repeatable). Default: all nine.")
+@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
+              show_default=True, help="Where official files are looked for, under their release names.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic weights.")
+def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: tuple[str, ...], weights_dir: Path,
+               seed: int):
+    """Every variant through parity's torch and Paddle models on identical inputs.
+
+    For each variant: the release file from WEIGHTS_DIR (e.g. weights/RN50.pt, weights/ViT-B-32.pt) when
+    present, labelled by its SHA-256 (official only when it is the release's) and, if official, checked
+    against the reference table; otherwise deterministic synthetic weights (cached under .cache/),
+    labelled synthetic. Writes REPORT_DIR/verify-all.md and .json plus one report per variant, prints the
+    table, and exits 1 when any variant fails.
 
     \b
     Example:
       parity verify-all --variant RN50 --variant ViT-B/32
     """
+    from .api import verify as verify_file
     from .harness import verify_state_dict
-    from .report import markdown_table, write_verify_all
+    from .report import markdown_table, write_variant, write_verify_all
     from .synthetic import cached_state_dict
 
     try:
@@ -96,13 +205,22 @@ def verify_all(report_dir: Path, names: tuple[str, ...], seed: int, atol: float)
         raise click.ClickException(f"{e}. Run `parity variants` for the list.")
     start, results = time.perf_counter(), []
     for i, config in enumerate(configs, 1):
-        click.echo(f"[{i}/{len(configs)}] {config.name} ...", nl=False)
-        state = cached_state_dict(config, seed)
-        result = verify_state_dict(state, f"synthetic seed {seed}", config, atol=atol).to_dict()
-        del state
+        real = weights_dir / config.filename
+        click.echo(f"[{i}/{len(configs)}] {config.name} ({'weights from ' + str(real) if real.is_file() else 'synthetic'})"
+                   " ...", nl=False)
+        try:
+            if real.is_file():
+                result = verify_file(real, variant=config.name, device=device, atol=atol, rtol=rtol)
+            else:
+                state = cached_state_dict(config, seed)
+                result = verify_state_dict(state, f"synthetic seed {seed}", config, device=device, atol=atol, rtol=rtol)
+                del state
+            write_variant(result, report_dir)
+        except ParityError as e:
+            raise UserError(f"{config.name}: {e}")
         gc.collect()
         results.append(result)
-        click.echo(f" {'PASS' if result['passed'] else 'FAIL'} |Δ logit| {result['logit_delta']:.2e} "
+        click.echo(f" {'PASS' if result['passed'] else 'FAIL'} |Δ logit| {result['differences']['logits']['max_abs']:.2e} "
                    f"({result['seconds']:.1f} s)")
     total = time.perf_counter() - start
     md_path, json_path = write_verify_all(results, report_dir, total)

@@ -6,11 +6,13 @@ it before parity has checked the whole dict itself.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Mapping
 
 import numpy as np
 
+from .errors import ParityError
 from .keymap import ARCHIVE_ENTRIES, StateDictError, as_numpy, check_keys, paddle_shapes, torch_shapes
 from .variants import CLIPConfig, infer_config
 from .writers import contiguous
@@ -24,7 +26,43 @@ def import_paddle():
     return paddle
 
 
-def torch_model(state_dict: Mapping, config: CLIPConfig | None = None, dtype: str = "float32"):
+def select_device(device: str = "auto") -> dict[str, str]:
+    """Each framework's device for `device` = auto | cpu | gpu: auto takes the GPU when both frameworks
+    have one. On a GPU, TF32 is switched off in both, so that float32 means float32."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ParityError(f"unknown device {device!r}: use auto, cpu or gpu")
+    if device == "cpu":
+        return {"torch": "cpu", "paddle": "cpu"}
+    import torch
+    paddle = import_paddle()
+    have = {"torch": torch.cuda.is_available(),
+            "paddle": paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0}
+    if not all(have.values()):
+        if device == "gpu":
+            lacking = " and ".join(k for k, v in have.items() if not v)
+            raise ParityError(f"--device gpu: no GPU for {lacking} (install the CUDA builds, e.g. the "
+                              "`gpu` extra for paddlepaddle-gpu), or use --device cpu")
+        return {"torch": "cpu", "paddle": "cpu"}
+    os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # Paddle's cuBLAS/cuDNN: no TF32 matmuls or convs
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return {"torch": "cuda", "paddle": "gpu"}
+
+
+def device_names(devices: dict[str, str]) -> dict[str, str]:
+    """Human names of the devices used, e.g. {'torch': 'cpu', 'paddle': 'gpu (NVIDIA H200)'}."""
+    names = dict(devices)
+    if devices.get("torch") == "cuda":
+        import torch
+        names["torch"] = f"cuda ({torch.cuda.get_device_name(0)})"
+    if devices.get("paddle") == "gpu":
+        paddle = import_paddle()
+        names["paddle"] = f"gpu ({paddle.device.cuda.get_device_name(0)})"
+    return names
+
+
+def torch_model(state_dict: Mapping, config: CLIPConfig | None = None, dtype: str = "float32",
+                device: str = "cpu"):
     """parity's torch CLIP in eval mode, `state_dict` (official layout, any dtype mix) loaded strictly.
 
     The official archives' int entries (`input_resolution`, ...) are accepted and dropped, as
@@ -39,12 +77,14 @@ def torch_model(state_dict: Mapping, config: CLIPConfig | None = None, dtype: st
                for k, v in state_dict.items() if k not in ARCHIVE_ENTRIES}
     model = CLIP(config)
     model.load_state_dict(tensors, strict=True)  # copies into float32 parameters, casting half precision
-    return model.to(getattr(torch, dtype)).eval()
+    return model.to(device=device, dtype=getattr(torch, dtype)).eval()
 
 
-def paddle_model(state_dict: Mapping, config: CLIPConfig | None = None):
-    """parity's Paddle CLIP in eval mode, `state_dict` (parity's Paddle layout, float32) loaded strictly."""
+def paddle_model(state_dict: Mapping, config: CLIPConfig | None = None, device: str = "cpu"):
+    """parity's Paddle CLIP in eval mode on `device` (cpu | gpu; Paddle's current device is set to it),
+    `state_dict` (parity's Paddle layout, float32) loaded strictly."""
     paddle = import_paddle()
+    paddle.set_device(device)
     from .models.paddle_clip import CLIP
 
     config = config or infer_config(state_dict)

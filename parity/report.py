@@ -1,23 +1,37 @@
-"""Reports: Markdown and JSON under reports/."""
+"""Reports under reports/: per variant `<slug>.json`, `<slug>.md` and `<slug>-similarity.png`; for a
+whole run `verify-all.md` and `verify-all.json`. Every file is written whole or not at all."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
 
 COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
-           "max |Δ feature|", "status", "seconds")
+           "top-5 agreement", "status", "seconds")
+SYNTHETIC_NOTE = ("Synthetic weights are deterministic random weights in the release's dtype mix: their logits "
+                  "are not official results and are never compared with the reference table.")
+
+
+def slug(variant: str) -> str:
+    return re.sub(r"[/@ ]", "-", variant)
+
+
+def status(r: dict) -> str:
+    return "PASS" if r["passed"] else "FAIL"
 
 
 def _row(r: dict) -> list[str]:
-    feat = max(r["differences"]["image_features"]["max_abs"], r["differences"]["text_features"]["max_abs"])
+    photos = r.get("photos")
+    top = f"{photos['topk_agreement']:.0%} (top-1 {photos['argmax_agreement']:.0%})" if photos else "-"
+    logit = r["differences"]["logits"]
     return [r["variant"], r["weights"], f"{r['torch_logit']:.6f}", f"{r['paddle_logit']:.6f}",
-            f"{r['logit_delta']:.2e}", f"{r['logit_bound']:.1e} ({r['bound_kind']})", f"{r['feature_cosine']:.8f}",
-            f"{feat:.2e}", "PASS" if r["passed"] else "FAIL", f"{r['seconds']:.1f}"]
+            f"{logit['max_abs']:.2e}", f"{logit['bound']:.1e} ({logit['bound_kind']})", f"{r['feature_cosine']:.8f}",
+            top, status(r), f"{r['seconds']:.1f}"]
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -26,24 +40,148 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _gate_text(r: dict) -> str:
+    return (f"Gate, element by element: |Δ| ≤ max(atol + rtol·|torch|, {r['noise_factor']:g} × float32 noise floor), "
+            f"atol {r['atol']:g}, rtol {r['rtol']:g}; the noise floor is parity's torch model in float64 vs float32 "
+            "on the same weights and inputs. The bound shown is the one at the element nearest its limit.")
+
+
+def variant_markdown(r: dict, picture: str | None) -> str:
+    md = [f"# {r['variant']} — {status(r)}", "",
+          f"Weights: {r['weights']}. " + (SYNTHETIC_NOTE if r["weights"].startswith("synthetic") else ""), ""]
+    for side, src in r.get("sources", {}).items():
+        md.append(f"- {side}: `{src.get('path')}` ({src.get('format')}, sha256 `{src.get('sha256')}`)")
+    md += [f"- devices: torch {r['devices']['torch']}, paddle {r['devices']['paddle']}",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+           f"- canonical input: {r['inputs']['canonical']}", "", _gate_text(r), "",
+           "| output | max abs Δ | relative Δ | cosine | float32 noise floor | bound | status |", "|---|---|---|---|---|---|---|"]
+    for name, d in r["differences"].items():
+        md.append(f"| {name} | {d['max_abs']:.3e} | {d['relative']:.3e} | {d['cosine']:.10f} | "
+                  f"{r['noise_floor'][name]:.2e} | {d['bound']:.2e} ({d['bound_kind']}) | "
+                  f"{'PASS' if d['passed'] else 'FAIL'} |")
+    md += ["", f"Canonical logit: torch {r['torch_logit']:.6f}, paddle {r['paddle_logit']:.6f}."]
+    if "reference" in r:
+        ref = r["reference"]
+        md += ["", f"Reference table (official weights): {ref['logit']:.4f}; torch |Δ| {ref['torch_delta']:.2e}, "
+                   f"paddle |Δ| {ref['paddle_delta']:.2e}, bound {ref['bound']:.1e}: "
+                   f"{'PASS' if ref['passed'] else 'FAIL'}."]
+    photos = r.get("photos")
+    if photos:
+        md += ["", "## Photographs", "",
+               f"{len(photos['names'])} scikit-image photographs with one caption each, preprocessed and tokenized "
+               f"once by parity: top-1 agreement {photos['argmax_agreement']:.0%}, top-{photos['top_k']} agreement "
+               f"{photos['topk_agreement']:.0%}, max |Δ cosine similarity| {photos['similarity_max_abs']:.2e}.", "",
+               "Gate: the same best caption for every photograph, and each feature vector's cosine between the "
+               f"frameworks ≥ {photos['differences']['image_features']['bound']} (the float32 noise floor is measured "
+               "on the canonical pair only; |Δ| here is shown, not gated).", "",
+               "| output | max abs Δ | relative Δ | lowest cosine | status |", "|---|---|---|---|---|"]
+        for name, d in photos["differences"].items():
+            md.append(f"| {name} | {d['max_abs']:.3e} | {d['relative']:.3e} | {d['min_row_cosine']:.10f} | "
+                      f"{'PASS' if d['passed'] else 'FAIL'} |")
+        if picture:
+            md += ["", f"![image × text cosine similarity, torch | paddle | difference]({picture})"]
+    layers = r.get("layers")
+    if layers:
+        md += ["", "## Layers", "", f"{layers['modules_compared']} modules compared on the canonical pair; "
+               f"first beyond its bound: **{layers['first_divergence'] or 'none'}**.", ""]
+        table = [row for row in layers["table"] if "passed" in row]
+        shown = [row for row in table if not row["passed"]][:15] or \
+            sorted(table, key=lambda row: -row["max_abs"] / row["bound"])[:10]
+        md += ["| module | shape | max abs Δ | cosine | bound | status |", "|---|---|---|---|---|---|"]
+        md += [f"| {row['module']} | {row['shape']} | {row['max_abs']:.3e} | {row['cosine']:.8f} | "
+               f"{row['bound']:.2e} ({row['bound_kind']}) | {'PASS' if row['passed'] else 'FAIL'} |" for row in shown]
+    md += ["", f"{r['seconds']:.1f} s (torch side {r['seconds_torch']:.1f} s, paddle side {r['seconds_paddle']:.1f} s).", ""]
+    return "\n".join(md)
+
+
+def similarity_picture(r: dict, path: Path) -> None:
+    """torch's and Paddle's image x text cosine similarity side by side, with their difference."""
+    import logging
+
+    import matplotlib
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # Paddle's root handler would print its INFO lines
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from .inputs import sample_path
+
+    photos = r["photos"]
+    st, sp = np.array(photos["torch_similarity"]).T, np.array(photos["paddle_similarity"]).T  # (texts, images)
+    n_txt, n_img = st.shape
+    fig, axes = plt.subplots(1, 3, figsize=(24, 9), gridspec_kw={"width_ratios": [1, 1, 1]})
+    low, high = min(st.min(), sp.min()), max(st.max(), sp.max())
+    for ax, sim, title in ((axes[0], st, "torch"), (axes[1], sp, "paddle")):
+        ax.imshow(sim, vmin=low, vmax=high, cmap="viridis")
+        for i in range(n_img):  # the photographs under the columns, as in CLIP's notebook
+            with Image.open(sample_path(photos["names"][i])) as im:
+                ax.imshow(np.asarray(im.convert("RGB")), extent=(i - 0.5, i + 0.5, n_txt + 0.5, n_txt - 0.5 + 1.9))
+        for (y, x), v in np.ndenumerate(sim):
+            ax.text(x, y, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white")
+        ax.set_xlim(-0.5, n_img - 0.5)
+        ax.set_ylim(n_txt + 1.6, -0.5)
+        ax.set_xticks([])
+        ax.set_title(f"{title}: cosine similarity", fontsize=14)
+    axes[0].set_yticks(range(n_txt), photos["captions"], fontsize=10)
+    axes[1].set_yticks([])
+    diff = st - sp
+    limit = max(float(np.abs(diff).max()), 1e-12)
+    shown = axes[2].imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit)
+    axes[2].set_xticks(range(n_img), photos["names"], rotation=45, ha="right", fontsize=9)
+    axes[2].set_yticks([])
+    axes[2].set_title(f"torch − paddle (max |Δ| {limit:.1e})", fontsize=14)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    fig.suptitle(f"{r['variant']} — {r['weights']} — {status(r)}", fontsize=16)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=60)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_variant(r: dict, report_dir: Path) -> dict[str, Path]:
+    """`<slug>.json`, `<slug>.md` and, with photographs, `<slug>-similarity.png` under `report_dir`."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    name = slug(r["variant"])
+    paths = {"json": report_dir / f"{name}.json", "markdown": report_dir / f"{name}.md"}
+    picture = None
+    if r.get("photos"):
+        paths["png"] = report_dir / f"{name}-similarity.png"
+        similarity_picture(r, paths["png"])
+        picture = paths["png"].name
+    atomic_write_text(paths["json"], json.dumps({"date": _now(), "machine": machine(), **r}, indent=1))
+    atomic_write_text(paths["markdown"], variant_markdown(r, picture))
+    return paths
+
+
 def write_verify_all(results: list[dict], report_dir: Path, total_seconds: float) -> tuple[Path, Path]:
     report_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"parity": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "total_seconds": total_seconds, "passed": all(r["passed"] for r in results)}
+    meta = {"parity": __version__, "date": _now(), "machine": machine(), "total_seconds": total_seconds,
+            "passed": all(r["passed"] for r in results)}
     md = [f"# verify-all — {'PASS' if meta['passed'] else 'FAIL'}", "",
           f"parity {__version__}, {meta['date']}, {meta['machine']}; total {total_seconds:.1f} s.", "",
-          "Canonical input: image = ones/2 (1, 3, R, R), text = ones (1, 77). Synthetic weights are "
-          "deterministic random weights in the release's dtype mix, never official results. Bound = "
-          "max(atol, 4 × float32 noise floor), noise floor measured with parity's torch model in float64.",
-          "", markdown_table(results), ""]
+          "Canonical input: image = ones/2 (1, 3, R, R), text = ones (1, 77); photographs: scikit-image's sample "
+          "set with a caption each (top-5 agreement: the same five captions, in the same order, for every "
+          "photograph). " + SYNTHETIC_NOTE + " Bound: max(atol + rtol·|x|, 4 × float32 noise floor) at the "
+          "element nearest it. One report per variant beside this file.", "",
+          markdown_table(results), ""]
     md_path, json_path = report_dir / "verify-all.md", report_dir / "verify-all.json"
-    _atomic_write(md_path, "\n".join(md))
-    _atomic_write(json_path, json.dumps({**meta, "results": results}, indent=2))
+    slim = [{k: v for k, v in r.items() if k not in ("features",)} for r in results]
+    atomic_write_text(md_path, "\n".join(md))
+    atomic_write_text(json_path, json.dumps({**meta, "results": slim}, indent=1))
     return md_path, json_path

@@ -74,6 +74,11 @@ VARIANTS: dict[str, CLIPConfig] = {c.name: c for c in (
          "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
 )}
 
+# The reference table: the canonical logit (image ones/2, text ones) of the official weights, as the
+# published Paddle port of CLIP reported it for both frameworks, to 4 decimals. Checked only for files whose
+# SHA-256 is the release's own; never shown beside synthetic weights.
+REFERENCE_LOGITS: dict[str, float] = {"RN50": 18.1140, "RN50x4": 29.5482, "RN101": 33.5211, "ViT-B/32": 27.5936}
+
 
 def _alias(name: str) -> str:
     # "ViT-L/14@336px" -> "vit-l-14-336px"

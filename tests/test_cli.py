@@ -27,18 +27,25 @@ def test_verify_all_writes_reports_and_exits_zero(tmp_path):
     report = json.loads((tmp_path / "verify-all.json").read_text())
     assert report["passed"] is True and [r["variant"] for r in report["results"]] == ["ViT-B/32"]
     row = report["results"][0]
-    assert row["weights"] == "synthetic seed 0" and row["logit_delta"] <= row["logit_bound"]
+    logit = row["differences"]["logits"]
+    assert row["weights"] == "synthetic seed 0" and logit["max_abs"] <= logit["bound"] and logit["passed"]
+    assert row["photos"]["topk_agreement"] == 1.0 and "reference" not in row
     md = (tmp_path / "verify-all.md").read_text()
-    assert "| ViT-B/32 | synthetic seed 0 |" in md and "never official" in md
+    assert "| ViT-B/32 | synthetic seed 0 |" in md and "never compared with the reference table" in md
+    assert "| 100% (top-1 100%) | PASS |" in md
+    assert {p.name for p in tmp_path.iterdir()} == {"verify-all.md", "verify-all.json", "ViT-B-32.md",
+                                                    "ViT-B-32.json", "ViT-B-32-similarity.png"}
 
 
 def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path, monkeypatch):
     # with the noise allowance off, an atol of 1e-12 cannot be met by float32 arithmetic: the gate says FAIL
     import parity.harness
     monkeypatch.setattr(parity.harness, "NOISE_FACTOR", 0.0)
-    result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-B/32", "--atol", "1e-12",
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-B/32", "--atol", "1e-12", "--rtol", "0",
                                        "--report-dir", str(tmp_path)])
     assert result.exit_code == 1 and "FAIL" in result.output
+    row = json.loads((tmp_path / "verify-all.json").read_text())["results"][0]
+    assert row["layers"]["first_divergence"] is not None  # a failure always brings the layer diagnosis
 
 
 def test_unknown_variant_is_a_clear_error(tmp_path):
