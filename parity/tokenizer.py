@@ -43,8 +43,10 @@ class Tokenizer:
         lines = gzip.open(merges_path or default_vocabulary()).read().decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1:N_MERGES + 1]]  # line 0 is a version header
         alphabet = list(_byte_alphabet())
-        # ids: the byte characters, the same with the end-of-word mark, one per merge, then the two specials
-        vocab = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + [START, END]
+        # ids: the byte characters by code point (printable bytes first, then the moved ones), the same with
+        # the end-of-word mark, one per merge, then the two specials
+        chars = sorted(alphabet, key=ord)
+        vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [START, END]
         self.encoder = {token: i for i, token in enumerate(vocab)}
         self.decoder = dict(enumerate(vocab))
         self.ranks = {pair: i for i, pair in enumerate(merges)}

@@ -21,9 +21,10 @@ def test_variants_lists_the_nine():
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):
-    result = CliRunner().invoke(main, ["verify-all", "--variant", "vit-b-32", "--report-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "vit-b-32", "--report-dir", str(tmp_path),
+                                       "--weights-dir", str(tmp_path / "no-weights")])
     assert result.exit_code == 0, result.output
-    assert "[1/1] ViT-B/32 ... PASS" in result.output
+    assert "[1/1] ViT-B/32 (synthetic) ... PASS" in result.output
     report = json.loads((tmp_path / "verify-all.json").read_text())
     assert report["passed"] is True and [r["variant"] for r in report["results"]] == ["ViT-B/32"]
     row = report["results"][0]
@@ -42,7 +43,7 @@ def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path, monkeypatch):
     import parity.harness
     monkeypatch.setattr(parity.harness, "NOISE_FACTOR", 0.0)
     result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-B/32", "--atol", "1e-12", "--rtol", "0",
-                                       "--report-dir", str(tmp_path)])
+                                       "--report-dir", str(tmp_path), "--weights-dir", str(tmp_path / "none")])
     assert result.exit_code == 1 and "FAIL" in result.output
     row = json.loads((tmp_path / "verify-all.json").read_text())["results"][0]
     assert row["layers"]["first_divergence"] is not None  # a failure always brings the layer diagnosis

@@ -1,0 +1,164 @@
+"""`parity verify`, `parity logits`, labelling of weights, and the Python API that makes either side usable."""
+import dataclasses
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import parity
+from parity import variants
+from parity.checkpoint import convert, sha256_of
+from parity.cli import main
+from parity.harness import run_torch
+from parity.inputs import canonical_inputs
+from parity.official import build_official
+from parity.synthetic import release_archive
+
+PERTURBED = "visual.layer3.2.bn2.weight"  # one norm layer deep in RN50's vision tower
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """RN50's release-format archive, its conversion to .pdparams, and a copy with one tensor perturbed."""
+    folder = tmp_path_factory.mktemp("verify")
+    archive = folder / "RN50.pt"
+    shutil.copyfile(release_archive("RN50"), archive)
+    convert(archive, "paddle", folder / "RN50.pdparams")
+    with open(folder / "RN50.pdparams", "rb") as f:
+        content = pickle.load(f)  # our own file: plain pickle is fine here
+    content[PERTURBED] = content[PERTURBED] * np.float32(1.05)
+    with open(folder / "perturbed.pdparams", "wb") as f:
+        pickle.dump(content, f, protocol=4)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def verify(*args):
+    return CliRunner().invoke(main, ["verify", *map(str, args)])
+
+
+def test_a_perturbed_tensor_fails_and_the_first_divergence_is_named(files, tmp_path):
+    result = verify(files / "RN50.pt", files / "perturbed.pdparams", "--report-dir", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "first module beyond its bound: visual.layer3.2.bn2" in result.output
+    report = json.loads((tmp_path / "RN50.json").read_text())
+    assert report["passed"] is False and report["layers"]["first_divergence"] == "visual.layer3.2.bn2"
+    table = {row["module"]: row for row in report["layers"]["table"]}
+    assert table["visual.layer3.2.bn1"]["passed"] and table["visual.layer3.2.conv2"]["passed"]  # before it: equal
+    assert report["sources"]["paddle"]["path"].endswith("perturbed.pdparams")
+    assert "**visual.layer3.2.bn2**" in (tmp_path / "RN50.md").read_text()
+
+
+def test_the_unperturbed_pair_passes_in_either_order(files, tmp_path):
+    result = verify(files / "RN50.pdparams", files / "RN50.pt", "--report-dir", tmp_path, "--layers")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "RN50.json").read_text())
+    assert report["passed"] and report["layers"]["first_divergence"] is None
+    assert report["layers"]["modules_compared"] > 300 and report["layers"]["modules_torch_only"] == []
+    assert report["sources"]["torch"]["sha256"] == sha256_of(files / "RN50.pt")
+    assert report["devices"] == {"torch": "cpu", "paddle": "cpu"}
+    assert {"torch", "paddle", "numpy", "parity"} <= set(report["versions"])
+    for name in ("logits", "image_features", "text_features"):
+        d = report["differences"][name]
+        assert d["passed"] and d["max_abs"] <= d["bound"] and report["noise_floor"][name] > 0
+    assert report["photos"]["argmax_agreement"] == 1.0 and report["photos"]["topk_agreement"] == 1.0
+    assert "reference" not in report and "not an official release file" in report["weights"]
+    assert (tmp_path / "RN50-similarity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_file_is_converted_in_memory_for_the_other_framework(files, tmp_path):
+    result = verify(files / "RN50.pdparams", "--report-dir", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["passed"] and report["sources"]["torch"]["converted_in_memory_from"]
+
+
+def test_a_tight_tolerance_is_a_failure_with_exit_status_one(files, tmp_path, monkeypatch):
+    import parity.harness
+    monkeypatch.setattr(parity.harness, "NOISE_FACTOR", 0.0)  # float32 cannot meet 1e-12 without the allowance
+    result = verify(files / "RN50.pt", "--atol", "1e-12", "--rtol", "0", "--report-dir", tmp_path)
+    assert result.exit_code == 1 and "FAIL" in result.output
+
+
+def test_bad_input_is_one_line_and_exit_two(files, tmp_path):
+    for args in ([files / "RN50.pdparams", files / "perturbed.pdparams"], [tmp_path / "missing.pt"],
+                 [files / "RN50.pt", "--variant", "ViT-B/32"]):
+        result = verify(*args, "--report-dir", tmp_path)
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert "both in the paddle layout" in verify(files / "RN50.pdparams", files / "perturbed.pdparams").output
+
+
+def test_logits_on_either_framework(files):
+    runner = CliRunner()
+    torch_out = json.loads(runner.invoke(main, ["logits", str(files / "RN50.pt"), "--framework", "torch",
+                                                "--json"]).output)
+    paddle_out = json.loads(runner.invoke(main, ["logits", str(files / "RN50.pdparams"), "--framework", "paddle",
+                                                 "--json"]).output)
+    for out, framework in ((torch_out, "torch"), (paddle_out, "paddle")):
+        assert out["variant"] == "RN50" and out["framework"] == framework and out["device"] == "cpu"
+        assert len(out["image_features"]) == len(out["text_features"]) == 1024
+    official = build_official({k: __import__("torch").from_numpy(v) for k, v in
+                               parity.load(files / "RN50.pt").state_dict.items()})
+    want = run_torch(official, *canonical_inputs(224)).logits.item()
+    assert torch_out["logit"] == pytest.approx(want, abs=1e-6)  # parity torch == openai/CLIP
+    assert paddle_out["logit"] == pytest.approx(want, abs=1e-4)
+    text = runner.invoke(main, ["logits", str(files / "RN50.pdparams"), "--framework", "paddle"]).output
+    assert f"logit          {paddle_out['logit']:.6f}" in text
+
+
+def test_a_wrong_hash_is_never_official_and_a_right_one_meets_the_reference(files, tmp_path, monkeypatch):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copyfile(files / "RN50.pt", weights / "RN50.pt")  # a release file name, but not the release's bytes
+    args = ["verify-all", "--variant", "RN50", "--weights-dir", str(weights), "--report-dir", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "r" / "verify-all.json").read_text())["results"][0]
+    assert "not an official release file" in row["weights"] and "official RN50" not in row["weights"]
+    assert "reference" not in row and "18.114" not in (tmp_path / "r" / "verify-all.md").read_text()
+
+    # were its SHA-256 the release's, the file would be labelled official and held to the reference
+    # table (18.1140): random weights cannot meet it, so the gate fails
+    digest = sha256_of(weights / "RN50.pt")
+    monkeypatch.setitem(variants.VARIANTS, "RN50", dataclasses.replace(variants.VARIANTS["RN50"], sha256=digest))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    row = json.loads((tmp_path / "r" / "verify-all.json").read_text())["results"][0]
+    assert row["weights"].startswith("official RN50 release") and row["reference"]["logit"] == 18.1140
+    assert row["reference"]["passed"] is False and row["passed"] is False
+
+
+def test_synthetic_results_never_carry_reference_values(tmp_path):
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "RN50", "--weights-dir", str(tmp_path / "none"),
+                                       "--report-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "verify-all.md").read_text() + (tmp_path / "RN50.md").read_text() + result.output
+    row = json.loads((tmp_path / "verify-all.json").read_text())["results"][0]
+    assert row["weights"] == "synthetic seed 0" and "reference" not in row
+    assert "18.114" not in text and "Reference table" not in text
+
+
+def test_zero_shot_with_either_framework(files):
+    """The README's example: one photograph, its caption among others, through each framework."""
+    import paddle
+    import torch
+
+    from parity.inputs import sample_path
+    captions = ["a facial photo of a tabby cat", "a rocket standing on a launchpad", "a cup of coffee"]
+    image, text = parity.preprocess(sample_path("chelsea"), 224)[None], parity.tokenize(captions)
+    model = parity.load_model(files / "RN50.pt", framework="torch", device="cpu")
+    assert not model.training
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(image), torch.from_numpy(text))
+    torch_probs = logits.softmax(dim=-1).numpy()
+    model = parity.load_model(files / "RN50.pdparams", framework="paddle", device="cpu")
+    assert not model.training
+    with paddle.no_grad():
+        logits, _ = model(paddle.to_tensor(image), paddle.to_tensor(text))
+    paddle_probs = paddle.nn.functional.softmax(logits, axis=-1).numpy()
+    assert torch_probs.shape == (1, 3) and np.allclose(torch_probs.sum(), 1)
+    np.testing.assert_allclose(paddle_probs, torch_probs, atol=1e-5)
