@@ -92,6 +92,14 @@ def test_bad_input_is_one_line_and_exit_two(files, tmp_path):
     assert "both in the paddle layout" in verify(files / "RN50.pdparams", files / "perturbed.pdparams").output
 
 
+def test_asking_for_a_gpu_where_there_is_none_is_a_clear_error(files, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = verify(files / "RN50.pt", "--device", "gpu", "--report-dir", tmp_path)
+    assert result.exit_code == 2 and "no GPU for torch" in result.output and "--device cpu" in result.output
+
+
 def test_logits_on_either_framework(files):
     runner = CliRunner()
     torch_out = json.loads(runner.invoke(main, ["logits", str(files / "RN50.pt"), "--framework", "torch",
