@@ -1,0 +1,68 @@
+"""Forward time of one framework's CLIP, in a process of its own (two frameworks computing in one process
+contend for OpenMP threads). Prints one JSON object: {"image": {batch: [seconds...]}, "text": {...}}.
+
+    python benchmarks/forward.py torch RN50 --batches 1 8 --runs 5
+    python benchmarks/forward.py paddle RN50 --batches 1 8 --runs 5
+
+torch is openai/CLIP's own model (`clip/model.py`, float32); paddle is parity's Paddle model, both on the
+same synthetic weights and the same inputs.
+"""
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("framework", choices=["torch", "paddle"])
+    parser.add_argument("variant")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    from parity import keymap
+    from parity.inputs import SAMPLES
+    from parity.synthetic import cached_state_dict
+    from parity.tokenizer import tokenize
+    from parity.variants import get_config
+
+    config = get_config(args.variant)
+    state = cached_state_dict(config, 0)
+    rng = np.random.default_rng(0)
+    captions = list(SAMPLES.values())
+    if args.framework == "torch":
+        import torch
+
+        from parity.official import build_official
+        model = build_official({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in state.items()})
+        no_grad, to_tensor = torch.no_grad, torch.from_numpy
+    else:
+        from parity.loading import import_paddle, paddle_model
+        paddle = import_paddle()
+        model = paddle_model(keymap.to_paddle(state, config)[0], config)
+        no_grad, to_tensor = paddle.no_grad, paddle.to_tensor
+    del state
+    result = {"image": {}, "text": {}}
+    for batch in args.batches:
+        image = rng.standard_normal((batch, 3, config.image_resolution, config.image_resolution), dtype=np.float32)
+        text = tokenize([captions[i % len(captions)] for i in range(batch)])
+        for tower, run, data in (("image", model.encode_image, image), ("text", model.encode_text, text)):
+            tensor = to_tensor(data)
+            times = []
+            with no_grad():
+                run(tensor)  # warm-up: first-call allocations and kernel selection
+                for _ in range(args.runs):
+                    start = time.perf_counter()
+                    out = run(tensor)
+                    float(out.sum())  # waits for the result on any device
+                    times.append(time.perf_counter() - start)
+            result[tower][str(batch)] = times
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
