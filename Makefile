@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PADDLE_EXTRA ?= cpu
 
-.PHONY: install test test-fast verify-all clean
+.PHONY: install test test-fast verify-all bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ test-fast: install
 
 verify-all: install
 	$(VENV)/bin/parity verify-all --report-dir reports
+
+bench: install
+	$(PY) benchmarks/bench.py --report-dir reports
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache *.egg-info
