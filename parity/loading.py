@@ -7,6 +7,7 @@ it before parity has checked the whole dict itself.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Mapping
 
@@ -19,10 +20,21 @@ from .writers import contiguous
 
 
 def import_paddle():
-    """`import paddle` without its import-time chatter (a "No ccache found" warning)."""
+    """`import paddle` without its import-time chatter (a "No ccache found" warning), computing on every
+    CPU this process may use, as torch does."""
+    if "paddle" in sys.modules:
+        return sys.modules["paddle"]
+    threads_set = "OMP_NUM_THREADS" in os.environ
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddle
+    if not threads_set:
+        # Paddle pins its CPU kernels to one thread by writing OMP_NUM_THREADS=1 into the environment
+        # (half the speed on 2 cores, and a torch imported later would read it too): undo both
+        os.environ.pop("OMP_NUM_THREADS", None)
+        set_threads = getattr(getattr(getattr(paddle, "base", None), "core", None), "set_num_threads", None)
+        if set_threads is not None:
+            set_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     return paddle
 
 
