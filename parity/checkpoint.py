@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from . import __version__
-from .errors import CheckpointError, ParityError
+from .errors import CheckpointError
 from .keymap import (ARCHIVE_ENTRIES, Extras, StateDictError, check_keys, paddle_shapes, to_paddle, to_torch,
                      torch_row, torch_shapes)
 from .readers import FORMAT_NAMES, RawCheckpoint, read

@@ -11,7 +11,6 @@ import sys
 import warnings
 from typing import Mapping
 
-import numpy as np
 
 from .errors import ParityError
 from .keymap import ARCHIVE_ENTRIES, StateDictError, as_numpy, check_keys, paddle_shapes, torch_shapes

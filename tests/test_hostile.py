@@ -1,6 +1,5 @@
 """Bad input to `parity convert` / `parity info`: one line, exit status 2, nothing left behind, no code run."""
 import hashlib
-import io
 import os
 import pickle
 import shutil

@@ -5,7 +5,7 @@ from parity import keymap
 from parity.keymap import ROWS, StateDictError, paddle_row, paddle_shapes, to_paddle, to_torch, torch_row, torch_shapes
 from parity.synthetic import cached_state_dict, numpy_state_dict
 from parity.variants import VARIANTS, get_config
-from conftest import FAST, assert_same_tensors, shape_dict, variant_params
+from conftest import assert_same_tensors, variant_params
 
 
 def test_every_row_maps_one_to_one_on_real_key_sets():
