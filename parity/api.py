@@ -30,7 +30,7 @@ def _float32(state: dict) -> dict:
     return {k: v.astype(np.float32) if v.dtype.kind == "f" and v.dtype != np.float32 else v for k, v in state.items()}
 
 
-def _source(ck: Checkpoint, converted_from: str | None = None) -> dict:
+def _provenance(ck: Checkpoint, converted_from: str | None = None) -> dict:
     src = {"path": str(ck.path), "format": ck.format, "sha256": ck.sha256, "layout": ck.layout,
            "official": ck.official}
     if converted_from:
@@ -44,10 +44,10 @@ def sides(first, second=None, variant: str | None = None):
     if second is None:
         if a.layout == "torch":
             torch_ck, paddle_ck = a, a.in_layout("paddle")
-            sources = {"torch": _source(a), "paddle": _source(a, "torch layout, through parity's key map")}
+            sources = {"torch": _provenance(a), "paddle": _provenance(a, "torch layout, through parity's key map")}
         else:
             torch_ck, paddle_ck = a.in_layout("torch"), a
-            sources = {"torch": _source(a, "Paddle layout, through parity's key map"), "paddle": _source(a)}
+            sources = {"torch": _provenance(a, "Paddle layout, through parity's key map"), "paddle": _provenance(a)}
         label, official = weights_label(a), a.official
     else:
         b = load(second, variant=variant)
@@ -58,7 +58,7 @@ def sides(first, second=None, variant: str | None = None):
         if torch_ck.config.architecture() != paddle_ck.config.architecture():
             raise ParityError(f"{torch_ck.path} is {torch_ck.variant or 'a custom CLIP'} but {paddle_ck.path} "
                               f"is {paddle_ck.variant or 'a custom CLIP'}: they cannot hold the same model")
-        sources = {"torch": _source(torch_ck), "paddle": _source(paddle_ck)}
+        sources = {"torch": _provenance(torch_ck), "paddle": _provenance(paddle_ck)}
         label = f"torch file {weights_label(torch_ck)}; paddle file {weights_label(paddle_ck)}"
         official = torch_ck.official
     config = torch_ck.config
@@ -79,7 +79,6 @@ def verify(first, second=None, *, variant: str | None = None, device: str = "aut
     report = verify_pair(torch_sd, paddle_sd, config, weights=label, device=device, atol=atol, rtol=rtol,
                          photos=photos, layers=layers, reference=reference)
     report["sources"] = sources
-    report["devices"] = device_names(report["devices"])
     return report
 
 
@@ -89,9 +88,13 @@ def load_model(path, framework: str = "torch", device: str = "auto", variant: st
 
     >>> model = parity.load_model("RN50.pt", framework="paddle")    # doctest: +SKIP
     """
+    _check_framework(framework)
+    return _model(load(path, variant=variant), framework, select_device(device)[framework])
+
+
+def _check_framework(framework: str) -> None:  # before any file is read
     if framework not in FRAMEWORKS:
         raise ParityError(f"unknown framework {framework!r}: use torch or paddle")
-    return _model(load(path, variant=variant), framework, select_device(device)[framework])
 
 
 def _model(ck: Checkpoint, framework: str, where: str):
@@ -102,16 +105,15 @@ def _model(ck: Checkpoint, framework: str, where: str):
 
 def logits(path, framework: str = "torch", device: str = "auto", variant: str | None = None) -> dict:
     """The canonical pair through one framework's model: logit and both feature vectors."""
-    if framework not in FRAMEWORKS:
-        raise ParityError(f"unknown framework {framework!r}: use torch or paddle")
+    _check_framework(framework)
     ck = load(path, variant=variant)
-    devices = device_names(select_device(device))
-    model = _model(ck, framework, select_device(device)[framework])
+    devices = select_device(device)
+    model = _model(ck, framework, devices[framework])
     image, text = canonical_inputs(ck.config.image_resolution, ck.config.context_length)
     out = (run_torch if framework == "torch" else run_paddle)(model, image, text)
     del model
     gc.collect()
-    return {"variant": ck.variant or "custom", "framework": framework, "device": devices[framework],
+    return {"variant": ck.variant or "custom", "framework": framework, "device": device_names(devices)[framework],
             "weights": weights_label(ck), "file": str(Path(path)), "sha256": ck.sha256,
             "logit": float(out.logits.ravel()[0]), "image_features": out.image_features.ravel().tolist(),
             "text_features": out.text_features.ravel().tolist()}

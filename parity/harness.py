@@ -15,7 +15,7 @@ import numpy as np
 
 from . import keymap
 from .inputs import SampleSet, canonical_inputs, sample_set
-from .loading import import_paddle, paddle_model, select_device, torch_model
+from .loading import device_names, import_paddle, paddle_model, select_device, torch_model
 from .variants import CLIPConfig, infer_config
 
 OUTPUTS = ("logits", "image_features", "text_features")
@@ -169,11 +169,13 @@ def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
 
 
 def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, atol: float, rtol: float,
-                    device: str = "cpu") -> dict:
+                    devices: dict[str, str] | None = None) -> dict:
     """Per module (same names in both models), on the canonical pair: max |delta|, cosine, bound, and the
-    first module in execution order beyond its bound (its own float32 noise floor counts, as above)."""
+    first module in execution order beyond its bound (its own float32 noise floor counts, as above).
+    `devices`: each framework's device, as `select_device` gives them (default: the CPU)."""
+    devices = devices or {"torch": "cpu", "paddle": "cpu"}
     image, text = canonical_inputs(config.image_resolution, config.context_length)
-    model = torch_model(torch_sd, config, device=device)
+    model = torch_model(torch_sd, config, device=devices["torch"])
     order, outputs, noise = _record_torch_layers(model, image, text)
     del model
     gc.collect()
@@ -193,7 +195,7 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, atol: f
         d = Difference.between(ref, got, atol, rtol, noise.get(name, 0.0))
         rows[name] = {"module": name, "shape": list(got.shape), **asdict(d), "noise_floor": noise.get(name, 0.0)}
 
-    model = paddle_model(paddle_sd, config, device=device)
+    model = paddle_model(paddle_sd, config, device=devices["paddle"])
     handles = [layer.register_forward_post_hook(lambda l, i, o, n=name: compare_layer(n, l, i, o))
                for name, layer in model.named_sublayers()]
     try:
@@ -293,7 +295,7 @@ def verify_pair(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, *, weights:
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise)
     report = {
         "variant": config.name or "custom", "weights": weights, "config": asdict(config),
-        "devices": devices, "versions": versions(), "atol": atol, "rtol": rtol, "noise_factor": NOISE_FACTOR,
+        "devices": device_names(devices), "versions": versions(), "atol": atol, "rtol": rtol, "noise_factor": NOISE_FACTOR,
         "inputs": {"canonical": f"image ones/2 (1, 3, {config.image_resolution}, {config.image_resolution}) "
                                 f"float32, text ones (1, {config.context_length}) int64",
                    "photos": shots.names if shots else []},
@@ -315,7 +317,7 @@ def verify_pair(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, *, weights:
                                             report["reference"]["paddle_delta"]) <= bound
         passed = passed and report["reference"]["passed"]
     if layers or not passed:
-        report["layers"] = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices["torch"])
+        report["layers"] = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices)
     report["passed"] = passed
     report["seconds"] = time.perf_counter() - start
     return report
