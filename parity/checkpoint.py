@@ -11,18 +11,21 @@ import json
 import math
 import re
 import time
+import zlib
+from contextlib import contextmanager
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from . import __version__
 from .errors import CheckpointError
-from .keymap import (ARCHIVE_ENTRIES, Extras, StateDictError, check_keys, paddle_shapes, to_paddle, to_torch,
-                     torch_row, torch_shapes)
+from .keymap import (ARCHIVE_ENTRIES, Extras, Planned, StateDictError, check_keys, paddle_plan, paddle_shapes,
+                     to_paddle, torch_plan, torch_row, torch_shapes)
 from .readers import FORMAT_NAMES, RawCheckpoint, read
 from .variants import CLIPConfig, ConfigError, detect_layout, get_config, infer_config
 from .writers import EXTRAS_KEY, atomic_write, contiguous, write_pdparams, write_safetensors, write_torch
@@ -53,6 +56,7 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)  # source file, its SHA-256, parity version of the writer
     unwrapped: list[str] = field(default_factory=list)  # wrappers and prefixes stripped on reading
     notes: list[str] = field(default_factory=list)
+    release: Callable[[], None] = field(default=lambda: None, repr=False)  # drops mapped pages read so far
 
     @property
     def variant(self) -> str | None:
@@ -67,14 +71,21 @@ class Checkpoint:
         """The official-layout state dict, with the source's own dtypes and torch-only tensors."""
         if self.layout == "torch":
             return dict(self.state_dict)
-        state, notes = to_torch(self.state_dict, self.extras, self.config)
+        return {k: p() for k, p in self.torch_plan().items()}
+
+    def torch_plan(self) -> dict[str, Planned]:
+        """`torch_state` with each tensor made only when asked for."""
+        if self.layout == "torch":
+            return {k: Planned(partial(_same, v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
+        plan, notes = torch_plan(self.state_dict, self.extras, self.config)
         self.notes.extend(n for n in notes if n not in self.notes)
         try:  # an extras record short of a buffer would otherwise make a file build_model refuses
-            check_keys(state, torch_shapes(self.config), "torch state dict (after the extras record)",
+            check_keys({k: np.broadcast_to(np.uint8(0), p.shape) for k, p in plan.items()},
+                       torch_shapes(self.config), "torch state dict (after the extras record)",
                        optional=ARCHIVE_ENTRIES)
         except StateDictError as e:
             raise CheckpointError(f"{self.path}: {e}") from None
-        return state
+        return plan
 
     def in_layout(self, layout: str, dtype: str | None = "float32") -> "Checkpoint":
         """This checkpoint in `layout`; to Paddle, floats are cast to `dtype` (None keeps them)."""
@@ -86,16 +97,38 @@ class Checkpoint:
         return _replace(self, state, "paddle", extras)
 
 
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
 def _replace(ck: Checkpoint, state: dict, layout: str, extras: Extras | None) -> Checkpoint:
     return Checkpoint(state, layout, ck.config, ck.format, ck.path, ck.sha256, extras, dict(ck.provenance),
                       list(ck.unwrapped), list(ck.notes))
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, entries: list[tuple[str, int, int, int]] = ()) -> str:
+    """The file's SHA-256; on the same pass, the CRC-32 of each (name, offset, length, crc) zip entry
+    that was memory-mapped rather than read through zipfile (which checks it): CheckpointError if one fails."""
     digest = hashlib.sha256()
+    pending = sorted(entries, key=lambda e: e[1])
+    crc, position = 0, 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
+            end = position + len(block)
+            while pending and pending[0][1] < end:
+                name, start, length, expected = pending[0]
+                view = memoryview(block)[max(start - position, 0):max(min(start + length - position, len(block)), 0)]
+                crc = zlib.crc32(view, crc)
+                if start + length > end:
+                    break
+                if crc != expected:
+                    raise CheckpointError(f"{path}: entry {name} fails its CRC-32 check: corrupt")
+                pending.pop(0)
+                crc = 0
+            position = end
+    if pending:
+        raise CheckpointError(f"{path}: entry {pending[0][0]} reaches past the end of the file: truncated")
     return digest.hexdigest()
 
 
@@ -220,7 +253,8 @@ def from_raw(raw: RawCheckpoint, path: Path, variant: str | None = None) -> Chec
     provenance = {k: v for k, v in (record or {}).items() if k not in ("buffers", "dtypes")}
     provenance.update({k[len(META_PREFIX):]: v for k, v in raw.metadata.items()
                        if k.startswith(META_PREFIX) and k != META_PREFIX + "extras"})
-    return Checkpoint(tensors, layout, config, raw.format, path, None, extras, provenance, unwrapped, notes)
+    return Checkpoint(tensors, layout, config, raw.format, path, None, extras, provenance, unwrapped, notes,
+                      raw.release)
 
 
 def _source(path) -> Path:
@@ -251,18 +285,64 @@ def load(path, layout: str | None = None, variant: str | None = None) -> Checkpo
 
 
 # ---------------------------------------------------------------- writing
+class Target(Mapping):
+    """The tensors of a file to write, each made when asked for (and the source's mapped pages dropped
+    before), so a conversion holds one target tensor at a time; `spec` says dtype and shape without making.
+
+    Inside `streaming()`, casts go into one reused buffer: each tensor is valid only until the next is made
+    (what the writers and the check need), and no fresh memory is touched per tensor."""
+
+    def __init__(self, plan: dict[str, Planned], fortran: bool, release: Callable[[], None] = lambda: None):
+        self.plan, self.fortran, self.release = plan, fortran, release
+        self.scratch: np.ndarray | None = None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.release()
+        planned = self.plan[key]
+        a = planned.make()
+        if a.dtype != planned.dtype:
+            if self.scratch is None:
+                a = a.astype(planned.dtype)
+            else:
+                order = "F" if self.fortran and a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+                out = self.scratch[:a.size * planned.dtype.itemsize].view(planned.dtype).reshape(a.shape, order=order)
+                np.copyto(out, a, casting="unsafe")
+                a = out
+        # a pickle stores a Fortran-ordered array as it is, so the Paddle layout's transposed Linear weights
+        # need no transposing copy in a .pdparams; the other formats store C order
+        return a if self.fortran and a.flags.f_contiguous else contiguous(a)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def spec(self, key: str) -> tuple[np.dtype, tuple]:
+        return self.plan[key].dtype, self.plan[key].shape
+
+    @contextmanager
+    def streaming(self):
+        largest = max((math.prod(p.shape) * p.dtype.itemsize for p in self.plan.values()), default=0)
+        self.scratch = np.empty(largest, np.uint8)
+        try:
+            yield self
+        finally:
+            self.scratch = None
+
+
 @dataclass
 class Saved:
     path: Path
-    tensors: dict[str, np.ndarray]  # exactly what was written (and checked after reloading)
+    tensors: Target  # exactly what was written (and checked after reloading), made again on demand
     layout: str
     bytes: int
 
 
-def _cast(state: dict, dtype: str | None) -> dict:
+def _cast(plan: dict[str, Planned], dtype: str | None) -> dict[str, Planned]:
     if dtype in (None, "keep"):
-        return state
-    return {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in state.items()}
+        return plan
+    return {k: p._replace(dtype=np.dtype(dtype)) if p.dtype.kind == "f" else p for k, p in plan.items()}
 
 
 def _record(ck: Checkpoint, extras: Extras) -> dict:
@@ -271,11 +351,12 @@ def _record(ck: Checkpoint, extras: Extras) -> dict:
             **extras.to_dict()}
 
 
-def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[dict, dict | None]:
+def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[Target, Extras | None]:
     if layout == "torch":
-        return _cast(ck.torch_state(), dtype), None
-    state, extras = to_paddle(ck.torch_state(), ck.config, dtype=None if dtype == "keep" else dtype or "float32")
-    return state, _record(ck, extras)
+        return Target(_cast(ck.torch_plan(), dtype), False, ck.release), None
+    source = {k: p() for k, p in ck.torch_plan().items()} if ck.layout == "paddle" else ck.state_dict
+    plan, extras = paddle_plan(source, ck.config, dtype=None if dtype == "keep" else dtype or "float32")
+    return Target(plan, to == "paddle", ck.release), extras
 
 
 def _words(a: np.ndarray) -> np.ndarray:
@@ -297,28 +378,67 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a.view(bits), b.view(bits)))
 
 
-def _check_written(path: Path, to: str, tensors: dict, record: dict | None) -> None:
-    """Reload the file just written and compare every tensor, byte for byte, with what was meant."""
-    raw = read(path)
-    got, got_record = _tensors(_unwrap(raw.content, path)[0], path, [])
-    if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
-        got_record = _parse_record(raw.metadata[META_PREFIX + "extras"], path)
-    bad = sorted(set(got) ^ set(tensors)) + sorted(k for k in set(got) & set(tensors)
-                                                   if not same_bits(got[k], tensors[k]))
-    if bad or got_record != record:
+class _Seen:
+    """What a checked .pdparams array is replaced by: its position, and whether it was the planned one."""
+
+    def __init__(self, index: int, same: bool):
+        self.index, self.same = index, same
+
+
+def _check_pdparams(path: Path, tensors: Mapping, record: dict | None) -> list[str]:
+    keys = list(tensors)
+    seen: list[_Seen] = []
+
+    def visit(array: np.ndarray) -> _Seen:  # each array compared as it is read, then dropped
+        i = len(seen)
+        seen.append(_Seen(i, i < len(keys) and same_bits(array, tensors[keys[i]])))
+        return seen[-1]
+
+    content = read(path, visit=visit).content
+    if not isinstance(content, dict):
+        return ["the file's top level"]
+    expected = keys + ([EXTRAS_KEY] if record is not None else [])
+    bad = sorted(set(content) ^ set(expected))
+    bad += [k for i, k in enumerate(keys) if not (isinstance(content.get(k), _Seen) and content[k].index == i
+                                                   and content[k].same)]
+    if record is not None and EXTRAS_KEY in content and _parse_record(content[EXTRAS_KEY], path) != record:
+        bad.append("extras record")
+    return bad
+
+
+def _check_written(path: Path, to: str, tensors: Mapping, record: dict | None) -> None:
+    """Reload the file just written and compare every tensor, byte for byte, with what was meant, one
+    tensor at a time: the planned tensor is made again and the file's is read (or mapped) and dropped."""
+    if to == "paddle":
+        bad = _check_pdparams(path, tensors, record)
+    else:
+        raw = read(path, mapped=True)
+        got, got_record = _tensors(_unwrap(raw.content, path)[0], path, [])
+        if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
+            got_record = _parse_record(raw.metadata[META_PREFIX + "extras"], path)
+        bad = sorted(set(got) ^ set(tensors))
+        for k in tensors:
+            raw.release()
+            if k in got and not same_bits(got[k], tensors[k]):
+                bad.append(k)
+        raw.release()
+        if got_record != record:
+            bad.append("extras record")
+    if bad:
         raise CheckpointError(f"{path}: the written file does not read back as written "
-                              f"({', '.join(bad[:5]) or 'extras record'}); nothing was kept")
+                              f"({', '.join(bad[:5])}); nothing was kept")
 
 
 def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = None, dtype: str | None = None,
-         force: bool = False) -> Saved:
+         force: bool = False, digest: Future | None = None) -> Saved:
     """Write `ck` as `to` ("paddle", "torch" or "safetensors"; default from the suffix), atomically.
 
     Layouts: paddle -> parity's Paddle layout with the extras record; torch -> openai/CLIP's state dict;
     safetensors -> `layout` "torch" (default) or "paddle". dtype: None gives each target what its
     framework loads as is (float32 in the Paddle layout, the source dtypes in the torch layout); "keep",
-    "float32" or "float16" override. The file is reloaded and compared tensor by tensor before it is
-    renamed into place.
+    "float32" or "float16" override. The file is written and then reloaded and compared tensor by tensor,
+    one tensor at a time, before it is renamed into place. `digest`: the source's SHA-256 still being
+    computed (it goes into the record, which a .pdparams writes last).
     """
     path = Path(path)
     to = to or next((t for t, s in TARGETS.items() if path.suffix == s), None)
@@ -329,11 +449,15 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     layout = layout or ("paddle" if to == "paddle" else "torch")
     if (to, layout) in (("paddle", "torch"), ("torch", "paddle")) or layout not in ("torch", "paddle"):
         raise CheckpointError(f"a {to} file is written in the {to} layout; --layout applies to safetensors only")
-    tensors, record = _target(ck, to, layout, dtype)
-    # once, as they will be written (the check compares these); a pickle stores a Fortran-ordered array
-    # as it is, so the Paddle layout's transposed Linear weights need no transposing copy in a .pdparams
-    tensors = {k: v if to == "paddle" and v.flags.f_contiguous else contiguous(v) for k, v in tensors.items()}
-    text = json.dumps(record, sort_keys=True) if record is not None else None
+    tensors, extras = _target(ck, to, layout, dtype)
+    record: list = []  # filled once: the record as JSON text, when the source's hash is known
+
+    def text() -> str | None:
+        if not record:
+            if digest is not None:
+                ck.sha256 = digest.result()  # raises if a mapped entry failed its CRC-32
+            record.append(json.dumps(_record(ck, extras), sort_keys=True) if extras is not None else None)
+        return record[0]
 
     def write(tmp: Path):
         if to == "paddle":
@@ -342,15 +466,20 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
             write_torch(tmp, tensors)
         else:
             meta = {"format": "pt" if layout == "torch" else "paddle", META_PREFIX + "layout": layout,
-                    META_PREFIX + "version": __version__, META_PREFIX + "variant": str(ck.variant),
-                    META_PREFIX + "source_file": ck.path.name if ck.path else "",
-                    META_PREFIX + "source_sha256": ck.sha256 or ""}
-            if text is not None:
-                meta[META_PREFIX + "extras"] = text
+                    META_PREFIX + "version": __version__, META_PREFIX + "variant": str(ck.variant)}
+            recorded = text()
+            meta.update({META_PREFIX + "source_file": ck.path.name if ck.path else "",
+                         META_PREFIX + "source_sha256": ck.sha256 or ""})
+            if recorded is not None:
+                meta[META_PREFIX + "extras"] = recorded
             write_safetensors(tmp, tensors, meta)
 
-    atomic_write(path, write, lambda tmp: _check_written(tmp, to, tensors, json.loads(text) if text else None),
-                 force=force)
+    def check(tmp: Path):
+        recorded = text()
+        with tensors.streaming():
+            _check_written(tmp, to, tensors, json.loads(recorded) if recorded else None)
+
+    atomic_write(path, write, check, force=force)
     return Saved(path, tensors, layout, path.stat().st_size)
 
 
@@ -364,7 +493,7 @@ class Converted:
 
     def summary(self) -> str:
         """One line: variant, tensors, bytes, dtype mix, seconds, output path (and what was unwrapped)."""
-        mix = Counter(str(v.dtype) for v in self.saved.tensors.values())
+        mix = Counter(str(self.saved.tensors.spec(k)[0]) for k in self.saved.tensors)
         dtypes = " ".join(f"{d}×{n}" for d, n in sorted(mix.items()))
         line = (f"{self.source.variant or 'custom CLIP'}: {len(self.saved.tensors)} tensors, "
                 f"{_size(self.saved.bytes)}, {dtypes}, {self.seconds:.1f} s -> {self.saved.path}")
@@ -396,9 +525,14 @@ def _has_nonfinite(v: np.ndarray, chunk: int = 1 << 20) -> bool:
     return False
 
 
-def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
-    """Keys of floating tensors holding NaN or Inf."""
-    return sorted(k for k, v in state.items() if v.dtype.kind == "f" and v.size and _has_nonfinite(v))
+def nonfinite(state: Mapping[str, np.ndarray], release: Callable[[], None] = lambda: None) -> list[str]:
+    """Keys of floating tensors holding NaN or Inf (`release` is called after each: see Checkpoint.release)."""
+    bad = []
+    for k, v in state.items():
+        if v.dtype.kind == "f" and v.size and _has_nonfinite(v):
+            bad.append(k)
+        release()
+    return sorted(bad)
 
 
 def default_output(src: Path, to: str) -> Path:
@@ -426,16 +560,25 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
     if out.exists() and not force:
         raise CheckpointError(f"{out} already exists; pass --force to replace it, or -o to write elsewhere")
     stage(f"reading {src.name}")
-    ck = load(src, variant=variant)
-    warnings = []
-    bad = nonfinite(ck.state_dict)
-    if bad:
-        message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
-        if strict:
-            raise CheckpointError(message + "; refused under --strict")
-        warnings.append(message)
-    stage(f"writing and checking {out.name}")
-    saved = save(ck, out, to, layout=layout, dtype=dtype, force=force)
+    # the source's tensors are memory-mapped where the format allows, and its SHA-256 (with the CRC-32 of
+    # the mapped zip entries) is computed beside the conversion: only the tensor in hand is in memory
+    raw = read(src, mapped=True)
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(sha256_of, src, raw.storages)
+        try:
+            ck = from_raw(raw, src, variant)
+            warnings = []
+            bad = nonfinite(ck.state_dict, ck.release)
+            if bad:
+                message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
+                if strict:
+                    raise CheckpointError(message + "; refused under --strict")
+                warnings.append(message)
+            stage(f"writing and checking {out.name}")
+            saved = save(ck, out, to, layout=layout, dtype=dtype, force=force, digest=digest)
+        except BaseException:
+            digest.cancel()
+            raise
     return Converted(ck, saved, time.perf_counter() - start, warnings)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from functools import partial
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -249,16 +250,33 @@ def _resolve(state_dict: Mapping, config: CLIPConfig | None) -> CLIPConfig:
     return match_variant(config)
 
 
-def to_paddle(state_dict: Mapping, config: CLIPConfig | None = None,
-              dtype: str | None = "float32") -> tuple[dict[str, np.ndarray], Extras]:
-    """Official (torch) layout -> parity's Paddle layout.
+class Planned(NamedTuple):
+    """One target tensor, made only when asked for: a conversion holds one such tensor at a time.
 
-    `dtype` casts every floating tensor (default float32, what Paddle loads on a CPU); None keeps them.
-    Returns the Paddle state dict and the extras record that `to_torch` needs to come back bit-exact.
-    """
+    `make` gives it in the source's dtype (often a view of the source); `dtype` is what it is cast to."""
+
+    make: Callable[[], np.ndarray]
+    dtype: np.dtype
+    shape: tuple
+
+    def __call__(self) -> np.ndarray:
+        a = self.make()
+        # astype keeps the memory order (K), so a transposed Linear weight stays Fortran-ordered
+        return a if a.dtype == self.dtype else a.astype(self.dtype)
+
+
+def _paddle_part(array: np.ndarray, transform: str, index: int) -> np.ndarray:
+    # views: a split slice and/or a transpose; the cast comes after the split, so a fused q/k/v tensor is
+    # cast once per part, never whole three times
+    return TRANSFORMS[transform][0](array)[index]
+
+
+def paddle_plan(state_dict: Mapping, config: CLIPConfig | None = None,
+                dtype: str | None = "float32") -> tuple[dict[str, Planned], Extras]:
+    """`to_paddle` without doing it: each Paddle tensor as a Planned (made on demand), and the extras record."""
     config = _resolve(state_dict, config)
     check_keys(state_dict, torch_shapes(config), "torch state dict", optional=ARCHIVE_ENTRIES)
-    out: dict[str, np.ndarray] = {}
+    plan: dict[str, Planned] = {}
     extras = Extras()
     for key, value in state_dict.items():
         array = as_numpy(value)
@@ -266,11 +284,60 @@ def to_paddle(state_dict: Mapping, config: CLIPConfig | None = None,
         if row.paddle is None:
             extras.buffers[key] = array
             continue
-        if dtype is not None and array.dtype.kind == "f" and array.dtype != np.dtype(dtype):
+        cast = dtype is not None and array.dtype.kind == "f" and array.dtype != np.dtype(dtype)
+        if cast:
             extras.dtypes[key] = str(array.dtype)
-            array = array.astype(dtype)
-        out.update(zip(paddle_keys_for(key), TRANSFORMS[row.transform][0](array)))
-    return out, extras
+        shapes = [p.shape for p in TRANSFORMS[row.transform][0](array)]  # views only
+        for i, (pkey, shape) in enumerate(zip(paddle_keys_for(key), shapes)):
+            plan[pkey] = Planned(partial(_paddle_part, array, row.transform, i),
+                                 np.dtype(dtype) if cast else array.dtype, tuple(shape))
+    return plan, extras
+
+
+def to_paddle(state_dict: Mapping, config: CLIPConfig | None = None,
+              dtype: str | None = "float32") -> tuple[dict[str, np.ndarray], Extras]:
+    """Official (torch) layout -> parity's Paddle layout.
+
+    `dtype` casts every floating tensor (default float32, what Paddle loads on a CPU); None keeps them.
+    Returns the Paddle state dict and the extras record that `to_torch` needs to come back bit-exact.
+    """
+    plan, extras = paddle_plan(state_dict, config, dtype)
+    return {k: p() for k, p in plan.items()}, extras
+
+
+def _torch_tensor(parts: list, transform: str) -> np.ndarray:
+    return TRANSFORMS[transform][1]([as_numpy(p) for p in parts])
+
+
+def torch_plan(state_dict: Mapping, extras: Extras | None = None, config: CLIPConfig | None = None,
+               archive_entries: bool = False) -> tuple[dict[str, Planned], list[str]]:
+    """`to_torch` without doing it: each official tensor as a Planned (made on demand), and the notes."""
+    config = _resolve(state_dict, config)
+    check_keys(state_dict, paddle_shapes(config), "paddle state dict")
+    notes: list[str] = []
+    plan: dict[str, Planned] = {}
+    for key, shape in torch_shapes(config, archive_entries=archive_entries).items():
+        row, _ = torch_row(key)
+        if row.paddle is None:
+            continue
+        parts = [state_dict[k] for k in paddle_keys_for(key)]
+        source = extras.dtypes.get(key) if extras else None
+        plan[key] = Planned(partial(_torch_tensor, parts, row.transform),
+                            np.dtype(source) if source else as_numpy(parts[0]).dtype, tuple(shape))
+    if extras is not None:
+        buffers = extras.buffers
+    else:
+        buffers = {k: np.array(0, dtype=np.int64) for k in torch_shapes(config) if k.endswith("num_batches_tracked")}
+        if archive_entries:
+            buffers.update({"input_resolution": np.array(config.image_resolution, dtype=np.int64),
+                            "context_length": np.array(config.context_length, dtype=np.int64),
+                            "vocab_size": np.array(config.vocab_size, dtype=np.int64)})
+        notes.append(f"no extras record: restored {len(buffers)} torch-only tensors with defaults "
+                     "(num_batches_tracked = 0" + (", archive entries from the config" if archive_entries else "")
+                     + "); floating tensors keep the Paddle file's dtype")
+    plan.update({k: Planned(partial(as_numpy, v), as_numpy(v).dtype, tuple(as_numpy(v).shape))
+                 for k, v in buffers.items()})
+    return plan, notes
 
 
 def to_torch(state_dict: Mapping, extras: Extras | None = None, config: CLIPConfig | None = None,
@@ -280,27 +347,5 @@ def to_torch(state_dict: Mapping, extras: Extras | None = None, config: CLIPConf
     Without an extras record, torch-only tensors get defaults (num_batches_tracked 0; with
     `archive_entries`, the official archives' int entries from the config) and the returned notes say so.
     """
-    config = _resolve(state_dict, config)
-    check_keys(state_dict, paddle_shapes(config), "paddle state dict")
-    notes: list[str] = []
-    out: dict[str, np.ndarray] = {}
-    for key, shape in torch_shapes(config, archive_entries=archive_entries).items():
-        row, _ = torch_row(key)
-        if row.paddle is None:
-            continue
-        array = TRANSFORMS[row.transform][1]([as_numpy(state_dict[k]) for k in paddle_keys_for(key)])
-        source = (extras.dtypes.get(key) if extras else None)
-        out[key] = array.astype(source) if source else array
-    if extras is not None:
-        out.update(extras.buffers)
-    else:
-        defaults = {k: np.array(0, dtype=np.int64) for k in torch_shapes(config) if k.endswith("num_batches_tracked")}
-        if archive_entries:
-            defaults.update({"input_resolution": np.array(config.image_resolution, dtype=np.int64),
-                             "context_length": np.array(config.context_length, dtype=np.int64),
-                             "vocab_size": np.array(config.vocab_size, dtype=np.int64)})
-        out.update(defaults)
-        notes.append(f"no extras record: restored {len(defaults)} torch-only tensors with defaults "
-                     "(num_batches_tracked = 0" + (", archive entries from the config" if archive_entries else "")
-                     + "); floating tensors keep the Paddle file's dtype")
-    return out, notes
+    plan, notes = torch_plan(state_dict, extras, config, archive_entries)
+    return {k: p() for k, p in plan.items()}, notes

@@ -13,12 +13,14 @@ from __future__ import annotations
 import ast
 import json
 import math
+import mmap
 import pickle
 import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -29,12 +31,18 @@ FORMAT_NAMES = {"torchscript": "TorchScript archive", "torch": "torch pickle in 
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of torch.save's pre-1.6 format
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass
 class RawCheckpoint:
     format: str  # a key of FORMAT_NAMES
     content: object  # what the file holds: (nested) containers of numpy arrays
     metadata: dict = field(default_factory=dict)  # safetensors header metadata
     notes: list = field(default_factory=list)
+    release: Callable[[], None] = _nothing  # drops the mapped pages read so far (memory-mapped reading)
+    storages: list = field(default_factory=list)  # (name, offset, length, CRC-32) of each mapped zip entry
 
 
 def sniff(path: Path) -> str:
@@ -54,15 +62,21 @@ def sniff(path: Path) -> str:
                           f"it starts with {head[:8]!r})")
 
 
-def read(path: Path) -> RawCheckpoint:
-    """Read any supported file into numpy arrays, without running code from it."""
+def read(path: Path, mapped: bool = False, visit: Callable | None = None) -> RawCheckpoint:
+    """Read any supported file into numpy arrays, without running code from it.
+
+    `mapped`: tensors of a zip archive (stored entries) or safetensors file are read-only views of the
+    file, memory-mapped, so nothing is read before it is used; the caller checks the CRC-32 of the
+    zip entries (`storages`) and calls `release` to drop what it has read. `visit` (pickles only) is
+    given each array as it is read and returns what stands for it: a check that holds one at a time.
+    """
     kind = sniff(path)
     try:
         if kind == "zip":
-            return _read_torch_zip(path)
+            return _read_torch_zip(path, mapped)
         if kind == "pickle":
-            return _read_pickle(path)
-        return _read_safetensors(path)
+            return _read_pickle(path, visit)
+        return _read_safetensors(path, mapped)
     except CheckpointError as e:
         msg = str(e)
         raise type(e)(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
@@ -163,13 +177,28 @@ def _check_plain(obj, depth=0):
         raise CheckpointError(f"unexpected {type(obj).__name__} object in the pickle")
 
 
-def _read_pickle(path: Path) -> RawCheckpoint:
+class _VisitingUnpickler(_NumpyUnpickler):
+    def __init__(self, file, visit: Callable):
+        super().__init__(file)
+        self.visit = visit
+
+    def find_class(self, module, name):
+        target = super().find_class(module, name)
+        if target is _np_frombuffer:
+            return lambda *args: self.visit(_np_frombuffer(*args))
+        if target is _np_reconstruct:
+            raise CheckpointError("an array in the pickle's protocol-2 form where parity wrote protocol 5")
+        return target
+
+
+def _read_pickle(path: Path, visit: Callable | None = None) -> RawCheckpoint:
     with open(path, "rb") as f:
-        content = _NumpyUnpickler(f).load()
+        content = (_VisitingUnpickler(f, visit) if visit else _NumpyUnpickler(f)).load()
     if isinstance(content, int) and content == _LEGACY_TORCH_MAGIC:
         raise CheckpointError("torch's legacy pre-1.6 (non-zip) format is not read; re-save it with a "
                               "current torch (torch.save(torch.load(f, weights_only=True), new_file))")
-    _check_plain(content)
+    if visit is None:  # with a visitor, the caller checks what stands for each array
+        _check_plain(content)
     return RawCheckpoint("pdparams", content)
 
 
@@ -234,10 +263,12 @@ class _TorchUnpickler(_Restricted):
                **{("torch.jit._pickle", name): _same for name in
                   ("restore_type_tag", "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")}}
 
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, script: bool, notes: list):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, script: bool, notes: list,
+                 mapping: mmap.mmap | None = None):
         super().__init__(file)
-        self.archive, self.prefix, self.script, self.notes = archive, prefix, script, notes
+        self.archive, self.prefix, self.script, self.notes, self.mapping = archive, prefix, script, notes, mapping
         self.storages: dict[str, np.ndarray] = {}
+        self.mapped: list[tuple[str, int, int, int]] = []  # (entry, offset, length, CRC-32) read as views
         self.classes: dict[str, type] = {}
         self.big_endian = f"{prefix}byteorder" in archive.namelist() and \
             archive.read(f"{prefix}byteorder").strip() == b"big"
@@ -267,6 +298,10 @@ class _TorchUnpickler(_Restricted):
             if info.file_size < size:
                 raise CheckpointError(f"storage {key} holds {info.file_size} bytes, {size} expected: "
                                       "truncated or corrupt")
+            if self.mapping is not None and info.compress_type == zipfile.ZIP_STORED and not self.big_endian \
+                    and not bf16:
+                self.storages[key] = self._view(info, dtype, int(numel))
+                return self.storages[key]
             with self.archive.open(info) as f:
                 raw = f.read(size)  # never more than the tensor needs (a zip bomb stays unexploded)
             if len(raw) < size:
@@ -282,6 +317,30 @@ class _TorchUnpickler(_Restricted):
         return self.storages[key]
 
 
+    def _view(self, info: zipfile.ZipInfo, dtype: np.dtype, numel: int) -> np.ndarray:
+        # a stored entry's bytes follow its local header: 30 bytes, the name, the extra field
+        header = self.mapping[info.header_offset:info.header_offset + 30]
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"entry {info.filename} has no local header: truncated or corrupt")
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        if start + info.file_size > len(self.mapping):
+            raise CheckpointError(f"entry {info.filename} reaches past the end of the file: truncated")
+        self.mapped.append((info.filename, start, info.file_size, info.CRC))
+        return np.frombuffer(self.mapping, dtype=dtype, count=numel, offset=start)
+
+
+def _map(path: Path) -> mmap.mmap:
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _releaser(mapping: mmap.mmap) -> Callable[[], None]:
+    def release():  # the pages stay in the page cache; touching them again maps them again
+        mapping.madvise(mmap.MADV_DONTNEED)
+    return release if hasattr(mmap, "MADV_DONTNEED") else _nothing
+
+
 def _archive_prefix(archive: zipfile.ZipFile) -> str:
     pkls = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
@@ -289,18 +348,23 @@ def _archive_prefix(archive: zipfile.ZipFile) -> str:
     return pkls[0][: -len("data.pkl")]
 
 
-def _read_torch_zip(path: Path) -> RawCheckpoint:
+def _read_torch_zip(path: Path, mapped: bool = False) -> RawCheckpoint:
     notes: list[str] = []
+    mapping = _map(path) if mapped else None
     with zipfile.ZipFile(path) as archive:
         prefix = _archive_prefix(archive)
         script = any(n.startswith(f"{prefix}code/") for n in archive.namelist())
         with archive.open(f"{prefix}data.pkl") as f:
-            content = _TorchUnpickler(f, archive, prefix, script, notes).load()
+            unpickler = _TorchUnpickler(f, archive, prefix, script, notes, mapping)
+            content = unpickler.load()
         if isinstance(content, _ScriptObject):
             content = _script_state(content, _Declarations(archive, prefix), notes)
             script = True
     _check_plain(content)
-    return RawCheckpoint("torchscript" if script else "torch", content, notes=notes)
+    raw = RawCheckpoint("torchscript" if script else "torch", content, notes=notes, storages=unpickler.mapped)
+    if mapping is not None:
+        raw.release = _releaser(mapping)
+    return raw
 
 
 class _Declarations:
@@ -366,8 +430,9 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
-def _read_safetensors(path: Path) -> RawCheckpoint:
+def _read_safetensors(path: Path, mapped: bool = False) -> RawCheckpoint:
     size, notes = path.stat().st_size, []
+    mapping = _map(path) if mapped else None
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
@@ -385,10 +450,16 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
             if end - begin != math.prod(shape) * dtype.itemsize or begin < 0 or start + end > size:
                 raise CheckpointError(f"tensor {name!r} lies outside the file or has the wrong length: "
                                       "truncated or corrupt")
-            f.seek(start + begin)
-            array = np.frombuffer(bytearray(f.read(end - begin)), dtype=dtype).reshape(shape)
+            if mapping is not None:
+                array = np.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=start + begin).reshape(shape)
+            else:
+                f.seek(start + begin)
+                array = np.frombuffer(bytearray(f.read(end - begin)), dtype=dtype).reshape(shape)
             if kind == "bfloat16":  # widened exactly to float32, as for torch files
                 array = (array.astype(np.uint32) << 16).view(np.float32)
                 notes.append(f"bfloat16 tensor {name} widened to float32 (exact)")
             content[name] = array
-    return RawCheckpoint("safetensors", content, metadata=dict(metadata), notes=notes)
+    raw = RawCheckpoint("safetensors", content, metadata=dict(metadata), notes=notes)
+    if mapping is not None:
+        raw.release = _releaser(mapping)
+    return raw
