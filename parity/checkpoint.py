@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 import time
 import zlib
 from contextlib import contextmanager
@@ -106,14 +107,17 @@ def _replace(ck: Checkpoint, state: dict, layout: str, extras: Extras | None) ->
                       list(ck.unwrapped), list(ck.notes))
 
 
-def sha256_of(path: Path, entries: list[tuple[str, int, int, int]] = ()) -> str:
+def sha256_of(path: Path, entries: list[tuple[str, int, int, int]] = (), stop: threading.Event | None = None) -> str:
     """The file's SHA-256; on the same pass, the CRC-32 of each (name, offset, length, crc) zip entry
-    that was memory-mapped rather than read through zipfile (which checks it): CheckpointError if one fails."""
+    that was memory-mapped rather than read through zipfile (which checks it): CheckpointError if one fails.
+    `stop` set: give up at the next block (the caller no longer needs the result)."""
     digest = hashlib.sha256()
     pending = sorted(entries, key=lambda e: e[1])
     crc, position = 0, 0
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
+            if stop is not None and stop.is_set():
+                raise CheckpointError(f"{path}: hashing stopped")
             digest.update(block)
             end = position + len(block)
             while pending and pending[0][1] < end:
@@ -563,8 +567,9 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
     # the source's tensors are memory-mapped where the format allows, and its SHA-256 (with the CRC-32 of
     # the mapped zip entries) is computed beside the conversion: only the tensor in hand is in memory
     raw = read(src, mapped=True)
+    stop = threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(sha256_of, src, raw.storages)
+        digest = pool.submit(sha256_of, src, raw.storages, stop)
         try:
             ck = from_raw(raw, src, variant)
             warnings = []
@@ -577,7 +582,7 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
             stage(f"writing and checking {out.name}")
             saved = save(ck, out, to, layout=layout, dtype=dtype, force=force, digest=digest)
         except BaseException:
-            digest.cancel()
+            stop.set()
             raise
     return Converted(ck, saved, time.perf_counter() - start, warnings)
 
@@ -585,7 +590,10 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
 # ---------------------------------------------------------------- info
 def describe(path) -> dict:
     """What `parity info` prints: format, layout, variant, tensors, dtype mix, bytes, SHA-256, official, extras."""
-    ck = load(path)
+    path = _source(path)
+    raw = read(path, mapped=True)  # shapes and dtypes only: nothing of a mapped file is read but its hash
+    ck = from_raw(raw, path)
+    ck.sha256 = sha256_of(path, raw.storages)
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,

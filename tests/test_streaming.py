@@ -83,6 +83,7 @@ def test_mapped_archive_is_crc_checked(tmp_path):
         _refused(CliRunner().invoke(main, ["convert", str(bad), "--to", to, "-o", str(tmp_path / f"out.{to}")]),
                  "fails its CRC-32 check")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RN50.pt"]
+    _refused(CliRunner().invoke(main, ["info", str(bad)]), "fails its CRC-32 check")  # info maps it too
     # read through zipfile (parity.load), the same file fails too
     with pytest.raises(parity.CheckpointError, match="CRC"):
         parity.load(bad)

@@ -1,7 +1,7 @@
 """Paddle CLIP: the module tree of `torch_clip.py`, in idiomatic Paddle.
 
-Layout differences (all handled by `parity.keymap`): transformer attention is `nn.MultiHeadAttention`
-(q/k/v/out_proj, batch-first), Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and
+Layout differences (all handled by `parity.keymap`): transformer attention has separate q/k/v/out_proj
+Linears, named as in Paddle's `nn.MultiHeadAttention` (batch-first), Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and
 no `num_batches_tracked`, `logit_scale` has shape [1]. Every other name equals the official one.
 Paddle cannot compute in float16 on the CPU: load float32 weights.
 """
@@ -31,6 +31,17 @@ def materialized_views(method):
         finally:
             paddle.set_flags({flag: before})
     return run
+
+
+class Linear(nn.Linear):
+    """nn.Linear with the bias added inside the GEMM (addmm), as torch's F.linear does: Paddle's own runs a
+    matmul and then a separate add, up to 25% slower on a CPU. Same parameters, same state dict keys."""
+
+    def forward(self, x):
+        shape = x.shape
+        # [..., in] -> [M, in] -> [M, out] -> [..., out]
+        y = paddle.addmm(self.bias, x.reshape([-1, shape[-1]]), self.weight)
+        return y.reshape(shape[:-1] + [self.weight.shape[1]])
 
 
 class Bottleneck(nn.Layer):
@@ -69,10 +80,10 @@ class AttentionPool2d(nn.Layer):
     def __init__(self, grid: int, embed_dim: int, num_heads: int, output_dim: int):
         super().__init__()
         self.positional_embedding = self.create_parameter([grid * grid + 1, embed_dim])
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.c_proj = Linear(embed_dim, output_dim)
         self.num_heads = num_heads
 
     def _heads(self, x):
@@ -131,15 +142,39 @@ class QuickGELU(nn.Layer):
         return x * F.sigmoid(1.702 * x)
 
 
+class MultiHeadAttention(nn.Layer):
+    """Self-attention with the parameters (and names) of Paddle's `nn.MultiHeadAttention`: q_proj, k_proj,
+    v_proj, out_proj. Written out, so that its Linears add their bias in the GEMM."""
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Linear(embed_dim, embed_dim) for _ in range(4))
+
+    def forward(self, x, attn_mask=None):
+        n, length, width = x.shape
+        head_dim = width // self.num_heads
+
+        def heads(t):  # [N, L, D] -> [N, L, heads, D/heads] -> [N, heads, L, D/heads]
+            return t.reshape([n, length, self.num_heads, head_dim]).transpose([0, 2, 1, 3])
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        scores = paddle.matmul(q * head_dim ** -0.5, k, transpose_y=True)  # [N, heads, L, L]
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        out = paddle.matmul(F.softmax(scores, axis=-1), v)  # [N, heads, L, D/heads]
+        return self.out_proj(out.transpose([0, 2, 1, 3]).reshape([n, length, width]))  # [N, L, D]
+
+
 class ResidualAttentionBlock(nn.Layer):
     def __init__(self, d_model: int, n_head: int, attn_mask=None):
         super().__init__()
-        self.attn = nn.MultiHeadAttention(d_model, n_head)
+        self.attn = MultiHeadAttention(d_model, n_head)
         self.ln_1 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
-            ("c_fc", nn.Linear(d_model, d_model * 4)),
+            ("c_fc", Linear(d_model, d_model * 4)),
             ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(d_model * 4, d_model)),
+            ("c_proj", Linear(d_model * 4, d_model)),
         )
         self.ln_2 = nn.LayerNorm(d_model)
         self.attn_mask = attn_mask  # additive float mask: Paddle's boolean masks mean "attend", torch's "block"
@@ -147,7 +182,7 @@ class ResidualAttentionBlock(nn.Layer):
     def forward(self, x):
         h = self.ln_1(x)
         mask = None if self.attn_mask is None else self.attn_mask.astype(h.dtype)
-        x = x + self.attn(h, h, h, attn_mask=mask)
+        x = x + self.attn(h, attn_mask=mask)
         return x + self.mlp(self.ln_2(x))
 
 
