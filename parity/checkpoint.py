@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
@@ -358,8 +358,7 @@ def _record(ck: Checkpoint, extras: Extras) -> dict:
 def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[Target, Extras | None]:
     if layout == "torch":
         return Target(_cast(ck.torch_plan(), dtype), False, ck.release), None
-    source = {k: p() for k, p in ck.torch_plan().items()} if ck.layout == "paddle" else ck.state_dict
-    plan, extras = paddle_plan(source, ck.config, dtype=None if dtype == "keep" else dtype or "float32")
+    plan, extras = paddle_plan(ck.torch_state(), ck.config, dtype=None if dtype == "keep" else dtype or "float32")
     return Target(plan, to == "paddle", ck.release), extras
 
 
@@ -454,14 +453,11 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if (to, layout) in (("paddle", "torch"), ("torch", "paddle")) or layout not in ("torch", "paddle"):
         raise CheckpointError(f"a {to} file is written in the {to} layout; --layout applies to safetensors only")
     tensors, extras = _target(ck, to, layout, dtype)
-    record: list = []  # filled once: the record as JSON text, when the source's hash is known
-
+    @cache  # the record as JSON text, made once, when the source's hash is known
     def text() -> str | None:
-        if not record:
-            if digest is not None:
-                ck.sha256 = digest.result()  # raises if a mapped entry failed its CRC-32
-            record.append(json.dumps(_record(ck, extras), sort_keys=True) if extras is not None else None)
-        return record[0]
+        if digest is not None:
+            ck.sha256 = digest.result()  # raises if a mapped entry failed its CRC-32
+        return json.dumps(_record(ck, extras), sort_keys=True) if extras is not None else None
 
     def write(tmp: Path):
         if to == "paddle":

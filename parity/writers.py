@@ -56,6 +56,14 @@ def _streaming(tensors: Mapping):
     return tensors.streaming() if hasattr(tensors, "streaming") else contextlib.nullcontext()
 
 
+def _made(tensors: Mapping[str, np.ndarray], key: str, dtype: np.dtype, shape: tuple) -> np.ndarray:
+    """tensors[key] in C order, refused if it is not what its header (written before it) says."""
+    value = contiguous(tensors[key])
+    if value.dtype != dtype or tuple(value.shape) != tuple(shape):
+        raise CheckpointError(f"{key}: made as {value.dtype} {list(value.shape)}, planned as {dtype} {list(shape)}")
+    return value
+
+
 def _bytes(a: np.ndarray) -> memoryview:
     """A C-ordered array's memory as flat bytes, without a copy."""
     return memoryview(a.reshape(-1)).cast("B")
@@ -158,9 +166,9 @@ def torch_pickle(specs: list[tuple[str, np.dtype, tuple]]) -> bytes:
     return b"".join(out)
 
 
-def _entry(archive: zipfile.ZipFile, file, name: str, data) -> None:
-    # a stored entry whose bytes start on an ALIGNMENT boundary: padding in an extra field, as torch does
-    data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+def _entry(archive: zipfile.ZipFile, file, name: str, data: bytes | memoryview) -> None:
+    # a stored entry whose bytes (flat: bytes or a "B" memoryview) start on an ALIGNMENT boundary,
+    # with the padding in an extra field, as torch does
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_STORED
     info.file_size = len(data)
@@ -184,12 +192,7 @@ def write_torch(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
         _entry(archive, f, "archive/.storage_alignment", str(ALIGNMENT).encode())
         _entry(archive, f, "archive/byteorder", sys.byteorder.encode())
         for i, (key, dtype, shape) in enumerate(specs):
-            value = contiguous(tensors[key])
-            if value.dtype != dtype or tuple(value.shape) != tuple(shape):
-                raise CheckpointError(f"{key}: made as {value.dtype} {list(value.shape)}, planned as "
-                                      f"{dtype} {list(shape)}")
-            _entry(archive, f, f"archive/data/{i}", _bytes(value))
-            del value
+            _entry(archive, f, f"archive/data/{i}", _bytes(_made(tensors, key, dtype, shape)))
         _entry(archive, f, "archive/version", b"3\n")
 
 
@@ -214,11 +217,7 @@ def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: d
     with open(path, "wb") as f, _streaming(tensors):
         f.write(struct.pack("<Q", len(text)) + text)
         for key in order:
-            value = contiguous(tensors[key])
-            if value.dtype != specs[key][0] or tuple(value.shape) != tuple(specs[key][1]):
-                raise CheckpointError(f"{key}: made as {value.dtype} {list(value.shape)}, planned otherwise")
-            f.write(_bytes(value))
-            del value
+            f.write(_bytes(_made(tensors, key, *specs[key])))
 
 
 def _umask() -> int:
