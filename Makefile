@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PADDLE_EXTRA ?= cpu
 
-.PHONY: install test test-fast verify-all bench clean
+.PHONY: install test test-fast verify-all bench fuzz clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ verify-all: install
 
 bench: install
 	$(PY) benchmarks/bench.py --report-dir reports
+
+# every reader under atheris, FUZZ_SECONDS each, two at a time; writes reports/fuzz.md
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(PY) fuzz/run.py --seconds $(FUZZ_SECONDS) --report-dir reports
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache *.egg-info

@@ -10,11 +10,35 @@ import numpy as np
 from .checkpoint import Checkpoint, load
 from .errors import ParityError
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL, run_paddle, run_torch, verify_pair
-from .inputs import canonical_inputs
+from .inputs import SAMPLES, canonical_inputs
+from .tokenizer import VOCAB_SIZE, tokenize
 from .loading import device_names, paddle_model, select_device, torch_model
 from .variants import REFERENCE_LOGITS
 
 FRAMEWORKS = ("torch", "paddle")
+MAX_CONTEXT = 1024  # positions: attention memory grows with the square (a 2 MB file can claim 100,000)
+MAX_RESOLUTION = 1024  # pixels a side: activations grow with the square
+
+
+def computable(ck: Checkpoint, captions: bool = True) -> None:
+    """ParityError, naming the file, where its shapes give a model that cannot run parity's inputs:
+    a vocabulary short of the tokenizer's ids (with `captions`), captions longer than its context, or a
+    context or image size beyond what a check needs (memory set by the file's claims, not its size)."""
+    c = ck.config
+    if c.context_length > MAX_CONTEXT or c.image_resolution > MAX_RESOLUTION:
+        raise ParityError(f"{ck.path}: its shapes give a context of {c.context_length} tokens and images of "
+                          f"{c.image_resolution} pixels a side; parity computes at most {MAX_CONTEXT} and "
+                          f"{MAX_RESOLUTION} (memory grows with their squares)")
+    if c.vocab_size < 2:
+        raise ParityError(f"{ck.path}: its token embedding has {c.vocab_size} rows: no text can be encoded")
+    if captions:
+        if c.vocab_size < VOCAB_SIZE:
+            raise ParityError(f"{ck.path}: its token embedding has {c.vocab_size} rows, but CLIP's tokenizer "
+                              f"gives ids up to {VOCAB_SIZE - 1}: the captions cannot be encoded for it")
+        longest = max(int(np.count_nonzero(tokenize(text, 10_000))) for text in SAMPLES.values())
+        if c.context_length < longest:
+            raise ParityError(f"{ck.path}: its context holds {c.context_length} tokens, and the captions "
+                              f"need {longest}")
 
 
 def weights_label(ck: Checkpoint) -> str:
@@ -41,6 +65,7 @@ def _provenance(ck: Checkpoint, converted_from: str | None = None) -> dict:
 def sides(first, second=None, variant: str | None = None):
     """(torch-layout state dict, Paddle-layout state dict, config, label, sources, reference logit or None)."""
     a = load(first, variant=variant)
+    computable(a)
     if second is None:
         if a.layout == "torch":
             torch_ck, paddle_ck = a, a.in_layout("paddle")
@@ -51,6 +76,7 @@ def sides(first, second=None, variant: str | None = None):
         label, official = weights_label(a), a.official
     else:
         b = load(second, variant=variant)
+        computable(b)
         if {a.layout, b.layout} != {"torch", "paddle"}:
             raise ParityError(f"{first} and {second} are both in the {a.layout} layout: give one torch "
                               "checkpoint and one Paddle checkpoint, or a single file to convert in memory")
@@ -89,7 +115,9 @@ def load_model(path, framework: str = "torch", device: str = "auto", variant: st
     >>> model = parity.load_model("RN50.pt", framework="paddle")    # doctest: +SKIP
     """
     _check_framework(framework)
-    return _model(load(path, variant=variant), framework, select_device(device)[framework])
+    ck = load(path, variant=variant)
+    computable(ck, captions=False)
+    return _model(ck, framework, select_device(device)[framework])
 
 
 def _check_framework(framework: str) -> None:  # before any file is read
@@ -107,6 +135,7 @@ def logits(path, framework: str = "torch", device: str = "auto", variant: str | 
     """The canonical pair through one framework's model: logit and both feature vectors."""
     _check_framework(framework)
     ck = load(path, variant=variant)
+    computable(ck, captions=False)
     devices = select_device(device)
     model = _model(ck, framework, devices[framework])
     image, text = canonical_inputs(ck.config.image_resolution, ck.config.context_length)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import os
 import threading
 import time
 import zlib
@@ -24,12 +25,14 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, NonFiniteError, OutputExistsError, SameFileError
 from .keymap import (ARCHIVE_ENTRIES, Extras, Planned, StateDictError, check_keys, paddle_plan, paddle_shapes,
                      to_paddle, torch_plan, torch_row, torch_shapes)
-from .readers import FORMAT_NAMES, RawCheckpoint, read
+from .formats import FORMAT_NAMES, FileSource, RawCheckpoint, Source, Stored, contiguous, open_source, read
+from .formats import pdparams, safetensors, torch_zip
+from .formats.atomic import atomic_write
+from .formats.pdparams import EXTRAS_KEY
 from .variants import CLIPConfig, ConfigError, detect_layout, get_config, infer_config
-from .writers import EXTRAS_KEY, atomic_write, contiguous, write_pdparams, write_safetensors, write_torch
 
 TARGETS = {"paddle": ".pdparams", "torch": ".pt", "safetensors": ".safetensors"}
 DTYPES = ("keep", "float32", "float16")
@@ -45,6 +48,7 @@ class Checkpoint:
 
     `layout` is "torch" (openai/CLIP's names and shapes) or "paddle" (parity's Paddle model's).
     `extras` is parity's record (torch-only tensors, source dtypes) when the file carried one.
+    Tensors are numpy arrays, or (from `convert`) `Stored` tensors read from the file when used.
     """
 
     state_dict: dict[str, np.ndarray]
@@ -57,7 +61,6 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)  # source file, its SHA-256, parity version of the writer
     unwrapped: list[str] = field(default_factory=list)  # wrappers and prefixes stripped on reading
     notes: list[str] = field(default_factory=list)
-    release: Callable[[], None] = field(default=lambda: None, repr=False)  # drops mapped pages read so far
 
     @property
     def variant(self) -> str | None:
@@ -77,7 +80,7 @@ class Checkpoint:
     def torch_plan(self) -> dict[str, Planned]:
         """`torch_state` with each tensor made only when asked for."""
         if self.layout == "torch":
-            return {k: Planned(partial(_same, v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
+            return {k: Planned(partial(_array, v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
         plan, notes = torch_plan(self.state_dict, self.extras, self.config)
         self.notes.extend(n for n in notes if n not in self.notes)
         try:  # an extras record short of a buffer would otherwise make a file build_model refuses
@@ -98,8 +101,8 @@ class Checkpoint:
         return _replace(self, state, "paddle", extras)
 
 
-def _same(a: np.ndarray) -> np.ndarray:
-    return a
+def _array(a) -> np.ndarray:
+    return a.read() if isinstance(a, Stored) else a
 
 
 def _replace(ck: Checkpoint, state: dict, layout: str, extras: Extras | None) -> Checkpoint:
@@ -107,37 +110,47 @@ def _replace(ck: Checkpoint, state: dict, layout: str, extras: Extras | None) ->
                       list(ck.unwrapped), list(ck.notes))
 
 
-def sha256_of(path: Path, entries: list[tuple[str, int, int, int]] = (), stop: threading.Event | None = None) -> str:
-    """The file's SHA-256; on the same pass, the CRC-32 of each (name, offset, length, crc) zip entry
-    that was memory-mapped rather than read through zipfile (which checks it): CheckpointError if one fails.
-    `stop` set: give up at the next block (the caller no longer needs the result)."""
+def sha256_of(source: Source | str | Path, entries: list[tuple[str, int, int, int]] = (),
+              stop: threading.Event | None = None) -> str:
+    """The SHA-256 of a file (a path) or of an open source; on the same pass, the CRC-32 of each
+    (name, offset, length, crc) zip entry: CheckpointError if one fails. `stop` set: give up at the next
+    block (the caller no longer needs the result)."""
+    if not isinstance(source, Source):
+        with open_source(source) as opened:
+            return sha256_of(opened, entries, stop)
     digest = hashlib.sha256()
     pending = sorted(entries, key=lambda e: e[1])
     crc, position = 0, 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            if stop is not None and stop.is_set():
-                raise CheckpointError(f"{path}: hashing stopped")
-            digest.update(block)
-            end = position + len(block)
-            while pending and pending[0][1] < end:
-                name, start, length, expected = pending[0]
-                view = memoryview(block)[max(start - position, 0):max(min(start + length - position, len(block)), 0)]
-                crc = zlib.crc32(view, crc)
-                if start + length > end:
-                    break
-                if crc != expected:
-                    raise CheckpointError(f"{path}: entry {name} fails its CRC-32 check: corrupt")
-                pending.pop(0)
-                crc = 0
-            position = end
+    block = bytearray(1 << 22)
+    while position < source.size:
+        if stop is not None and stop.is_set():
+            raise CheckpointError(f"{source.name}: hashing stopped")
+        n = min(len(block), source.size - position)
+        view = memoryview(block)[:n]
+        source.readinto(position, view)
+        digest.update(view)
+        end = position + n
+        while pending and pending[0][1] < end:
+            name, start, length, expected = pending[0]
+            crc = zlib.crc32(view[max(start - position, 0):max(min(start + length - position, n), 0)], crc)
+            if start + length > end:
+                break
+            if crc != expected:
+                raise CheckpointError(f"{source.name}: entry {name} fails its CRC-32 check: corrupt")
+            pending.pop(0)
+            crc = 0
+        position = end
     if pending:
-        raise CheckpointError(f"{path}: entry {pending[0][0]} reaches past the end of the file: truncated")
+        name, start, length, expected = pending[0]
+        if start + length > source.size or zlib.crc32(b"") != expected:
+            raise CheckpointError(f"{source.name}: entry {name} reaches past the end of the file: truncated")
     return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- reading
-def _as_array(value) -> np.ndarray | None:
+def _as_array(value) -> np.ndarray | Stored | None:
+    if isinstance(value, Stored):
+        return value
     if isinstance(value, (np.ndarray, np.generic)):
         return np.asarray(value)
     # paddle.save stores a tensor inside a nested container as (variable name, array)
@@ -257,15 +270,7 @@ def from_raw(raw: RawCheckpoint, path: Path, variant: str | None = None) -> Chec
     provenance = {k: v for k, v in (record or {}).items() if k not in ("buffers", "dtypes")}
     provenance.update({k[len(META_PREFIX):]: v for k, v in raw.metadata.items()
                        if k.startswith(META_PREFIX) and k != META_PREFIX + "extras"})
-    return Checkpoint(tensors, layout, config, raw.format, path, None, extras, provenance, unwrapped, notes,
-                      raw.release)
-
-
-def _source(path) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
-    return path
+    return Checkpoint(tensors, layout, config, raw.format, path, None, extras, provenance, unwrapped, notes)
 
 
 def load(path, layout: str | None = None, variant: str | None = None) -> Checkpoint:
@@ -278,30 +283,35 @@ def load(path, layout: str | None = None, variant: str | None = None) -> Checkpo
     >>> ck.config.name, len(ck.state_dict)
     ('RN50', 495)
     """
-    path = _source(path)
     if variant is not None:
         get_config(variant)  # an unknown name fails before the file is read
-    with ThreadPoolExecutor(1) as pool:  # hashing runs beside reading: hashlib releases the GIL
-        digest = pool.submit(sha256_of, path)
-        ck = from_raw(read(path), path, variant)
-        ck.sha256 = digest.result()
+    with open_source(path) as source, ThreadPoolExecutor(1) as pool:
+        stop = threading.Event()
+        digest = pool.submit(sha256_of, source, (), stop)  # beside reading: hashlib releases the GIL
+        try:
+            ck = from_raw(read(source), Path(path), variant)
+            ck.state_dict = {k: _array(v) for k, v in ck.state_dict.items()}  # each read (and checked) once
+            ck.sha256 = digest.result()
+            source.check_unchanged()
+        except BaseException:
+            stop.set()
+            raise
     return ck.in_layout(layout) if layout else ck
 
 
 # ---------------------------------------------------------------- writing
 class Target(Mapping):
-    """The tensors of a file to write, each made when asked for (and the source's mapped pages dropped
-    before), so a conversion holds one target tensor at a time; `spec` says dtype and shape without making.
+    """The tensors of a file to write, each made (and its source tensor read) when asked for, so a
+    conversion holds one target tensor at a time; `spec` says dtype and shape without making.
 
     Inside `streaming()`, casts go into one reused buffer: each tensor is valid only until the next is made
     (what the writers and the check need), and no fresh memory is touched per tensor."""
 
-    def __init__(self, plan: dict[str, Planned], fortran: bool, release: Callable[[], None] = lambda: None):
-        self.plan, self.fortran, self.release = plan, fortran, release
+    def __init__(self, plan: dict[str, Planned], fortran: bool):
+        self.plan, self.fortran = plan, fortran
         self.scratch: np.ndarray | None = None
 
     def __getitem__(self, key: str) -> np.ndarray:
-        self.release()
         planned = self.plan[key]
         a = planned.make()
         if a.dtype != planned.dtype:
@@ -357,9 +367,9 @@ def _record(ck: Checkpoint, extras: Extras) -> dict:
 
 def _target(ck: Checkpoint, to: str, layout: str, dtype: str | None) -> tuple[Target, Extras | None]:
     if layout == "torch":
-        return Target(_cast(ck.torch_plan(), dtype), False, ck.release), None
+        return Target(_cast(ck.torch_plan(), dtype), False), None
     plan, extras = paddle_plan(ck.torch_state(), ck.config, dtype=None if dtype == "keep" else dtype or "float32")
-    return Target(plan, to == "paddle", ck.release), extras
+    return Target(plan, to == "paddle"), extras
 
 
 def _words(a: np.ndarray) -> np.ndarray:
@@ -388,7 +398,7 @@ class _Seen:
         self.index, self.same = index, same
 
 
-def _check_pdparams(path: Path, tensors: Mapping, record: dict | None) -> list[str]:
+def _check_pdparams(written: Source, tensors: Mapping, record: dict | None) -> list[str]:
     keys = list(tensors)
     seen: list[_Seen] = []
 
@@ -397,51 +407,59 @@ def _check_pdparams(path: Path, tensors: Mapping, record: dict | None) -> list[s
         seen.append(_Seen(i, i < len(keys) and same_bits(array, tensors[keys[i]])))
         return seen[-1]
 
-    content = read(path, visit=visit).content
+    content = read(written, visit=visit).content
     if not isinstance(content, dict):
         return ["the file's top level"]
     expected = keys + ([EXTRAS_KEY] if record is not None else [])
     bad = sorted(set(content) ^ set(expected))
     bad += [k for i, k in enumerate(keys) if not (isinstance(content.get(k), _Seen) and content[k].index == i
                                                    and content[k].same)]
-    if record is not None and EXTRAS_KEY in content and _parse_record(content[EXTRAS_KEY], path) != record:
+    if record is not None and EXTRAS_KEY in content and _parse_record(content[EXTRAS_KEY], written.name) != record:
         bad.append("extras record")
     return bad
 
 
-def _check_written(path: Path, to: str, tensors: Mapping, record: dict | None) -> None:
-    """Reload the file just written and compare every tensor, byte for byte, with what was meant, one
-    tensor at a time: the planned tensor is made again and the file's is read (or mapped) and dropped."""
-    if to == "paddle":
-        bad = _check_pdparams(path, tensors, record)
-    else:
-        raw = read(path, mapped=True)
-        got, got_record = _tensors(_unwrap(raw.content, path)[0], path, [])
-        if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
-            got_record = _parse_record(raw.metadata[META_PREFIX + "extras"], path)
-        bad = sorted(set(got) ^ set(tensors))
-        for k in tensors:
-            raw.release()
-            if k in got and not same_bits(got[k], tensors[k]):
-                bad.append(k)
-        raw.release()
-        if got_record != record:
-            bad.append("extras record")
+def _check_written(written: Source, to: str, tensors: Mapping, record: dict | None) -> None:
+    """Read the file just written back (through the descriptor it was written with) and compare every
+    tensor, byte for byte, with what was meant, one tensor at a time: the planned tensor is made again
+    and the file's is read, and both are dropped before the next."""
+    try:
+        bad = _compare_written(written, to, tensors, record)
+    except CheckpointError as e:  # unreadable, or a CRC-32 that fails: the bytes on disk are not those written
+        bad = [str(e).removeprefix(f"{written.name}: ")]
     if bad:
-        raise CheckpointError(f"{path}: the written file does not read back as written "
+        raise CheckpointError(f"{written.name}: the written file does not read back as written "
                               f"({', '.join(bad[:5])}); nothing was kept")
 
 
+def _compare_written(written: Source, to: str, tensors: Mapping, record: dict | None) -> list[str]:
+    if to == "paddle":
+        bad = _check_pdparams(written, tensors, record)
+    else:
+        raw = read(written)
+        got, got_record = _tensors(_unwrap(raw.content, written.name)[0], written.name, [])
+        if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
+            got_record = _parse_record(raw.metadata[META_PREFIX + "extras"], written.name)
+        bad = sorted(set(got) ^ set(tensors))
+        for k in tensors:
+            if k in got and not same_bits(_array(got[k]), tensors[k]):
+                bad.append(k)
+        if got_record != record:
+            bad.append("extras record")
+    return bad
+
+
 def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = None, dtype: str | None = None,
-         force: bool = False, digest: Future | None = None) -> Saved:
+         force: bool = False, digest: Future | None = None,
+         before_naming: Callable[[], None] | None = None) -> Saved:
     """Write `ck` as `to` ("paddle", "torch" or "safetensors"; default from the suffix), atomically.
 
     Layouts: paddle -> parity's Paddle layout with the extras record; torch -> openai/CLIP's state dict;
     safetensors -> `layout` "torch" (default) or "paddle". dtype: None gives each target what its
     framework loads as is (float32 in the Paddle layout, the source dtypes in the torch layout); "keep",
     "float32" or "float16" override. The file is written and then reloaded and compared tensor by tensor,
-    one tensor at a time, before it is renamed into place. `digest`: the source's SHA-256 still being
-    computed (it goes into the record, which a .pdparams writes last).
+    one tensor at a time, before it is given its name. `digest`: the source's SHA-256 still being
+    computed (it goes into the record, which a .pdparams writes last). `before_naming`: a last check.
     """
     path = Path(path)
     to = to or next((t for t, s in TARGETS.items() if path.suffix == s), None)
@@ -456,31 +474,37 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     @cache  # the record as JSON text, made once, when the source's hash is known
     def text() -> str | None:
         if digest is not None:
-            ck.sha256 = digest.result()  # raises if a mapped entry failed its CRC-32
+            ck.sha256 = digest.result()
         return json.dumps(_record(ck, extras), sort_keys=True) if extras is not None else None
 
-    def write(tmp: Path):
-        if to == "paddle":
-            write_pdparams(tmp, tensors, text)
-        elif to == "torch":
-            write_torch(tmp, tensors)
-        else:
-            meta = {"format": "pt" if layout == "torch" else "paddle", META_PREFIX + "layout": layout,
-                    META_PREFIX + "version": __version__, META_PREFIX + "variant": str(ck.variant)}
-            recorded = text()
-            meta.update({META_PREFIX + "source_file": ck.path.name if ck.path else "",
-                         META_PREFIX + "source_sha256": ck.sha256 or ""})
-            if recorded is not None:
-                meta[META_PREFIX + "extras"] = recorded
-            write_safetensors(tmp, tensors, meta)
+    def write(f):
+        with tensors.streaming():
+            if to == "paddle":
+                pdparams.write(f, tensors, text)
+            elif to == "torch":
+                torch_zip.write(f, tensors)
+            else:
+                safetensors.write(f, tensors, _metadata(ck, layout, text()))
 
-    def check(tmp: Path):
+    def check(written: Source):
         recorded = text()
         with tensors.streaming():
-            _check_written(tmp, to, tensors, json.loads(recorded) if recorded else None)
+            _check_written(written, to, tensors, json.loads(recorded) if recorded else None)
+        if before_naming is not None:
+            before_naming()
 
     atomic_write(path, write, check, force=force)
     return Saved(path, tensors, layout, path.stat().st_size)
+
+
+def _metadata(ck: Checkpoint, layout: str, recorded: str | None) -> dict[str, str]:
+    meta = {"format": "pt" if layout == "torch" else "paddle", META_PREFIX + "layout": layout,
+            META_PREFIX + "version": __version__, META_PREFIX + "variant": str(ck.variant),
+            META_PREFIX + "source_file": ck.path.name if ck.path else "",
+            META_PREFIX + "source_sha256": ck.sha256 or ""}
+    if recorded is not None:
+        meta[META_PREFIX + "extras"] = recorded
+    return meta
 
 
 # ---------------------------------------------------------------- convert
@@ -525,13 +549,12 @@ def _has_nonfinite(v: np.ndarray, chunk: int = 1 << 20) -> bool:
     return False
 
 
-def nonfinite(state: Mapping[str, np.ndarray], release: Callable[[], None] = lambda: None) -> list[str]:
-    """Keys of floating tensors holding NaN or Inf (`release` is called after each: see Checkpoint.release)."""
+def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
+    """Keys of floating tensors holding NaN or Inf (a Stored tensor is read, checked and dropped)."""
     bad = []
     for k, v in state.items():
-        if v.dtype.kind == "f" and v.size and _has_nonfinite(v):
+        if v.dtype.kind == "f" and v.size and _has_nonfinite(_array(v)):
             bad.append(k)
-        release()
     return sorted(bad)
 
 
@@ -552,50 +575,60 @@ def convert(src, to: str, out=None, *, variant: str | None = None, dtype: str | 
         raise CheckpointError(f"unknown target {to!r}; use one of {', '.join(TARGETS)}")
     if variant is not None:
         get_config(variant)
-    src = _source(src)  # before the output checks: a missing input is the first thing to say
-    out = Path(out) if out is not None else default_output(src, to)
-    if out.exists() and (out.resolve() == src.resolve() or out.samefile(src)):
-        raise CheckpointError(f"{out}: is the input file; parity never writes over its input, --force or "
-                              "not; choose another output with -o")
-    if out.exists() and not force:
-        raise CheckpointError(f"{out} already exists; pass --force to replace it, or -o to write elsewhere")
-    stage(f"reading {src.name}")
-    # the source's tensors are memory-mapped where the format allows, and its SHA-256 (with the CRC-32 of
-    # the mapped zip entries) is computed beside the conversion: only the tensor in hand is in memory
-    raw = read(src, mapped=True)
-    stop = threading.Event()
-    with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(sha256_of, src, raw.storages, stop)
+    source = open_source(src)  # before the output checks: a missing input is the first thing to say
+    try:  # on success the source stays open: what was written can be made again (Saved.tensors)
+        out = Path(out) if out is not None else default_output(Path(src), to)
         try:
-            ck = from_raw(raw, src, variant)
-            warnings = []
-            bad = nonfinite(ck.state_dict, ck.release)
-            if bad:
-                message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
-                if strict:
-                    raise CheckpointError(message + "; refused under --strict")
-                warnings.append(message)
-            stage(f"writing and checking {out.name}")
-            saved = save(ck, out, to, layout=layout, dtype=dtype, force=force, digest=digest)
-        except BaseException:
-            stop.set()
-            raise
+            same = os.path.samestat(os.stat(out), source.stat)  # through links, hard links and "."
+        except OSError:
+            same = False
+        if same:
+            raise SameFileError(f"{out}: is the input file; parity never writes over its input")
+        if os.path.lexists(out) and not force:
+            raise OutputExistsError(f"{out} already exists")
+        stage(f"reading {Path(src).name}")
+        # the source's tensors are read one at a time when they are needed, and its SHA-256 is computed beside
+        # the conversion, on the other core: only the tensor in hand is in memory
+        raw = read(source)
+        stop = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            digest = pool.submit(sha256_of, source, (), stop)
+            try:
+                ck = from_raw(raw, Path(src), variant)
+                warnings = []
+                bad = nonfinite(ck.state_dict)
+                if bad:
+                    message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
+                    if strict:
+                        raise NonFiniteError(message)
+                    warnings.append(message)
+                stage(f"writing and checking {out.name}")
+                # the output is named only if the source still is the file that was read
+                saved = save(ck, out, to, layout=layout, dtype=dtype, force=force, digest=digest,
+                             before_naming=source.check_unchanged)
+            except BaseException:
+                stop.set()
+                raise
+    except BaseException:
+        source.close()
+        raise
     return Converted(ck, saved, time.perf_counter() - start, warnings)
 
 
 # ---------------------------------------------------------------- info
 def describe(path) -> dict:
     """What `parity info` prints: format, layout, variant, tensors, dtype mix, bytes, SHA-256, official, extras."""
-    path = _source(path)
-    raw = read(path, mapped=True)  # shapes and dtypes only: nothing of a mapped file is read but its hash
-    ck = from_raw(raw, path)
-    ck.sha256 = sha256_of(path, raw.storages)
+    with open_source(path) as source:
+        raw = read(source)  # shapes and dtypes only: no tensor is read, the CRC-32s are checked on the hash pass
+        ck = from_raw(raw, Path(path))
+        ck.sha256 = sha256_of(source, raw.entries)
+        size = source.size
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,
         "variant": ck.variant or "unregistered CLIP shape",
         "tensors": len(ck.state_dict), "parameters": sum(math.prod(v.shape) for v in ck.state_dict.values()),
-        "dtypes": dict(sorted(mix.items())), "bytes": ck.path.stat().st_size, "sha256": ck.sha256,
+        "dtypes": dict(sorted(mix.items())), "bytes": size, "sha256": ck.sha256,
         "official": f"yes, the {ck.variant} release file" if ck.official else "no (SHA-256 not in the registry)",
         "extras": (f"parity record: {len(ck.extras.buffers)} torch-only tensors, {len(ck.extras.dtypes)} source "
                    f"dtypes" + (f", from {ck.provenance['source'].get('file')}" if isinstance(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .errors import ParityError
+from .errors import ParityError, printable
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL
 from .variants import VARIANTS, ConfigError, get_config
 
@@ -22,11 +23,68 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread, so that every `finally` runs on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StoppedError(click.ClickException):
+    """One line, and the shell's status for death by that signal (128 + its number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; nothing half-written was left behind")
+        self.exit_code = 128 + signum
+
+
+def _stop(signum, _frame):
+    raise Stopped(signum)
+
+
+def echo(text: str = "", err: bool = False, nl: bool = True) -> None:
+    """click.echo of text that may hold names from files or the command line, shown escaped."""
+    click.echo(printable(text), err=err, nl=nl)
+
+
 def _fail(error: Exception, debug: bool):
     if debug:
         raise error
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    raise UserError(message + ("" if isinstance(error, ParityError) else " (run with --debug for the traceback)"))
+    hint = getattr(error, "cli_hint", None)
+    message += f"; {hint}" if hint else ""
+    raise UserError(printable(message) + ("" if isinstance(error, ParityError)
+                                          else " (run with --debug for the traceback)"))
+
+
+def _size(path: Path) -> int:
+    """The file's size for a progress bar: 0 where it cannot be told (the library then says why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class _Main(click.Group):
+    """The command group: SIGTERM and SIGHUP end a command as SIGINT does, cleaning up on the way out."""
+
+    def invoke(self, ctx):
+        previous = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                previous[sig] = signal.signal(sig, _stop)
+        except ValueError:  # not the main thread (an embedding program's worker): leave signals alone
+            pass
+        try:
+            return super().invoke(ctx)
+        except Stopped as e:
+            raise StoppedError(e.signum) from None
+        except KeyboardInterrupt:
+            raise StoppedError(signal.SIGINT) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class _Stages:
@@ -39,14 +97,14 @@ class _Stages:
         if self.enabled:
             self.done += 1
             filled = int(24 * (self.done - 1) / self.total)
-            click.echo(f"\r[{'#' * filled}{'.' * (24 - filled)}] {label:<60.60}", nl=False, err=True)
+            click.echo(f"\r[{'#' * filled}{'.' * (24 - filled)}] {printable(label):<60.60}", nl=False, err=True)
 
     def close(self):
         if self.enabled and self.done:
             click.echo("\r" + " " * 90 + "\r", nl=False, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="parity")
 def main():
     """Matching PyTorch and PaddlePaddle CLIP models, checkpoint conversion, numerical verification.
@@ -135,8 +193,8 @@ def verify(checkpoint: Path, other: Path | None, variant: str | None, atol: floa
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
-        click.echo(_verdict(report))
-        click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+        echo(_verdict(report))
+        echo("wrote " + ", ".join(str(p) for p in paths.values()))
     sys.exit(0 if report["passed"] else 1)
 
 
@@ -168,7 +226,7 @@ def logits(checkpoint: Path, framework: str, device: str, variant: str | None, a
         click.echo(json.dumps(out))
         return
     img, txt = np.asarray(out["image_features"]), np.asarray(out["text_features"])
-    click.echo(f"{out['variant']} on {out['framework']} ({out['device']}), {out['weights']}")
+    echo(f"{out['variant']} on {out['framework']} ({out['device']}), {out['weights']}")
     click.echo(f"logit          {out['logit']:.6f}")
     click.echo(f"image features {img.size} values, norm {np.linalg.norm(img):.6f}, first {img[:4].round(6).tolist()}")
     click.echo(f"text features  {txt.size} values, norm {np.linalg.norm(txt):.6f}, first {txt[:4].round(6).tolist()}")
@@ -202,12 +260,12 @@ def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: t
     try:
         configs = [get_config(n) for n in names] if names else list(VARIANTS.values())
     except ConfigError as e:
-        raise click.ClickException(f"{e}. Run `parity variants` for the list.")
+        raise UserError(printable(f"{e}. Run `parity variants` for the list."))
     start, results = time.perf_counter(), []
     for i, config in enumerate(configs, 1):
         real = weights_dir / config.filename
-        click.echo(f"[{i}/{len(configs)}] {config.name} ({'weights from ' + str(real) if real.is_file() else 'synthetic'})"
-                   " ...", nl=False)
+        echo(f"[{i}/{len(configs)}] {config.name} ({'weights from ' + str(real) if real.is_file() else 'synthetic'})"
+             " ...", nl=False)
         try:
             if real.is_file():
                 result = verify_file(real, variant=config.name, device=device, atol=atol, rtol=rtol)
@@ -224,8 +282,9 @@ def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: t
                    f"({result['seconds']:.1f} s)")
     total = time.perf_counter() - start
     md_path, json_path = write_verify_all(results, report_dir, total)
-    click.echo("\n" + markdown_table(results))
-    click.echo(f"\nwrote {md_path} and {json_path}; total {total:.1f} s")
+    click.echo("\n" + printable(markdown_table(results), newlines=True))
+    echo()
+    echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
     sys.exit(0 if all(r["passed"] for r in results) else 1)
 
 
@@ -262,7 +321,7 @@ def convert(src: Path, to: str, out: Path | None, variant: str | None, dtype: st
     """
     from .checkpoint import convert as run
 
-    stages = _Stages(2, sys.stderr.isatty() and src.is_file() and src.stat().st_size > 50_000_000)
+    stages = _Stages(2, sys.stderr.isatty() and _size(src) > 50_000_000)
     try:
         result = run(src, to, out, variant=variant, dtype=dtype, layout=layout, force=force, strict=strict,
                      stage=stages)
@@ -271,10 +330,10 @@ def convert(src: Path, to: str, out: Path | None, variant: str | None, dtype: st
         _fail(e, debug)
     stages.close()
     for line in result.warnings:
-        click.echo(f"warning: {line}", err=True)
+        echo(f"warning: {line}", err=True)
     for line in result.source.notes:
-        click.echo(f"note: {line}", err=True)
-    click.echo(result.summary())
+        echo(f"note: {line}", err=True)
+    echo(result.summary())
 
 
 @main.command()
@@ -308,4 +367,4 @@ def info(file: Path, as_json: bool, debug: bool):
             value = "; ".join(value) or "none"
         elif key in ("bytes", "parameters"):
             value = f"{value:,}"
-        click.echo(f"{key:10} {value}")
+        echo(f"{key:10} {value}")

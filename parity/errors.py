@@ -1,4 +1,5 @@
 """The exceptions parity raises for bad input: each carries one line that names the file, key and fix."""
+import unicodedata
 
 
 class ParityError(ValueError):
@@ -11,3 +12,40 @@ class CheckpointError(ParityError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickle that asks for something other than tensors and plain containers; nothing of it ran."""
+
+
+class OutputExistsError(CheckpointError):
+    """The output exists and replacing it was not asked for."""
+
+    cli_hint = "pass --force to replace it, or -o to write elsewhere"
+
+
+class NonFiniteError(CheckpointError):
+    """NaN or Inf in a tensor, where the caller asked for finite tensors only (strict)."""
+
+    cli_hint = "refused under --strict"
+
+
+class SameFileError(CheckpointError):
+    """The output is the input (by name, link or hard link)."""
+
+    cli_hint = "choose another output with -o"
+
+
+def printable(text: str, newlines: bool = False) -> str:
+    """`text` safe to show on a terminal: control characters (an escape sequence in a tensor's name can
+    retitle or clear the terminal), bidirectional overrides and bytes that were not UTF-8 in a file name
+    (surrogate escapes) are shown as Python escapes (\\x1b, \\u202e, \\xff); with `newlines`, line breaks stay."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte of a name that was not UTF-8, as os.fsdecode keeps it
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\n" and newlines:
+            out.append(ch)
+        elif code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code < 0xE000 or \
+                unicodedata.category(ch) in ("Cf", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii") if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)

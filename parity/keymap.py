@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 import numpy as np
 
 from .errors import ParityError
+from .formats.source import Stored
 from .variants import CLIPConfig, infer_config, match_variant
 
 ARCHIVE_ENTRIES = ("input_resolution", "context_length", "vocab_size")
@@ -232,9 +233,11 @@ class Extras:
 
 
 def as_numpy(x) -> np.ndarray:
-    """numpy view of a torch/paddle tensor or array-like, without copying where possible."""
+    """numpy view of a torch/paddle tensor or array-like (a Stored tensor: read), without copying where possible."""
     if isinstance(x, np.ndarray):
         return x
+    if isinstance(x, Stored):
+        return x.read()
     if hasattr(x, "detach"):  # torch
         x = x.detach().cpu()
     return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
@@ -265,10 +268,16 @@ class Planned(NamedTuple):
         return a if a.dtype == self.dtype else a.astype(self.dtype)
 
 
-def _paddle_part(array: np.ndarray, transform: str, index: int) -> np.ndarray:
+def _paddle_part(array, transform: str, index: int) -> np.ndarray:
     # views: a split slice and/or a transpose; the cast comes after the split, so a fused q/k/v tensor is
     # cast once per part, never whole three times
-    return TRANSFORMS[transform][0](array)[index]
+    return TRANSFORMS[transform][0](as_numpy(array))[index]
+
+
+def _shapes(value, transform: str) -> list[tuple]:
+    # the parts' shapes, from a stand-in of the tensor's shape that holds no memory (nothing is read)
+    stand_in = np.broadcast_to(np.zeros((), np.uint8), tuple(value.shape))
+    return [tuple(p.shape) for p in TRANSFORMS[transform][0](stand_in)]
 
 
 def paddle_plan(state_dict: Mapping, config: CLIPConfig | None = None,
@@ -279,18 +288,17 @@ def paddle_plan(state_dict: Mapping, config: CLIPConfig | None = None,
     plan: dict[str, Planned] = {}
     extras = Extras()
     for key, value in state_dict.items():
-        array = as_numpy(value)
+        value = value if isinstance(value, Stored) else as_numpy(value)  # a Stored tensor is read when made
         row, _ = torch_row(key)
         if row.paddle is None:
-            extras.buffers[key] = array
+            extras.buffers[key] = np.array(as_numpy(value))  # a copy: small, and kept
             continue
-        cast = dtype is not None and array.dtype.kind == "f" and array.dtype != np.dtype(dtype)
+        cast = dtype is not None and value.dtype.kind == "f" and value.dtype != np.dtype(dtype)
         if cast:
-            extras.dtypes[key] = str(array.dtype)
-        shapes = [p.shape for p in TRANSFORMS[row.transform][0](array)]  # views only
-        for i, (pkey, shape) in enumerate(zip(paddle_keys_for(key), shapes)):
-            plan[pkey] = Planned(partial(_paddle_part, array, row.transform, i),
-                                 np.dtype(dtype) if cast else array.dtype, tuple(shape))
+            extras.dtypes[key] = str(value.dtype)
+        for i, (pkey, shape) in enumerate(zip(paddle_keys_for(key), _shapes(value, row.transform))):
+            plan[pkey] = Planned(partial(_paddle_part, value, row.transform, i),
+                                 np.dtype(dtype) if cast else value.dtype, tuple(shape))
     return plan, extras
 
 
@@ -303,6 +311,10 @@ def to_paddle(state_dict: Mapping, config: CLIPConfig | None = None,
     """
     plan, extras = paddle_plan(state_dict, config, dtype)
     return {k: p() for k, p in plan.items()}, extras
+
+
+def _dtype(x) -> np.dtype:  # without reading a Stored tensor
+    return x.dtype if isinstance(x, (np.ndarray, Stored)) else as_numpy(x).dtype
 
 
 def _torch_tensor(parts: list, transform: str) -> np.ndarray:
@@ -323,7 +335,7 @@ def torch_plan(state_dict: Mapping, extras: Extras | None = None, config: CLIPCo
         parts = [state_dict[k] for k in paddle_keys_for(key)]
         source = extras.dtypes.get(key) if extras else None
         plan[key] = Planned(partial(_torch_tensor, parts, row.transform),
-                            np.dtype(source) if source else as_numpy(parts[0]).dtype, tuple(shape))
+                            np.dtype(source) if source else _dtype(parts[0]), tuple(shape))
     if extras is not None:
         buffers = extras.buffers
     else:

@@ -15,7 +15,7 @@ from typing import Mapping
 from .errors import ParityError
 from .keymap import ARCHIVE_ENTRIES, StateDictError, as_numpy, check_keys, paddle_shapes, torch_shapes
 from .variants import CLIPConfig, infer_config
-from .writers import contiguous
+from .formats.source import contiguous
 
 
 def import_paddle():

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .formats.atomic import atomic_write, write_bytes
 
 COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
            "top-5 agreement", "status", "seconds")
@@ -41,9 +42,8 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # file names from the command line may hold bytes that are not UTF-8 (surrogate escapes): written back as bytes
+    write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def machine() -> str:
@@ -148,10 +148,10 @@ def similarity_picture(r: dict, path: Path) -> None:
     fig.colorbar(shown, ax=axes[2], fraction=0.046)
     fig.suptitle(f"{r['variant']} — {r['weights']} — {status(r)}", fontsize=16)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=60)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=60, format="png"), force=True)
+    finally:
+        plt.close(fig)
 
 
 def write_variant(r: dict, report_dir: Path) -> dict[str, Path]:

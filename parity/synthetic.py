@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .formats.atomic import atomic_write, write_bytes
 from .keymap import torch_shapes
 from .variants import CLIPConfig, get_config
 
@@ -136,7 +137,7 @@ def cache_dir() -> Path:
 
 def cached_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
     """`make_state_dict`, generated once and kept as safetensors under `cache_dir()`."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     config = get_config(variant) if isinstance(variant, str) else variant
     path = cache_dir() / f"{_slug(config)}-seed{seed}-v{GENERATOR_VERSION}.safetensors"
@@ -144,9 +145,8 @@ def cached_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
         return load_file(path)
     state = make_state_dict(config, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)  # atomic: parallel or interrupted runs never see half a file
+    # atomic: parallel or interrupted runs never see half a file
+    write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
     return state
 
 
@@ -187,7 +187,5 @@ def release_archive(variant: str | CLIPConfig, seed: int = 0) -> Path:
         for key, param in traced.named_parameters():
             if release_dtype(key) == "float16":
                 param.data = param.data.half()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    traced.save(str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.jit.save(traced, f), force=True)
     return path

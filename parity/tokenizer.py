@@ -17,6 +17,7 @@ import numpy as np
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 N_MERGES = 49152 - 256 - 2  # the released vocabulary: 256 bytes x 2 (plain, end-of-word) + merges + 2 specials
+VOCAB_SIZE = 2 * 256 + N_MERGES + 2  # 49408 ids: a text tower's embedding needs a row for each
 
 
 @lru_cache(maxsize=None)

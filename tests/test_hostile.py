@@ -201,17 +201,16 @@ def test_passl_layout_is_refused_with_a_reason(tmp_path):
 
 def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
     """The reload-and-compare step is real: a writer that corrupts one byte is caught, no output kept."""
-    import parity.checkpoint as checkpoint
+    from parity.formats import pdparams
     _, good = rn50
-    real = checkpoint.write_pdparams
+    real = pdparams.write
 
-    def corrupting(path, tensors, record):
-        tensors = dict(tensors)
-        tensors["ln_final.bias"] = tensors["ln_final.bias"].copy()
+    def corrupting(f, tensors, record):
+        tensors = {k: tensors[k].copy() for k in tensors}
         tensors["ln_final.bias"].view(np.uint8)[0] ^= 1
-        real(path, tensors, record)
+        real(f, tensors, record)
 
-    monkeypatch.setattr(checkpoint, "write_pdparams", corrupting)
+    monkeypatch.setattr(pdparams, "write", corrupting)
     out = tmp_path / "x.pdparams"
     assert_refused(run("convert", good, "--to", "paddle", "-o", out), "does not read back as written", "ln_final.bias")
     assert listing(tmp_path) == []

@@ -1,6 +1,6 @@
 """Conversion one tensor at a time: the files parity writes itself (no torch, no safetensors library) are
-read by those libraries, mapped sources are still checked (CRC-32), and the check of what was written
-still catches a wrong byte."""
+read by those libraries, tensors read when used are still checked (CRC-32), and the check of what was
+written still catches a wrong byte."""
 import shutil
 import zipfile
 
@@ -10,7 +10,9 @@ import torch
 from click.testing import CliRunner
 
 import parity
-from parity import checkpoint, readers
+from parity import checkpoint, formats
+import parity.formats.safetensors  # noqa: F401  (formats.safetensors, as the tests name it)
+import parity.formats.torch_zip  # noqa: F401
 from parity.checkpoint import convert
 from parity.cli import main
 from parity.synthetic import release_archive
@@ -68,9 +70,9 @@ def test_pdparams_written_one_tensor_at_a_time_is_a_plain_pickle(rn50_files):
     assert plain["transformer.resblocks.0.mlp.c_fc.weight"].flags.f_contiguous
 
 
-def test_mapped_archive_is_crc_checked(tmp_path):
-    """A release archive is memory-mapped, not read through zipfile: a flipped byte in a tensor is still
-    caught (by the CRC-32 pass beside the SHA-256), and nothing is written."""
+def test_archive_is_crc_checked(tmp_path):
+    """A release archive's tensors are read when they are used, not through zipfile: a flipped byte in a
+    tensor is still caught (by the CRC-32 of its entry, checked on its first read), and nothing is written."""
     bad = tmp_path / "RN50.pt"
     shutil.copy(release_archive("RN50"), bad)
     with zipfile.ZipFile(bad) as archive:
@@ -83,39 +85,41 @@ def test_mapped_archive_is_crc_checked(tmp_path):
         _refused(CliRunner().invoke(main, ["convert", str(bad), "--to", to, "-o", str(tmp_path / f"out.{to}")]),
                  "fails its CRC-32 check")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RN50.pt"]
-    _refused(CliRunner().invoke(main, ["info", str(bad)]), "fails its CRC-32 check")  # info maps it too
-    # read through zipfile (parity.load), the same file fails too
-    with pytest.raises(parity.CheckpointError, match="CRC"):
+    _refused(CliRunner().invoke(main, ["info", str(bad)]), "fails its CRC-32 check")  # on info's hash pass
+    with pytest.raises(parity.CheckpointError, match="CRC"):  # and where the tensors are loaded
         parity.load(bad)
 
 
-def test_mapped_reading_gives_the_same_tensors_read_only():
-    plain = readers.read(release_archive("RN50"))
-    mapped = readers.read(release_archive("RN50"), mapped=True)
-    assert mapped.storages and not plain.storages
-    a = checkpoint.from_raw(plain, release_archive("RN50")).state_dict
-    b = checkpoint.from_raw(mapped, release_archive("RN50")).state_dict
-    assert list(a) == list(b)
-    for k in a:
-        assert checkpoint.same_bits(a[k], b[k]), k
-    assert not b["visual.conv1.weight"].flags.writeable  # a view of the file, which parity never writes
-    mapped.release()  # drops the mapped pages; the arrays stay valid (read again from the file)
-    assert checkpoint.same_bits(a["visual.conv1.weight"], b["visual.conv1.weight"])
+def test_tensors_read_when_used_are_the_loaded_ones():
+    """What convert reads one tensor at a time is what load reads whole, also with tensors held at once."""
+    loaded = parity.load(release_archive("RN50")).state_dict
+    with formats.open_source(release_archive("RN50")) as source:
+        lazy = checkpoint.from_raw(formats.read(source), release_archive("RN50")).state_dict
+        assert list(lazy) == list(loaded)
+        assert all(isinstance(v, formats.Stored) for v in lazy.values())
+        held = {}
+        for k, v in lazy.items():  # one buffer is reused only while nothing made from it is alive
+            held[k] = v.read()
+            assert checkpoint.same_bits(held[k], loaded[k]), k
+        for k in loaded:
+            assert checkpoint.same_bits(held[k], loaded[k]), k
 
 
 @pytest.mark.parametrize("to", ["torch", "safetensors"])
 def test_a_wrong_byte_in_a_streamed_file_is_caught(tmp_path, monkeypatch, to):
     """The check re-reads the file tensor by tensor against the plan made again: one flipped bit fails it."""
-    writer = {"torch": "write_torch", "safetensors": "write_safetensors"}[to]
-    real = getattr(checkpoint, writer)
+    module = {"torch": formats.torch_zip, "safetensors": formats.safetensors}[to]
+    real = module.write
 
-    def corrupting(path, tensors, *rest):
-        real(path, tensors, *rest)
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 1  # in some tensor's bytes: headers and directories are a tiny part
-        path.write_bytes(bytes(data))
+    def corrupting(f, tensors, *rest):
+        real(f, tensors, *rest)
+        middle = f.seek(0, 2) // 2  # in some tensor's bytes: headers and directories are a tiny part
+        f.seek(middle)
+        byte = f.read(1)[0]
+        f.seek(middle)
+        f.write(bytes([byte ^ 1]))
 
-    monkeypatch.setattr(checkpoint, writer, corrupting)
+    monkeypatch.setattr(module, "write", corrupting)
     out = tmp_path / f"x.{to}"
     result = CliRunner().invoke(main, ["convert", str(release_archive("RN50")), "--to", to, "-o", str(out)])
     _refused(result, "does not read back as written")
