@@ -38,7 +38,8 @@ def fuzz(target: str, corpus: Path, seeds: Path, seconds: int, seed: int | None,
     artifacts.mkdir(parents=True, exist_ok=True)
     corpus.mkdir(parents=True, exist_ok=True)
     flags = [f"-max_total_time={seconds}", f"-timeout={TIMEOUT_S}", f"-rss_limit_mb={RSS_LIMIT_MB}",
-             f"-max_len={MAX_LEN}", f"-artifact_prefix={artifacts}/", "-print_final_stats=1"]
+             f"-max_len={MAX_LEN}", f"-artifact_prefix={artifacts}/", "-print_final_stats=1",
+             f"-dict={HERE / 'dicts' / (target + '.dict')}"]
     if seed is not None:
         flags.append(f"-seed={seed}")
     if runs is not None:
@@ -82,8 +83,12 @@ def report(results: list[dict], seconds: int, folder: Path) -> Path:
                      f"{r['features']} | {r['corpus']} | {r['peak_rss_mb']} MiB | "
                      f"{', '.join(r['failures']) or 'none'} |")
     lines += ["", "Corpora start from fuzz/seeds.py: files written by parity, torch.save, torch.jit, paddle.save, "
-              "pickle and the safetensors library, and the hostile files of tests/test_red_team.py. Failing "
-              "inputs are kept under tests/fuzz_regressions/ and replayed by the test suite.", ""]
+              "pickle and the safetensors library, and the hostile files of tests/test_red_team.py. Each reader "
+              "has a dictionary of its format's tokens (fuzz/dicts/). The zip readers mutate an entry's bytes "
+              "(mostly data.pkl), duplicate, drop or rename entries and rebuild a valid archive around them, and "
+              "the safetensors reader mutates its JSON header with the length made right, so inputs get past "
+              "the container checks; a quarter of the mutations stay plain byte mutations. Failing inputs are "
+              "kept under tests/fuzz_regressions/ and replayed by the test suite.", ""]
     path = folder / "fuzz.md"
     path.write_text("\n".join(lines))
     (folder / "fuzz.json").write_text(json.dumps({"date": now, "seconds": seconds, "results": results}, indent=1))

@@ -63,6 +63,72 @@ def replay(target: str, data: bytes) -> None:
         return
 
 
+# ---------------------------------------------------------------- structure-aware mutation
+# Byte-level mutation of a zip breaks a CRC-32 or an offset almost every time, and the input then stops
+# at the archive checks; these mutators also mutate what lies inside (an entry's bytes, a safetensors
+# header) and make the container valid around it again, so the fuzzer reaches the unpickler, the tensor
+# checks and the layout code behind them. A quarter of the mutations stay plain byte mutations.
+def _zip_entries(data: bytes) -> list[tuple[str, bytes]] | None:
+    import io
+    import zipfile
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return [(i.filename, z.read(i)) for i in z.infolist()]
+    except Exception:  # noqa: BLE001  (a mutant that is no zip: mutated as bytes)
+        return None
+
+
+def _zip(entries: list[tuple[str, bytes]]) -> bytes:
+    import io
+    import warnings
+    import zipfile
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are one of the mutations
+        for name, body in entries:
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), body)
+    return out.getvalue()
+
+
+def mutate_zip(data: bytes, max_size: int, seed: int) -> bytes:
+    import atheris
+    import random
+    rng = random.Random(seed)
+    entries = _zip_entries(data) if rng.random() < 0.75 else None
+    if not entries:
+        return atheris.Mutate(data, max_size)
+    pick = rng.random()
+    pkls = [i for i, (n, _) in enumerate(entries) if n.endswith("data.pkl")]
+    i = pkls[0] if pkls and pick < 0.6 else rng.randrange(len(entries))
+    name, body = entries[i]
+    if pick < 0.85:  # the entry's bytes
+        entries[i] = (name, atheris.Mutate(body, max(len(body) * 2, 64)))
+    elif pick < 0.9:
+        entries.append(entries[i])  # a second entry of the same name
+    elif pick < 0.95:
+        del entries[i]
+    else:
+        entries[i] = (atheris.Mutate(name.encode(), 64).decode("utf-8", "replace"), body)
+    return _zip(entries)[:max_size]
+
+
+def mutate_safetensors(data: bytes, max_size: int, seed: int) -> bytes:
+    import atheris
+    import random
+    import struct
+    rng = random.Random(seed)
+    if len(data) < 8 or rng.random() < 0.25:
+        return atheris.Mutate(data, max_size)
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        return atheris.Mutate(data, max_size)
+    header = atheris.Mutate(data[8:8 + n], max(2 * n, 64))
+    return (struct.pack("<Q", len(header)) + header + data[8 + n:])[:max_size]
+
+
+MUTATORS = {"torch_zip": mutate_zip, "torchscript": mutate_zip, "safetensors": mutate_safetensors}
+
+
 def main(argv: list[str]) -> None:
     import atheris
 
@@ -77,7 +143,8 @@ def main(argv: list[str]) -> None:
     def one_input(data: bytes) -> None:
         replay(target, data)
 
-    atheris.Setup([argv[0], *argv[2:]], one_input)
+    mutator = MUTATORS.get(target)
+    atheris.Setup([argv[0], *argv[2:]], one_input, **({"custom_mutator": mutator} if mutator else {}))
     atheris.Fuzz()
 
 

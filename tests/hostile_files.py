@@ -12,7 +12,6 @@ import struct
 import zipfile
 import zlib
 
-import numpy as np
 
 from parity.variants import CLIPConfig
 
