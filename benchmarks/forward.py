@@ -24,13 +24,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    from parity import keymap
+    from parity import layouts, registry
     from parity.inputs import SAMPLES
     from parity.synthetic import cached_state_dict
     from parity.tokenizer import tokenize
-    from parity.variants import get_config
 
-    config = get_config(args.variant)
+    config = registry.get(args.variant).config
     state = cached_state_dict(config, 0)
     rng = np.random.default_rng(0)
     captions = list(SAMPLES.values())
@@ -41,14 +40,15 @@ def main() -> None:
         model = build_official({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in state.items()})
         no_grad, to_tensor = torch.no_grad, torch.from_numpy
     else:
-        from parity.loading import import_paddle, paddle_model
+        from parity.frameworks import import_paddle
+        from parity.loading import paddle_model
         paddle = import_paddle()
-        model = paddle_model(keymap.to_paddle(state, config)[0], config)
+        model = paddle_model(layouts.to_layout({k: v.numpy() for k, v in state.items()}, "paddle")[0], config)
         no_grad, to_tensor = paddle.no_grad, paddle.to_tensor
     del state
     result = {"image": {}, "text": {}}
     for batch in args.batches:
-        image = rng.standard_normal((batch, 3, config.image_resolution, config.image_resolution), dtype=np.float32)
+        image = rng.standard_normal((batch, 3, config.vision.image_size, config.vision.image_size), dtype=np.float32)
         text = tokenize([captions[i % len(captions)] for i in range(batch)])
         for tower, run, data in (("image", model.encode_image, image), ("text", model.encode_text, text)):
             tensor = to_tensor(data)

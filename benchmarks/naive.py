@@ -1,6 +1,6 @@
 """The script users write today, as the baseline of `make bench`: import both frameworks, load the whole
 checkpoint with its framework's own loader, move every tensor through numpy (the transposes come from
-parity's key map, so that only the way of working differs), and save with the other framework.
+parity's layout rows, so that only the way of working differs), and save with the other framework.
 
     python benchmarks/naive.py paddle X.pt X.pdparams       # torch.jit.load -> paddle.save
     python benchmarks/naive.py torch X.pdparams X.pt        # paddle.load -> torch.save
@@ -15,13 +15,13 @@ def main(mode: str, src: str, out: str) -> None:
     import paddle
     import torch
 
-    from parity import keymap
+    from parity import layouts
 
     if mode == "torch":
         loaded = paddle.load(src)
         loaded.pop("parity@@extras", None)
         state = {k: v.numpy() for k, v in loaded.items()}
-        torch_state, _ = keymap.to_torch(state)
+        torch_state, _ = layouts.to_hub(state, "paddle")
         torch.save({k: torch.from_numpy(v) for k, v in torch_state.items()}, out)
         return
     state = torch.jit.load(src, map_location="cpu").state_dict()
@@ -29,7 +29,7 @@ def main(mode: str, src: str, out: str) -> None:
         from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in state.items()}, out)
         return
-    paddle_state, _ = keymap.to_paddle({k: v.numpy() for k, v in state.items()})
+    paddle_state, _ = layouts.to_layout({k: v.numpy() for k, v in state.items()}, "paddle")
     paddle.save({k: paddle.to_tensor(v) for k, v in paddle_state.items()}, out)
 
 

@@ -17,11 +17,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import hostile_files as hostile  # noqa: E402
-from parity.variants import CLIPConfig  # noqa: E402
+from parity.config import Config, TextConfig, VisionConfig  # noqa: E402
 
 # a CLIP of a few kB: every key of the layout, so the seeds reach shape inference and the key checks
-MICRO = CLIPConfig(embed_dim=4, image_resolution=4, vision_layers=1, vision_width=8, vision_patch_size=2,
-                   transformer_width=8, transformer_heads=1, transformer_layers=1, context_length=4, vocab_size=16)
+MICRO = Config(4, VisionConfig("vit", 1, 8, 4, 2, 32, 2, "quick_gelu", 1e-5),
+               TextConfig(8, 1, 32, 4, 16, 2, "quick_gelu", 1e-5))
 
 
 def _micro_state():
@@ -32,7 +32,7 @@ def _micro_state():
 
 def _parity_files(state_np: dict) -> dict[str, bytes]:
     from parity.formats import pdparams, safetensors, torch_zip
-    from parity.keymap import to_paddle
+    from parity.layouts import to_layout
 
     out = {}
     for name, write in (("parity.pt", lambda f: torch_zip.write(f, state_np)),
@@ -40,7 +40,7 @@ def _parity_files(state_np: dict) -> dict[str, bytes]:
         buffer = io.BytesIO()
         write(buffer)
         out[name] = buffer.getvalue()
-    paddle_sd, extras = to_paddle(state_np)  # its config inferred from the shapes, as a reader does
+    paddle_sd, _ = to_layout(state_np, "paddle")
     for name, write in (("parity.pdparams", lambda f: pdparams.write(f, paddle_sd, '{"buffers": {}, "dtypes": {}}')),
                         ("parity-paddle.safetensors", lambda f: safetensors.write(f, paddle_sd, {"parity.layout": "paddle"}))):
         buffer = io.BytesIO()
@@ -74,7 +74,7 @@ def _torchscript() -> dict[str, bytes]:
 
 def _paddle_save(state_np: dict) -> bytes | None:
     try:
-        from parity.loading import import_paddle
+        from parity.frameworks import import_paddle
         paddle = import_paddle()
     except ImportError:
         return None

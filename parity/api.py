@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layouts, registry
 from .checkpoint import Checkpoint, load
 from .errors import ParityError
+from .frameworks import device_names, select_device
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL, run_paddle, run_torch, verify_pair
 from .inputs import SAMPLES, canonical_inputs
+from .loading import paddle_model, torch_model
 from .tokenizer import VOCAB_SIZE, tokenize
-from .loading import device_names, paddle_model, select_device, torch_model
-from .variants import REFERENCE_LOGITS
 
 FRAMEWORKS = ("torch", "paddle")
 MAX_CONTEXT = 1024  # positions: attention memory grows with the square (a 2 MB file can claim 100,000)
@@ -24,20 +25,21 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
     """ParityError, naming the file, where its shapes give a model that cannot run parity's inputs:
     a vocabulary short of the tokenizer's ids (with `captions`), captions longer than its context, or a
     context or image size beyond what a check needs (memory set by the file's claims, not its size)."""
-    c = ck.config
-    if c.context_length > MAX_CONTEXT or c.image_resolution > MAX_RESOLUTION:
-        raise ParityError(f"{ck.path}: its shapes give a context of {c.context_length} tokens and images of "
-                          f"{c.image_resolution} pixels a side; parity computes at most {MAX_CONTEXT} and "
+    ck.require_config()
+    t, v = ck.config.text, ck.config.vision
+    if t.context_length > MAX_CONTEXT or v.image_size > MAX_RESOLUTION:
+        raise ParityError(f"{ck.path}: its shapes give a context of {t.context_length} tokens and images of "
+                          f"{v.image_size} pixels a side; parity computes at most {MAX_CONTEXT} and "
                           f"{MAX_RESOLUTION} (memory grows with their squares)")
-    if c.vocab_size < 2:
-        raise ParityError(f"{ck.path}: its token embedding has {c.vocab_size} rows: no text can be encoded")
+    if t.vocab_size < 2:
+        raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows: no text can be encoded")
     if captions:
-        if c.vocab_size < VOCAB_SIZE:
-            raise ParityError(f"{ck.path}: its token embedding has {c.vocab_size} rows, but CLIP's tokenizer "
+        if t.vocab_size < VOCAB_SIZE:
+            raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows, but CLIP's tokenizer "
                               f"gives ids up to {VOCAB_SIZE - 1}: the captions cannot be encoded for it")
         longest = max(int(np.count_nonzero(tokenize(text, 10_000))) for text in SAMPLES.values())
-        if c.context_length < longest:
-            raise ParityError(f"{ck.path}: its context holds {c.context_length} tokens, and the captions "
+        if t.context_length < longest:
+            raise ParityError(f"{ck.path}: its context holds {t.context_length} tokens, and the captions "
                               f"need {longest}")
 
 
@@ -45,7 +47,7 @@ def weights_label(ck: Checkpoint) -> str:
     """'official RN50 release (sha256 afeb0e10f9e5…)' only when the file's own SHA-256 is the release's."""
     short = f"sha256 {ck.sha256[:12]}…" if ck.sha256 else "no hash"
     if ck.official:
-        return f"official {ck.variant} release ({short})"
+        return f"official {ck.name} release ({short})"
     return f"{short}, not an official release file"
 
 
@@ -62,60 +64,68 @@ def _provenance(ck: Checkpoint, converted_from: str | None = None) -> dict:
     return src
 
 
-def sides(first, second=None, variant: str | None = None):
-    """(torch-layout state dict, Paddle-layout state dict, config, label, sources, reference logit or None)."""
-    a = load(first, variant=variant)
+def _framework(ck: Checkpoint) -> str:
+    return layouts.get(ck.layout).FRAMEWORK
+
+
+def sides(first, second=None, config=None):
+    """(hub state dict, Paddle-layout state dict, config, label, sources, reference logit or None)."""
+    a = load(first, config=config)
     computable(a)
     if second is None:
-        if a.layout == "torch":
-            torch_ck, paddle_ck = a, a.in_layout("paddle")
-            sources = {"torch": _provenance(a), "paddle": _provenance(a, "torch layout, through parity's key map")}
-        else:
-            torch_ck, paddle_ck = a.in_layout("torch"), a
-            sources = {"torch": _provenance(a, "Paddle layout, through parity's key map"), "paddle": _provenance(a)}
+        torch_ck, paddle_ck = a, a
+        via = f"{a.layout} layout, through parity's rows"
+        sources = {"torch": _provenance(a, None if a.layout == layouts.HUB.NAME else via),
+                   "paddle": _provenance(a, None if a.layout == layouts.paddle.NAME else via)}
         label, official = weights_label(a), a.official
     else:
-        b = load(second, variant=variant)
+        b = load(second, config=config)
         computable(b)
-        if {a.layout, b.layout} != {"torch", "paddle"}:
-            raise ParityError(f"{first} and {second} are both in the {a.layout} layout: give one torch "
-                              "checkpoint and one Paddle checkpoint, or a single file to convert in memory")
-        torch_ck, paddle_ck = (a, b) if a.layout == "torch" else (b, a)
-        if torch_ck.config.architecture() != paddle_ck.config.architecture():
-            raise ParityError(f"{torch_ck.path} is {torch_ck.variant or 'a custom CLIP'} but {paddle_ck.path} "
-                              f"is {paddle_ck.variant or 'a custom CLIP'}: they cannot hold the same model")
+        if {_framework(a), _framework(b)} != {"torch", "paddle"}:
+            raise ParityError(f"{first} and {second} are both {_framework(a)} checkpoints ({a.layout}, "
+                              f"{b.layout}): give one torch checkpoint and one Paddle checkpoint, or a single "
+                              "file to convert in memory")
+        torch_ck, paddle_ck = (a, b) if _framework(a) == "torch" else (b, a)
+        if torch_ck.config.shapes() != paddle_ck.config.shapes():
+            raise ParityError(f"{torch_ck.path} and {paddle_ck.path} have tensors of different shapes: they "
+                              "cannot hold the same model")
+        if torch_ck.config != paddle_ck.config:
+            raise ParityError(f"{torch_ck.path} ({torch_ck.config_source}) and {paddle_ck.path} "
+                              f"({paddle_ck.config_source}) have different configs")
         sources = {"torch": _provenance(torch_ck), "paddle": _provenance(paddle_ck)}
         label = f"torch file {weights_label(torch_ck)}; paddle file {weights_label(paddle_ck)}"
         official = torch_ck.official
-    config = torch_ck.config
-    reference = REFERENCE_LOGITS.get(config.name) if official else None
-    return torch_ck.torch_state(), _float32(paddle_ck.state_dict), config, label, sources, reference
+    entry = registry.by_sha256(torch_ck.sha256)
+    reference = entry.reference_logit if official and entry is not None else None
+    paddle_sd = _float32(paddle_ck.in_layout(layouts.paddle.NAME).state_dict)
+    return torch_ck.hub_state(), paddle_sd, torch_ck.config, label, sources, reference
 
 
-def verify(first, second=None, *, variant: str | None = None, device: str = "auto", atol: float = DEFAULT_ATOL,
+def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False) -> dict:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
     checkpoint against a Paddle one (each framework loads its own). Returns the report dict; its
     "passed" is the gate. Official files (by SHA-256) are also checked against the reference table.
+    `config` (a Config, a registered name or a JSON file) gives the config where the file has none.
 
     >>> parity.verify("RN50.pt")["passed"]                          # doctest: +SKIP
     True
     """
-    torch_sd, paddle_sd, config, label, sources, reference = sides(first, second, variant)
-    report = verify_pair(torch_sd, paddle_sd, config, weights=label, device=device, atol=atol, rtol=rtol,
+    torch_sd, paddle_sd, resolved, label, sources, reference = sides(first, second, config)
+    report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
                          photos=photos, layers=layers, reference=reference)
     report["sources"] = sources
     return report
 
 
-def load_model(path, framework: str = "torch", device: str = "auto", variant: str | None = None):
+def load_model(path, framework: str = "torch", device: str = "auto", config=None):
     """parity's CLIP for `framework` ("torch" or "paddle") with the checkpoint's weights, in eval mode
     on `device` (auto: the GPU when present). Any supported file works for either framework.
 
     >>> model = parity.load_model("RN50.pt", framework="paddle")    # doctest: +SKIP
     """
     _check_framework(framework)
-    ck = load(path, variant=variant)
+    ck = load(path, config=config)
     computable(ck, captions=False)
     return _model(ck, framework, select_device(device)[framework])
 
@@ -127,22 +137,22 @@ def _check_framework(framework: str) -> None:  # before any file is read
 
 def _model(ck: Checkpoint, framework: str, where: str):
     if framework == "torch":
-        return torch_model(ck.torch_state(), ck.config, device=where)
-    return paddle_model(_float32(ck.in_layout("paddle").state_dict), ck.config, device=where)
+        return torch_model(ck.hub_state(), ck.config, device=where)
+    return paddle_model(_float32(ck.in_layout(layouts.paddle.NAME).state_dict), ck.config, device=where)
 
 
-def logits(path, framework: str = "torch", device: str = "auto", variant: str | None = None) -> dict:
+def logits(path, framework: str = "torch", device: str = "auto", config=None) -> dict:
     """The canonical pair through one framework's model: logit and both feature vectors."""
     _check_framework(framework)
-    ck = load(path, variant=variant)
+    ck = load(path, config=config)
     computable(ck, captions=False)
     devices = select_device(device)
     model = _model(ck, framework, devices[framework])
-    image, text = canonical_inputs(ck.config.image_resolution, ck.config.context_length)
+    image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length)
     out = (run_torch if framework == "torch" else run_paddle)(model, image, text)
     del model
     gc.collect()
-    return {"variant": ck.variant or "custom", "framework": framework, "device": device_names(devices)[framework],
+    return {"variant": ck.name or "custom", "framework": framework, "device": device_names(devices)[framework],
             "weights": weights_label(ck), "file": str(Path(path)), "sha256": ck.sha256,
             "logit": float(out.logits.ravel()[0]), "image_features": out.image_features.ravel().tolist(),
             "text_features": out.text_features.ravel().tolist()}

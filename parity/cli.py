@@ -14,7 +14,9 @@ import numpy as np
 from . import __version__
 from .errors import ParityError, printable
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL
-from .variants import VARIANTS, ConfigError, get_config
+from . import layouts as layout_registry
+from . import registry
+from .config import ConfigError
 
 
 class UserError(click.ClickException):
@@ -120,17 +122,39 @@ def main():
 
 @main.command()
 def variants():
-    """List the supported variants and their hyper-parameters.
+    """List the registered models and their configs (what --config NAME gives).
 
     \b
     Example:
       parity variants
     """
-    click.echo(f"{'name':16} {'embed':>5} {'res':>4} {'vision layers':>14} {'width':>5} {'patch':>5} {'text w/h/l':>11}")
-    for c in VARIANTS.values():
-        layers = ",".join(map(str, c.vision_layers)) if not c.is_vit else str(c.vision_layers)
-        click.echo(f"{c.name:16} {c.embed_dim:5} {c.image_resolution:4} {layers:>14} {c.vision_width:5} "
-                   f"{c.vision_patch_size or '-':>5} {c.transformer_width:>4}/{c.transformer_heads}/{c.transformer_layers}")
+    click.echo(f"{'name':16} {'family':7} {'embed':>5} {'res':>4} {'vision layers':>14} {'width':>5} {'patch':>5} "
+               f"{'heads':>5} {'mlp':>5} {'act':>10} {'text w/h/l/mlp':>17} {'text act':>10}")
+    for e in registry.ENTRIES.values():
+        v, t = e.config.vision, e.config.text
+        layers = str(v.layers) if v.is_vit else ",".join(map(str, v.layers))
+        click.echo(f"{e.name:16} {e.family:7} {e.config.embed_dim:5} {v.image_size:4} {layers:>14} {v.width:5} "
+                   f"{v.patch_size or '-':>5} {v.heads:>5} {v.mlp_width or '-':>5} {v.activation or 'relu':>10} "
+                   f"{f'{t.width}/{t.heads}/{t.layers}/{t.mlp_width}':>17} {t.activation:>10}")
+
+
+@main.command()
+def layouts():
+    """List the checkpoint layouts parity reads and writes (the hub first).
+
+    \b
+    Example:
+      parity layouts
+    """
+    click.echo(f"{'layout':10} {'framework':9} files")
+    for layout in layout_registry.LAYOUTS.values():
+        click.echo(f"{layout.NAME:10} {layout.FRAMEWORK:9} {layout.FILES}")
+
+
+def _config_option(f):
+    return click.option("--config", "--variant", "config", default=None, metavar="NAME|FILE.json",
+                        help="The model's config where the file has none: a name from `parity variants` or a "
+                             "JSON file; checked against the tensors (and the file's own config) where it has.")(f)
 
 
 def _report_options(f):
@@ -161,12 +185,12 @@ def _verdict(report: dict) -> str:
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("other", type=click.Path(path_type=Path), required=False)
-@click.option("--variant", default=None, help="Expected variant (e.g. RN50); checked against the shapes.")
+@_config_option
 @_report_options
 @click.option("--layers", is_flag=True, help="Compare every module's output (always done on a failure).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def verify(checkpoint: Path, other: Path | None, variant: str | None, atol: float, rtol: float, device: str,
+def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float, rtol: float, device: str,
            report_dir: Path, layers: bool, as_json: bool, debug: bool):
     """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
 
@@ -186,7 +210,7 @@ def verify(checkpoint: Path, other: Path | None, variant: str | None, atol: floa
     from .report import write_variant
 
     try:
-        report = run(checkpoint, other, variant=variant, device=device, atol=atol, rtol=rtol, layers=layers)
+        report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers)
         paths = write_variant(report, report_dir)
     except Exception as e:
         _fail(e, debug)
@@ -203,10 +227,10 @@ def verify(checkpoint: Path, other: Path | None, variant: str | None, atol: floa
 @click.option("--framework", type=click.Choice(["torch", "paddle"]), required=True,
               help="Whose model computes (the file is converted in memory when needed).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
-@click.option("--variant", default=None, help="Expected variant; checked against the shapes.")
+@_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (logit, both feature vectors, ...).")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def logits(checkpoint: Path, framework: str, device: str, variant: str | None, as_json: bool, debug: bool):
+def logits(checkpoint: Path, framework: str, device: str, config: str | None, as_json: bool, debug: bool):
     """The canonical logit and features of one framework's model on CHECKPOINT.
 
     Canonical pair: image = ones/2 of shape (1, 3, R, R), text = ones (1, 77) int64.
@@ -219,7 +243,7 @@ def logits(checkpoint: Path, framework: str, device: str, variant: str | None, a
     from .api import logits as run
 
     try:
-        out = run(checkpoint, framework, device, variant)
+        out = run(checkpoint, framework, device, config)
     except Exception as e:
         _fail(e, debug)
     if as_json:
@@ -258,24 +282,25 @@ def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: t
     from .synthetic import cached_state_dict
 
     try:
-        configs = [get_config(n) for n in names] if names else list(VARIANTS.values())
+        entries = [registry.get(n) for n in names] if names else list(registry.ENTRIES.values())
     except ConfigError as e:
         raise UserError(printable(f"{e}. Run `parity variants` for the list."))
     start, results = time.perf_counter(), []
-    for i, config in enumerate(configs, 1):
-        real = weights_dir / config.filename
-        echo(f"[{i}/{len(configs)}] {config.name} ({'weights from ' + str(real) if real.is_file() else 'synthetic'})"
+    for i, entry in enumerate(entries, 1):
+        real = weights_dir / entry.filename
+        echo(f"[{i}/{len(entries)}] {entry.name} ({'weights from ' + str(real) if real.is_file() else 'synthetic'})"
              " ...", nl=False)
         try:
             if real.is_file():
-                result = verify_file(real, variant=config.name, device=device, atol=atol, rtol=rtol)
+                result = verify_file(real, config=entry.config, device=device, atol=atol, rtol=rtol)
             else:
-                state = cached_state_dict(config, seed)
-                result = verify_state_dict(state, f"synthetic seed {seed}", config, device=device, atol=atol, rtol=rtol)
+                state = cached_state_dict(entry.config, seed)
+                result = verify_state_dict(state, f"synthetic seed {seed}", entry.config, device=device, atol=atol,
+                                           rtol=rtol)
                 del state
             write_variant(result, report_dir)
         except ParityError as e:
-            raise UserError(f"{config.name}: {e}")
+            raise UserError(printable(f"{entry.name}: {e}"))
         gc.collect()
         results.append(result)
         click.echo(f" {'PASS' if result['passed'] else 'FAIL'} |Δ logit| {result['differences']['logits']['max_abs']:.2e} "
@@ -290,28 +315,30 @@ def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: t
 
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
-@click.option("--to", "to", type=click.Choice(["paddle", "torch", "safetensors"]), required=True,
-              help="Target format: Paddle .pdparams, torch .pt state dict, or .safetensors.")
+@click.option("--to", "to", type=click.Choice([*layout_registry.LAYOUTS, "torch", "safetensors"]), required=True,
+              help="Target layout, in its own file convention (openai: .pt, paddle: .pdparams); torch is "
+                   "openai's .pt, safetensors a .safetensors file in --layout.")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Output file. Default: SRC with the target's suffix (.pdparams, .pt, .safetensors).")
-@click.option("--variant", default=None, help="Expected variant (e.g. ViT-B/32); checked against the shapes.")
+@_config_option
 @click.option("--dtype", type=click.Choice(["keep", "float32", "float16"]), default=None,
-              help="Floating dtype of the output. Default: float32 in the Paddle layout (what Paddle "
-                   "loads on a CPU), the source dtypes in the torch layout.")
-@click.option("--layout", type=click.Choice(["torch", "paddle"]), default=None,
-              help="Key layout of a safetensors output. [default: torch]")
+              help="Floating dtype of the output. Default: float32 in a Paddle layout (what Paddle "
+                   "loads on a CPU), the source dtypes in a torch layout.")
+@click.option("--layout", type=click.Choice([*layout_registry.LAYOUTS, "torch"]), default=None,
+              help="Key layout of a safetensors output (torch: openai). [default: openai]")
 @click.option("--force", is_flag=True, help="Replace an existing output (never the input).")
 @click.option("--strict", is_flag=True, help="Refuse tensors holding NaN or Inf (default: warn).")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def convert(src: Path, to: str, out: Path | None, variant: str | None, dtype: str | None, layout: str | None,
+def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str | None, layout: str | None,
             force: bool, strict: bool, debug: bool):
     """Convert a CLIP checkpoint between torch, Paddle and safetensors.
 
     SRC may be an official TorchScript release (.pt), a torch state dict (.pt/.pth/.bin, also wrapped in
-    'state_dict'/'model' or with a 'module.' prefix), a Paddle .pdparams, or a .safetensors file; the
-    format is read from the content, and no code in the file is ever run. The output is written to a
-    temporary file, reloaded and compared tensor by tensor, then renamed into place. Exit status 0 on
-    success, 2 on bad input (one line on stderr).
+    'state_dict'/'model' or with a 'module.' prefix), a Paddle .pdparams, or a .safetensors file, in any
+    layout of `parity layouts`; the format and layout are read from the content, and no code in the file
+    is ever run. Converting needs no config (it moves tensors); a known one is written with them. The
+    output is written unnamed, read back and compared tensor by tensor, then given its name. Exit status
+    0 on success, 2 on bad input (one line on stderr).
 
     \b
     Examples:
@@ -319,11 +346,11 @@ def convert(src: Path, to: str, out: Path | None, variant: str | None, dtype: st
       parity convert RN50.pdparams --to torch -o RN50-back.pt
       parity convert ViT-B-32.pt --to safetensors --layout paddle
     """
-    from .checkpoint import convert as run
+    from .conversion import convert as run
 
     stages = _Stages(2, sys.stderr.isatty() and _size(src) > 50_000_000)
     try:
-        result = run(src, to, out, variant=variant, dtype=dtype, layout=layout, force=force, strict=strict,
+        result = run(src, to, out, config=config, dtype=dtype, layout=layout, force=force, strict=strict,
                      stage=stages)
     except Exception as e:  # every error is one line unless --debug
         stages.close()
@@ -338,10 +365,12 @@ def convert(src: Path, to: str, out: Path | None, variant: str | None, dtype: st
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
+@_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the fields as JSON.")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def info(file: Path, as_json: bool, debug: bool):
-    """Describe a checkpoint: format, layout, variant, tensors, dtypes, bytes, SHA-256, official or not.
+def info(file: Path, config: str | None, as_json: bool, debug: bool):
+    """Describe a checkpoint: format, layout, model and config (and where the config came from), tensors,
+    dtypes, bytes, SHA-256, official or not.
 
     The first thing to run on a file one did not make: nothing in it is executed.
 
@@ -354,7 +383,7 @@ def info(file: Path, as_json: bool, debug: bool):
     from .checkpoint import describe
 
     try:
-        fields = describe(file)
+        fields = describe(file, config)
     except Exception as e:
         _fail(e, debug)
     if as_json:
@@ -367,4 +396,4 @@ def info(file: Path, as_json: bool, debug: bool):
             value = "; ".join(value) or "none"
         elif key in ("bytes", "parameters"):
             value = f"{value:,}"
-        echo(f"{key:10} {value}")
+        echo(f"{key:11} {value}")

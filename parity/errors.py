@@ -49,3 +49,15 @@ def printable(text: str, newlines: bool = False) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+class ConfigMissingError(ParityError):
+    """Computing needs what no tensor says (heads, activation, eps), and nothing gave it."""
+
+    cli_hint = "pass --config NAME (see parity variants) or --config FILE.json"
+
+
+class NoDeviceError(ParityError):
+    """A GPU was asked for, and a framework has none."""
+
+    cli_hint = "or pass --device cpu"

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import keymap
+from . import layouts, registry
+from .config import Config
 from .inputs import SampleSet, canonical_inputs, sample_set
-from .loading import device_names, import_paddle, paddle_model, select_device, torch_model
-from .variants import CLIPConfig, infer_config
+from .frameworks import device_names, import_paddle, select_device
+from .loading import paddle_model, torch_model
 
 OUTPUTS = ("logits", "image_features", "text_features")
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-5
@@ -168,13 +169,13 @@ def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
     return None
 
 
-def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, atol: float, rtol: float,
+def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float, rtol: float,
                     devices: dict[str, str] | None = None) -> dict:
     """Per module (same names in both models), on the canonical pair: max |delta|, cosine, bound, and the
     first module in execution order beyond its bound (its own float32 noise floor counts, as above).
     `devices`: each framework's device, as `select_device` gives them (default: the CPU)."""
     devices = devices or {"torch": "cpu", "paddle": "cpu"}
-    image, text = canonical_inputs(config.image_resolution, config.context_length)
+    image, text = canonical_inputs(config.vision.image_size, config.text.context_length)
     model = torch_model(torch_sd, config, device=devices["torch"])
     order, outputs, noise = _record_torch_layers(model, image, text)
     del model
@@ -275,7 +276,7 @@ def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: flo
             "passed": all(d["passed"] for d in diffs.values()) and bool(np.all(argmax))}
 
 
-def verify_pair(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, *, weights: str = "unlabelled",
+def verify_pair(torch_sd: dict, paddle_sd: dict, config: Config, *, weights: str = "unlabelled",
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
                 min_cosine: float = MIN_COSINE) -> dict:
@@ -288,16 +289,17 @@ def verify_pair(torch_sd: dict, paddle_sd: dict, config: CLIPConfig, *, weights:
     """
     start = time.perf_counter()
     devices = select_device(device)
-    image, text = canonical_inputs(config.image_resolution, config.context_length)
-    shots = sample_set(config.image_resolution, config.context_length) if photos else None
+    v, t_cfg = config.vision, config.text
+    image, text = canonical_inputs(v.image_size, t_cfg.context_length)
+    shots = sample_set(v.image_size, t_cfg.context_length) if photos else None
     t = _torch_side(torch_sd, config, image, text, shots, devices["torch"])
     p = _paddle_side(paddle_sd, config, image, text, shots, devices["paddle"])
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise)
     report = {
-        "variant": config.name or "custom", "weights": weights, "config": asdict(config),
+        "variant": registry.name_of(config) or "custom", "weights": weights, "config": config.to_dict(),
         "devices": device_names(devices), "versions": versions(), "atol": atol, "rtol": rtol, "noise_factor": NOISE_FACTOR,
-        "inputs": {"canonical": f"image ones/2 (1, 3, {config.image_resolution}, {config.image_resolution}) "
-                                f"float32, text ones (1, {config.context_length}) int64",
+        "inputs": {"canonical": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) "
+                                f"float32, text ones (1, {t_cfg.context_length}) int64",
                    "photos": shots.names if shots else []},
         "torch_logit": float(t.canonical.logits.ravel()[0]), "paddle_logit": float(p.canonical.logits.ravel()[0]),
         "noise_floor": t.noise, "differences": {k: asdict(v) for k, v in diffs.items()},
@@ -338,9 +340,8 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def verify_state_dict(state_dict: dict, weights: str = "unlabelled", config: CLIPConfig | None = None,
-                      **options) -> dict:
-    """Official-layout weights through parity's torch model and, via the key map, its Paddle model."""
-    config = config or infer_config(state_dict)
-    paddle_sd, _ = keymap.to_paddle(state_dict, config)
+def verify_state_dict(state_dict: dict, weights: str, config: Config, **options) -> dict:
+    """Hub-layout weights through parity's torch model and, through the Paddle layout's rows, its Paddle model."""
+    plan, _ = layouts.rows.from_hub(state_dict, layouts.paddle.KEYMAP, "float32")
+    paddle_sd = {k: p() for k, p in plan.items()}
     return verify_pair(state_dict, paddle_sd, config, weights=weights, **options)

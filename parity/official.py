@@ -35,8 +35,8 @@ def build_official(state_dict: dict, float32: bool = True):
 
 
 def official_clip(config):
-    """openai/CLIP's `CLIP` module for a `CLIPConfig` (randomly initialised, float32)."""
-    c = config
-    return official_model_module().CLIP(c.embed_dim, c.image_resolution, c.vision_layers, c.vision_width,
-                                        c.vision_patch_size, c.context_length, c.vocab_size,
-                                        c.transformer_width, c.transformer_heads, c.transformer_layers)
+    """openai/CLIP's `CLIP` module for a Config it can express (randomly initialised, float32): OpenAI's
+    own hyper-parameters (QuickGELU, MLP 4x, eps 1e-5, head width 64), as its constructor fixes them."""
+    v, t = config.vision, config.text
+    return official_model_module().CLIP(config.embed_dim, v.image_size, v.layers, v.width, v.patch_size,
+                                        t.context_length, t.vocab_size, t.width, t.heads, t.layers)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .formats.atomic import atomic_write, write_bytes
-from .keymap import torch_shapes
-from .variants import CLIPConfig, get_config
+from . import registry
+from .config import Config
+from .layouts import HUB
 
 GENERATOR_VERSION = 2  # bump when the recipe changes: it names the cache files
 CALIBRATION_BATCH = 2
@@ -37,7 +38,7 @@ def release_dtype(key: str) -> str:
     return "float16" if _RELEASE_FP16.fullmatch(key) else "float32"
 
 
-def _std(key: str, shape: tuple, config: CLIPConfig) -> float:
+def _std(key: str, shape: tuple, config: Config) -> float:
     """Standard deviation of the normal draw for a weight-like tensor (fan-in scaling)."""
     if key == "token_embedding.weight":
         return 0.02
@@ -50,17 +51,17 @@ def _std(key: str, shape: tuple, config: CLIPConfig) -> float:
     std = fan_in ** -0.5
     if key.endswith(("attn.out_proj.weight", "mlp.c_proj.weight")):
         # residual-branch outputs shrink with depth (GPT-2 / openai init), keeping the stream of order one
-        layers = config.vision_layers if key.startswith("visual.") else config.transformer_layers
+        layers = config.vision.layers if key.startswith("visual.") else config.text.layers
         std *= (2 * layers) ** -0.5
     return std
 
 
-def _draw(config: CLIPConfig, seed: int) -> dict:
+def _draw(config: Config, seed: int) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for key, shape in sorted(torch_shapes(config).items()):  # sorted: independent of dict order
+    for key, shape in sorted(HUB.shapes(config).items()):  # sorted: independent of dict order
         if key.endswith("num_batches_tracked"):
             out[key] = torch.zeros((), dtype=torch.int64)
             continue
@@ -76,7 +77,7 @@ def _draw(config: CLIPConfig, seed: int) -> dict:
                 # the residual branch's last norm shrinks with depth, as the transformers' output
                 # projections do (openai/CLIP zero-initialises it): the stream stays of order one, where
                 # gains of one grow it ~sqrt(blocks) and amplify float32 rounding 100x by RN50x16's layer4
-                t *= sum(config.vision_layers) ** -0.5
+                t *= sum(config.vision.layers) ** -0.5
         elif key.endswith("bias") or key.endswith("in_proj_bias"):
             t = 0.02 * torch.randn(shape, generator=gen)
         else:
@@ -101,7 +102,7 @@ def calibration_images(resolution: int, seed: int):
     return F.interpolate(coarse, size=(resolution, resolution), mode="bicubic", align_corners=False) + 0.1 * fine
 
 
-def _calibrate(config: CLIPConfig, state: dict, seed: int) -> None:
+def _calibrate(config: Config, state: dict, seed: int) -> None:
     """Set BatchNorm running statistics to those of one batch of random images (ResNets only)."""
     import torch
     from .models.torch_clip import CLIP
@@ -112,7 +113,7 @@ def _calibrate(config: CLIPConfig, state: dict, seed: int) -> None:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
     model.visual.train()
-    images = calibration_images(config.image_resolution, seed + 1)
+    images = calibration_images(config.vision.image_size, seed + 1)
     with torch.no_grad():
         model.visual(images)
     for key, value in model.state_dict().items():
@@ -120,13 +121,20 @@ def _calibrate(config: CLIPConfig, state: dict, seed: int) -> None:
             state[key] = value.clone()
 
 
-def make_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
-    """A synthetic official-layout torch state dict for `variant`, in the release's dtype mix."""
+def config_of(model: str | Config) -> Config:
+    """A registered model's config, or the config given."""
+    return registry.get(model).config if isinstance(model, str) else model
+
+
+def make_state_dict(model: str | Config, seed: int = 0) -> dict:
+    """A synthetic hub (openai-layout) torch state dict for a registered model or a config, in the
+    release's dtype mix. A ResNet's BatchNorm statistics are calibrated with parity's model, which needs
+    the whole config; the weights themselves need only its shapes."""
     import torch
 
-    config = get_config(variant) if isinstance(variant, str) else variant
+    config = config_of(model)
     state = _draw(config, seed)
-    if not config.is_vit:
+    if not config.vision.is_vit:
         _calibrate(config, state, seed)
     return {k: v.to(getattr(torch, release_dtype(k))) for k, v in state.items()}
 
@@ -135,11 +143,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PARITY_CACHE", Path(__file__).resolve().parent.parent / ".cache")) / "synthetic"
 
 
-def cached_state_dict(variant: str | CLIPConfig, seed: int = 0) -> dict:
+def cached_state_dict(model: str | Config, seed: int = 0) -> dict:
     """`make_state_dict`, generated once and kept as safetensors under `cache_dir()`."""
     from safetensors.torch import load_file, save
 
-    config = get_config(variant) if isinstance(variant, str) else variant
+    config = config_of(model)
     path = cache_dir() / f"{_slug(config)}-seed{seed}-v{GENERATOR_VERSION}.safetensors"
     if path.exists():
         return load_file(path)
@@ -154,11 +162,16 @@ def numpy_state_dict(state: dict) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in state.items()}
 
 
-def _slug(config: CLIPConfig) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", config.name or "custom")
+def _slug(config: Config) -> str:
+    name = registry.name_of(config)
+    if name is None:  # an unregistered config: named by a hash of what it is
+        import hashlib
+        import json
+        return "custom-" + hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return re.sub(r"[^A-Za-z0-9]+", "-", name)
 
 
-def release_archive(variant: str | CLIPConfig, seed: int = 0) -> Path:
+def release_archive(model: str | Config, seed: int = 0) -> Path:
     """A TorchScript archive in the official release's format, holding `cached_state_dict(variant, seed)`.
 
     Made as the release was: openai/CLIP's model traced, with the three int64 buffers the release
@@ -169,18 +182,18 @@ def release_archive(variant: str | CLIPConfig, seed: int = 0) -> Path:
     import torch
     from .official import build_official
 
-    config = get_config(variant) if isinstance(variant, str) else variant
+    config = config_of(model)
     path = cache_dir() / f"{_slug(config)}-seed{seed}-v{GENERATOR_VERSION}.pt"
     if path.exists():
         return path
     model = build_official(cached_state_dict(config, seed), float32=True)
-    entries = {"input_resolution": config.image_resolution, "context_length": config.context_length,
-               "vocab_size": config.vocab_size}
+    entries = {"input_resolution": config.vision.image_size, "context_length": config.text.context_length,
+               "vocab_size": config.text.vocab_size}
     for name, value in entries.items():
         model.__dict__.pop(name, None)  # openai/CLIP keeps two of them as plain ints now
         model.register_buffer(name, torch.tensor(value, dtype=torch.int64))
-    image = torch.zeros(1, 3, config.image_resolution, config.image_resolution)
-    text = torch.ones(1, config.context_length, dtype=torch.int64)
+    image = torch.zeros(1, 3, config.vision.image_size, config.vision.image_size)
+    text = torch.ones(1, config.text.context_length, dtype=torch.int64)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape checks in nn.MultiheadAttention
         traced = torch.jit.trace(model, (image, text), check_trace=False)

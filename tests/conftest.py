@@ -3,15 +3,14 @@ import gc
 import numpy as np
 import pytest
 
-from parity.keymap import paddle_shapes, torch_shapes
-from parity.variants import VARIANTS
+from parity import layouts, registry
 
 FAST = ("RN50", "ViT-B/32")
-ALL = tuple(VARIANTS)
+ALL = tuple(registry.ENTRIES)
 
 
 def variant_params(seeds=(0,)):
-    """(variant, seed) pairs: the two fast variants at seed 0 plain, everything else behind `slow`."""
+    """(model, seed) pairs: the two fast models at seed 0 plain, everything else behind `slow`."""
     return [pytest.param(v, s, id=f"{v}-seed{s}",
                          marks=() if (v in FAST and s == seeds[0]) else pytest.mark.slow)
             for v in ALL for s in seeds]
@@ -24,9 +23,15 @@ class Shape:
         self.shape = tuple(shape)
 
 
-def shape_dict(config, layout="torch", **kw):
-    shapes = torch_shapes(config, **kw) if layout == "torch" else paddle_shapes(config)
+def shape_dict(config, layout="openai", **kw):
+    shapes = layouts.HUB.shapes(config, **kw)
+    if layout != "openai":
+        shapes = layouts.get(layout).KEYMAP.layout_shapes(shapes)
     return {k: Shape(v) for k, v in shapes.items()}
+
+
+def config_of(name):
+    return registry.get(name).config
 
 
 FIGURES: list[str] = []
@@ -41,7 +46,7 @@ def figures():
 @pytest.fixture(autouse=True)
 def _free_memory():
     yield
-    gc.collect()  # one variant's models alive at a time
+    gc.collect()  # one model's weights alive at a time
 
 
 def pytest_terminal_summary(terminalreporter):

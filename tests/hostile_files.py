@@ -13,16 +13,15 @@ import zipfile
 import zlib
 
 
-from parity.variants import CLIPConfig
+from parity.config import Config, TextConfig, VisionConfig
 
 ESCAPES = "\x1b]0;OWNED\x07\x1b[2J"  # retitles and clears a terminal that prints it raw
 
 
-def tiny_config(vocab: int = 49408) -> CLIPConfig:
-    """A computable CLIP of a few MB (a ViT: no BatchNorm calibration), head width 64 as parity infers it."""
-    return CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
-                      transformer_width=64, transformer_heads=1, transformer_layers=1, context_length=77,
-                      vocab_size=vocab)
+def tiny_config(vocab: int = 49408) -> Config:
+    """A computable CLIP of a few MB (a ViT: no BatchNorm calibration)."""
+    return Config(32, VisionConfig("vit", 1, 64, 32, 16, 256, 2, "quick_gelu", 1e-5),
+                  TextConfig(64, 1, 256, 77, vocab, 2, "quick_gelu", 1e-5))
 
 
 def tiny_state(vocab: int = 49408, seed: int = 0) -> dict:

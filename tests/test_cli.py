@@ -18,6 +18,16 @@ def test_variants_lists_the_nine():
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.output.splitlines()[1:]] == [
         "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
+    vit = next(line for line in result.output.splitlines() if line.startswith("ViT-L/14 "))
+    assert vit.split()[1:] == ["openai", "768", "224", "24", "1024", "14", "16", "4096", "quick_gelu",
+                               "768/12/12/3072", "quick_gelu"]
+
+
+def test_layouts_lists_the_hub_first():
+    result = CliRunner().invoke(main, ["layouts"])
+    assert result.exit_code == 0
+    rows = [line.split()[:2] for line in result.output.splitlines()[1:]]
+    assert rows[0] == ["openai", "torch"] and ["paddle", "paddle"] in rows
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):
@@ -52,7 +62,7 @@ def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path, monkeypatch):
 def test_unknown_variant_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-H/14", "--report-dir", str(tmp_path)])
     assert result.exit_code == 2  # bad input; 1 would say the frameworks disagree
-    assert "unknown variant 'ViT-H/14'" in result.output and "parity variants" in result.output
+    assert "unknown model 'ViT-H/14'" in result.output and "parity variants" in result.output
 
 
 def test_convert_prints_one_summary_line(tmp_path):
@@ -67,25 +77,25 @@ def test_convert_prints_one_summary_line(tmp_path):
 def test_info_describes_a_file(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    import parity.variants
+    from parity import registry
     from parity.synthetic import release_archive
     archive = release_archive("RN50")
     result = CliRunner().invoke(main, ["info", str(archive), "--json"])
     assert result.exit_code == 0, result.output
     fields = json.loads(result.output)
-    assert fields["format"] == "TorchScript archive" and fields["layout"] == "torch" and fields["variant"] == "RN50"
+    assert fields["format"] == "TorchScript archive" and fields["layout"] == "openai" and fields["model"] == "RN50"
+    assert fields["config from"] == "registry: RN50 (by its shapes)" and "pool heads 32" in fields["config"]
     assert fields["tensors"] == 492 and fields["dtypes"] == {"float16": 160, "float32": 274, "int64": 58}
-    assert fields["official"].startswith("no") and fields["extras"] == "none"
+    assert fields["official"].startswith("no") and fields["record"] == "none"
     # a file whose SHA-256 is in the registry is named as that release
-    registry = dict(parity.variants.VARIANTS)
-    registry["RN50"] = replace(registry["RN50"], sha256=fields["sha256"])
-    monkeypatch.setattr(parity.variants, "VARIANTS", registry)
+    monkeypatch.setitem(registry.ENTRIES, "RN50", replace(registry.ENTRIES["RN50"], sha256=fields["sha256"]))
     text = CliRunner().invoke(main, ["info", str(archive)]).output
-    assert "official   yes, the RN50 release file" in text and "format     TorchScript archive" in text
+    assert "official    yes, the RN50 release file" in text and "format      TorchScript archive" in text
     converted = tmp_path / "x.pdparams"
     CliRunner().invoke(main, ["convert", str(archive), "--to", "paddle", "-o", str(converted)])
     fields = json.loads(CliRunner().invoke(main, ["info", str(converted), "--json"]).output)
-    assert fields["layout"] == "paddle" and fields["extras"].startswith("parity record: 58 torch-only tensors")
+    assert fields["layout"] == "paddle" and fields["record"].startswith("parity record: 58 hub-only tensors")
+    assert fields["config from"] == "the file's own record"
 
 
 def test_progress_bar_draws_on_stderr_and_clears(capsys):

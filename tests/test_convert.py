@@ -16,15 +16,15 @@ import pytest
 import torch
 
 import parity
-from parity import keymap
-from parity.checkpoint import convert
+from parity import layouts
+from parity.conversion import convert
 from parity.harness import run_paddle, run_torch
 from parity.inputs import canonical_inputs
-from parity.loading import import_paddle, paddle_model
+from parity.frameworks import import_paddle
+from parity.loading import paddle_model
 from parity.official import build_official
 from parity.synthetic import cached_state_dict, release_archive
-from parity.variants import get_config
-from conftest import ALL, FAST
+from conftest import config_of, ALL, FAST
 
 TARGETS = (("paddle", None), ("torch", None), ("safetensors", "torch"), ("safetensors", "paddle"))
 NATIVE = ("state_dict.pt", "wrapped.pt", "paddle.pdparams", "wrapped.pdparams", "torch.safetensors",
@@ -54,8 +54,8 @@ def _make_native(folder, variant):
     torch.save({"epoch": 3, "step": 1200, "name": "finetune", "state_dict": {f"module.{k}": v for k, v in state.items()}},
                folder / "wrapped.pt")
     save_torch({k: v.contiguous() for k, v in state.items()}, folder / "torch.safetensors")
-    psd, _ = keymap.to_paddle({k: v.numpy() for k, v in state.items()})
-    model = paddle_model(psd)
+    psd, _ = layouts.to_layout({k: v.numpy() for k, v in state.items()}, "paddle")
+    model = paddle_model(psd, config_of(variant))
     paddle.save(model.state_dict(), str(folder / "paddle.pdparams"))  # with Paddle's own name table
     paddle.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "epoch": 9},
                 str(folder / "wrapped.pdparams"))
@@ -83,8 +83,8 @@ def variant_files(request, tmp_path_factory):
     convert(archive, "paddle", folder / "a.pdparams")
     convert(folder / "a.pdparams", "torch", folder / "a.pt")
     reference = _reference(archive)
-    config = get_config(variant)
-    image, text = canonical_inputs(config.image_resolution)
+    config = config_of(variant)
+    image, text = canonical_inputs(config.vision.image_size)
     official = build_official({k: torch.from_numpy(v) for k, v in reference.items()})
     logits = run_torch(official, image, text).logits  # the official model's canonical logits, once
     del official
@@ -97,13 +97,13 @@ def variant_files(request, tmp_path_factory):
 def test_release_archive_reads_as_torch_reads_it(variant_files):
     variant, _, archive, reference, _ = variant_files
     ck = parity.load(archive)
-    assert (ck.format, ck.layout, ck.variant) == ("torchscript", "torch", variant)
+    assert (ck.format, ck.layout, ck.name) == ("torchscript", "openai", variant)
     assert list(ck.state_dict) == list(reference)  # torch's own order, too
     _assert_bit_identical(ck.state_dict, reference)
     dtypes = {str(v.dtype) for v in ck.state_dict.values()}
     assert dtypes == {"float16", "float32", "int64"}  # the release's mix, kept
-    assert [int(ck.state_dict[k]) for k in keymap.ARCHIVE_ENTRIES] == [
-        get_config(variant).image_resolution, 77, 49408]
+    assert [int(ck.state_dict[k]) for k in layouts.HUB.ARCHIVE_ENTRIES] == [
+        config_of(variant).vision.image_size, 77, 49408]
 
 
 def test_round_trips_are_bit_identical(variant_files):
@@ -126,8 +126,8 @@ def torch_numpy(path):
 def test_converted_pdparams_gives_the_official_logit(variant_files):
     """Plain paddle.load + set_state_dict into parity's Paddle model; the official model on the same weights."""
     variant, folder, _, _, want = variant_files
-    config = get_config(variant)
-    image, text = canonical_inputs(config.image_resolution)
+    config = config_of(variant)
+    image, text = canonical_inputs(config.vision.image_size)
     paddle = import_paddle()
     from parity.models.paddle_clip import CLIP
     model = CLIP(config)
@@ -141,14 +141,13 @@ def test_converted_pt_loads_in_official_build_model(variant_files):
     variant, folder, _, _, want = variant_files
     state = torch.load(folder / "a.pt", weights_only=True)  # plain state dict, safe to load
     model = build_official(state)  # load_state_dict(strict=True) inside; float32 compute
-    image, text = canonical_inputs(get_config(variant).image_resolution)
+    image, text = canonical_inputs(config_of(variant).vision.image_size)
     assert np.array_equal(run_torch(model, image, text).logits, want)
 
 
 @pytest.mark.parametrize("variant", FAST)
 def test_every_format_to_every_other(variant, tmp_path):
     """Sources made by torch / paddle / safetensors themselves, each format to every target, values kept."""
-    config = get_config(variant)
     _make_native(tmp_path, variant)
     sources = [release_archive(variant)] + [tmp_path / n for n in NATIVE if not n.startswith("wrapped")]
     expected = {k: v.float().numpy() for k, v in cached_state_dict(variant).items()
@@ -158,13 +157,13 @@ def test_every_format_to_every_other(variant, tmp_path):
         for to, layout in TARGETS:
             out = tmp_path / f"out-{source.stem}{_suffix(to, layout)}"
             result = convert(source, to, out, layout=layout)  # reloads what it wrote and compares every tensor
-            assert result.source.variant == config.name
+            assert result.source.name == variant
             written = result.saved.tensors
             if result.saved.layout == "paddle":
-                written = keymap.to_torch(written)[0]
+                written = layouts.to_hub(written, "paddle")[0]
                 if to == "paddle":
                     assert {str(v.dtype) for v in result.saved.tensors.values()} == {"float32"}
-            elif result.source.layout == "torch":  # a torch-layout source keeps its dtype mix
+            elif result.source.layout == "openai":  # a hub-layout source keeps its dtype mix
                 assert {k: str(v.dtype) for k, v in written.items() if k in source_dtypes} == source_dtypes
             for k, v in expected.items():
                 assert np.array_equal(written[k].astype(np.float32), v), (source.name, to, layout, k)
@@ -179,7 +178,7 @@ def test_every_format_to_every_other(variant, tmp_path):
     for k, v in expected.items():
         assert np.array_equal(result.saved.tensors[k].astype(np.float32), v), k
     native = parity.load(tmp_path / "paddle.pdparams")
-    assert native.layout == "paddle" and native.extras is None
+    assert native.layout == "paddle" and native.record is None
     assert "dropped Paddle's StructuredToParameterName@@ name table" in native.notes
 
 
@@ -209,11 +208,12 @@ def test_dtype_option_and_default_output_name(tmp_path):
 
 def test_load_api_states_its_layout(tmp_path):
     ck = parity.load(release_archive("ViT-B/32"), layout="paddle")
-    assert ck.layout == "paddle" and ck.config == get_config("ViT-B/32")
-    assert {k: v.shape for k, v in ck.state_dict.items()} == keymap.paddle_shapes(ck.config)
+    assert ck.layout == "paddle" and ck.config == config_of("ViT-B/32")
+    assert {k: v.shape for k, v in ck.state_dict.items()} == \
+        layouts.paddle.KEYMAP.layout_shapes(layouts.HUB.shapes(ck.config))
     saved = parity.save(ck, tmp_path / "v.safetensors", layout="paddle")
     again = parity.load(saved.path)
-    assert again.layout == "paddle" and again.provenance["variant"] == "ViT-B/32"
+    assert again.layout == "paddle" and again.provenance["model"] == "ViT-B/32"
     assert again.provenance["source"]["sha256"] == ck.sha256
 
 

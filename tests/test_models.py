@@ -5,21 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from parity import keymap
+from parity import layouts
 from parity.harness import OUTPUTS, compare, noise_floor, run_paddle, run_torch, verify_state_dict
 from parity.inputs import canonical_inputs
 from parity.loading import paddle_model, torch_model
 from parity.official import build_official
 from parity.synthetic import cached_state_dict
-from parity.variants import get_config
-from conftest import variant_params
+from conftest import config_of, variant_params
 
 
 @pytest.mark.parametrize("variant,seed", variant_params(seeds=(0, 1)))
 def test_official_torch_and_paddle_agree(variant, seed, figures):
-    config = get_config(variant)
+    config = config_of(variant)
     state = cached_state_dict(variant, seed)
-    image, text = canonical_inputs(config.image_resolution)
+    image, text = canonical_inputs(config.vision.image_size)
 
     official = build_official(state)  # openai/CLIP's build_model, float32 compute
     official_out = run_torch(official, image, text)
@@ -50,20 +49,20 @@ def test_official_torch_and_paddle_agree(variant, seed, figures):
 
 def test_float64_runs_and_rounds_back_exactly():
     state = cached_state_dict("ViT-B/32", 0)
-    model = torch_model(state)
+    model = torch_model(state, config_of("ViT-B/32"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     image, text = canonical_inputs(224)
     noise = noise_floor(model, image, text)
     assert 0 < noise["logits_measured"] < 1e-4  # float64 really ran: not bit-equal to float32
     assert all(torch.equal(before[k], v) and before[k].dtype == v.dtype for k, v in model.state_dict().items())
-    model64 = torch_model(state, dtype="float64")
+    model64 = torch_model(state, config_of("ViT-B/32"), dtype="float64")
     assert run_torch(model64, image.astype(np.float64), text).logits.dtype == np.float64
 
 
 def test_paddle_holds_exactly_the_loaded_tensors():
     state = cached_state_dict("RN50", 0)
-    paddle_sd, _ = keymap.to_paddle(state)
-    model = paddle_model(paddle_sd)
+    paddle_sd, _ = layouts.to_layout(state, "paddle")
+    model = paddle_model(paddle_sd, config_of("RN50"))
     loaded = model.state_dict()
     assert sorted(loaded) == sorted(paddle_sd)
     for k, v in paddle_sd.items():
@@ -72,25 +71,25 @@ def test_paddle_holds_exactly_the_loaded_tensors():
 
 def test_paddle_loader_checks_before_paddle_sees_anything():
     state = cached_state_dict("RN50", 0)
-    paddle_sd, _ = keymap.to_paddle(state, dtype=None)  # float16 tensors left in
-    with pytest.raises(keymap.StateDictError, match=r"wrong dtype.*visual\.conv1\.weight float16"):
-        paddle_model(paddle_sd)
-    paddle_sd, _ = keymap.to_paddle(state)
+    paddle_sd, _ = layouts.to_layout(state, "paddle", dtype=None)  # float16 tensors left in
+    with pytest.raises(layouts.StateDictError, match=r"wrong dtype.*visual\.conv1\.weight float16"):
+        paddle_model(paddle_sd, config_of("RN50"))
+    paddle_sd, _ = layouts.to_layout(state, "paddle")
     paddle_sd["ln_final.weight"] = np.ones(7, np.float32)
-    with pytest.raises(keymap.StateDictError, match=r"mis-shaped: ln_final\.weight \[7\]"):
-        paddle_model(paddle_sd, get_config("RN50"))
+    with pytest.raises(layouts.StateDictError, match=r"mis-shaped: ln_final\.weight \[7\]"):
+        paddle_model(paddle_sd, config_of("RN50"))
 
 
 def test_a_wrong_tensor_is_caught():
     # the comparison can fail: one perturbed norm gain deep in the vision tower exceeds every bound
     state = cached_state_dict("ViT-B/32", 0)
     image, text = canonical_inputs(224)
-    model = torch_model(state)
+    model = torch_model(state, config_of("ViT-B/32"))
     torch_out = run_torch(model, image, text)
     noise = noise_floor(model, image, text, torch_out)
-    paddle_sd, _ = keymap.to_paddle(state)
-    assert all(compare(torch_out, run_paddle(paddle_model(paddle_sd), image, text), noise=noise)[n].passed
+    paddle_sd, _ = layouts.to_layout(state, "paddle")
+    assert all(compare(torch_out, run_paddle(paddle_model(paddle_sd, config_of("ViT-B/32")), image, text), noise=noise)[n].passed
                for n in OUTPUTS)
     paddle_sd["visual.transformer.resblocks.9.ln_2.weight"] = paddle_sd["visual.transformer.resblocks.9.ln_2.weight"] * 1.01
-    diffs = compare(torch_out, run_paddle(paddle_model(paddle_sd), image, text), noise=noise)
+    diffs = compare(torch_out, run_paddle(paddle_model(paddle_sd, config_of("ViT-B/32")), image, text), noise=noise)
     assert not diffs["image_features"].passed and diffs["image_features"].max_abs > diffs["image_features"].bound

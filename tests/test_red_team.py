@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -80,22 +79,26 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
+def _saved(folder: Path, name: str, vocab: int) -> Path:
+    """A tiny CLIP saved by torch.save, with its config beside it as NAME.json (a torch.save file carries none)."""
+    import json
+
+    import torch
+    torch.save(hostile.tiny_state(vocab), folder / f"{name}.pt")
+    (folder / f"{name}.json").write_text(json.dumps(hostile.tiny_config(vocab).to_dict()))
+    return folder / f"{name}.pt"
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """A small computable CLIP, saved by torch.save (6 MB: the full CLIP vocabulary, in float16)."""
-    import torch
-    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    torch.save(hostile.tiny_state(), path)
-    return path
+    """A small computable CLIP (6 MB: the full CLIP vocabulary, in float16); its config in tiny.json."""
+    return _saved(tmp_path_factory.mktemp("tiny"), "tiny", 49408)
 
 
 @pytest.fixture(scope="module")
 def small_vocab(tmp_path_factory) -> Path:
-    """A tiny CLIP whose vocabulary (1000) is smaller than the tokenizer's ids (600 kB)."""
-    import torch
-    path = tmp_path_factory.mktemp("small") / "small.pt"
-    torch.save(hostile.tiny_state(vocab=1000), path)
-    return path
+    """A tiny CLIP whose vocabulary (1000) is smaller than the tokenizer's ids (600 kB); config in small.json."""
+    return _saved(tmp_path_factory.mktemp("small"), "small", 1000)
 
 
 def hostile_file(folder: Path, name: str, data: bytes) -> tuple[Path, str]:
@@ -121,8 +124,9 @@ def test_1_duplicate_storage_entry_is_refused(tmp_path, small_vocab):
 def test_2_entry_longer_than_its_storage_is_refused_everywhere(tmp_path, tiny, command):
     src, before = hostile_file(tmp_path, "longer.pt", hostile.longer_entry(tiny.read_bytes(),
                                                                            "token_embedding.weight"))
-    args = {"verify": ["verify", src, "--report-dir", tmp_path / "reports"],
-            "logits": ["logits", src, "--framework", "torch"],
+    config = ["--config", tiny.with_suffix(".json")]
+    args = {"verify": ["verify", src, "--report-dir", tmp_path / "reports", *config],
+            "logits": ["logits", src, "--framework", "torch", *config],
             "convert": ["convert", src, "--to", "paddle"], "info": ["info", src]}[command]
     refused(run(*args), src, "storage", "corrupt")
     assert listing(tmp_path) == ["longer.pt"] and digest(src) == before
@@ -138,8 +142,9 @@ def test_2_crc_of_a_tensor_entry_is_checked_by_verify_and_logits(tmp_path, tiny)
         int.from_bytes(data[header + 28:header + 30], "little")
     data[start + 100] ^= 0x40  # one flipped bit in the embedding, its CRC-32 as it was
     src, _ = hostile_file(tmp_path, "flipped.pt", bytes(data))
-    refused(run("logits", src, "--framework", "paddle"), src, "CRC-32")
-    refused(run("verify", src, "--report-dir", tmp_path / "reports"), src, "CRC-32")
+    config = ["--config", tiny.with_suffix(".json")]
+    refused(run("logits", src, "--framework", "paddle", *config), src, "CRC-32")
+    refused(run("verify", src, "--report-dir", tmp_path / "reports", *config), src, "CRC-32")
 
 
 # ---------------------------------------------------------------- 3. symlinks at every name parity creates
@@ -238,9 +243,10 @@ def baseline(tiny, tmp_path_factory):
     """Peak RSS of verify and logits on a tiny valid file: the bound for a hostile one is 200 MB above it."""
     reports = tmp_path_factory.mktemp("reports")
     rss = {}
-    status, out, err, rss["verify"] = spawn("verify", tiny, "--report-dir", reports)
+    config = ["--config", tiny.with_suffix(".json")]
+    status, out, err, rss["verify"] = spawn("verify", tiny, "--report-dir", reports, *config)
     assert status == 0, err
-    status, out, err, rss["logits"] = spawn("logits", tiny, "--framework", "paddle")
+    status, out, err, rss["logits"] = spawn("logits", tiny, "--framework", "paddle", *config)
     assert status == 0, err
     return rss
 
@@ -393,8 +399,9 @@ def test_7_a_name_too_long_on_a_terminal(tmp_path):
 
 
 def test_7_a_vocabulary_smaller_than_the_tokenizer_is_named(tmp_path, small_vocab):
-    refused(run("verify", small_vocab, "--report-dir", tmp_path), small_vocab, "1000 rows", "49407")
-    assert listing(tmp_path) == []
+    refused(run("verify", small_vocab, "--report-dir", tmp_path / "r", "--config", small_vocab.with_suffix(".json")),
+            small_vocab, "1000 rows", "49407")
+    assert not (tmp_path / "r").exists()
 
 
 def test_7_an_infinite_safetensors_shape_names_the_file(tmp_path):

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 import parity
 from parity import checkpoint, formats
+from parity.writing import same_bits
 import parity.formats.safetensors  # noqa: F401  (formats.safetensors, as the tests name it)
 import parity.formats.torch_zip  # noqa: F401
-from parity.checkpoint import convert
+from parity.conversion import convert
 from parity.cli import main
 from parity.synthetic import release_archive
 
@@ -39,7 +40,7 @@ def test_torch_file_written_without_torch_loads_in_torch(rn50_files):
         got = torch.load(rn50_files / "a.pt", weights_only=True, mmap=mmap)
         assert list(got) == list(want)
         for k, v in want.items():
-            assert checkpoint.same_bits(got[k].numpy(), v), k
+            assert same_bits(got[k].numpy(), v), k
     with zipfile.ZipFile(rn50_files / "a.pt") as archive:
         assert archive.testzip() is None  # every entry's CRC-32 is right
         assert all(i.compress_type == zipfile.ZIP_STORED for i in archive.infolist())
@@ -53,9 +54,9 @@ def test_safetensors_written_by_parity_loads_in_the_library(rn50_files):
     want = parity.load(release_archive("RN50")).state_dict
     assert set(got) == set(want)
     for k, v in want.items():
-        assert checkpoint.same_bits(got[k], v), k
+        assert same_bits(got[k], v), k
     with safe_open(str(rn50_files / "a.safetensors"), "np") as f:
-        assert f.metadata()["parity.variant"] == "RN50"
+        assert f.metadata()["parity.model"] == "RN50"
 
 
 def test_pdparams_written_one_tensor_at_a_time_is_a_plain_pickle(rn50_files):
@@ -100,9 +101,9 @@ def test_tensors_read_when_used_are_the_loaded_ones():
         held = {}
         for k, v in lazy.items():  # one buffer is reused only while nothing made from it is alive
             held[k] = v.read()
-            assert checkpoint.same_bits(held[k], loaded[k]), k
+            assert same_bits(held[k], loaded[k]), k
         for k in loaded:
-            assert checkpoint.same_bits(held[k], loaded[k]), k
+            assert same_bits(held[k], loaded[k]), k
 
 
 @pytest.mark.parametrize("to", ["torch", "safetensors"])

@@ -7,13 +7,13 @@ from parity.inputs import canonical_inputs
 from parity.loading import torch_model
 from parity.official import official_clip, official_model_module
 from parity.synthetic import cached_state_dict, make_state_dict, release_dtype
-from parity.variants import get_config
+from conftest import config_of
 
 
 @pytest.mark.parametrize("variant", ["RN50", "ViT-B/32"])
 def test_dtype_mix_is_the_releases(variant):
     # the release's dtype of each tensor is what openai/CLIP's convert_weights leaves on the official model
-    config = get_config(variant)
+    config = config_of(variant)
     model = official_clip(config)
     official_model_module().convert_weights(model)
     official = {k: str(v.dtype).removeprefix("torch.") for k, v in model.state_dict().items()}
@@ -29,8 +29,13 @@ def test_same_seed_same_weights_other_seed_other_weights():
     assert not torch.equal(a["visual.conv1.weight"], c["visual.conv1.weight"])
 
 
-def test_cache_returns_what_the_generator_makes():
-    fresh, cached = make_state_dict("RN50", 0), cached_state_dict("RN50", 0)
+def test_cache_returns_what_the_generator_makes(monkeypatch):
+    from parity import synthetic
+
+    cached_state_dict("RN50", 0)  # made and written, if it was not there yet
+    fresh = make_state_dict("RN50", 0)
+    monkeypatch.setattr(synthetic, "make_state_dict", lambda *a: pytest.fail("the cache was not read"))
+    cached = cached_state_dict("RN50", 0)  # now it can only come from the file
     assert sorted(fresh) == sorted(cached)
     assert all(fresh[k].dtype == cached[k].dtype and torch.equal(fresh[k], cached[k]) for k in fresh)
 
@@ -49,7 +54,7 @@ def test_scales_are_those_of_a_trained_network():
 @pytest.mark.parametrize("variant", ["RN50", "RN101"])
 def test_activations_stay_of_order_one_through_the_depth(variant):
     state = cached_state_dict(variant, 0)
-    model = torch_model(state)
+    model = torch_model(state, config_of(variant))
     rms = {}
     for name in ("layer1", "layer2", "layer3", "layer4", "attnpool"):
         getattr(model.visual, name).register_forward_hook(

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import parity
-from parity import variants
-from parity.checkpoint import convert, sha256_of
+from parity import registry
+from parity.conversion import convert
+from parity.formats.source import sha256 as sha256_of
 from parity.cli import main
 from parity.harness import run_torch
 from parity.inputs import canonical_inputs
@@ -89,7 +90,7 @@ def test_bad_input_is_one_line_and_exit_two(files, tmp_path):
         result = verify(*args, "--report-dir", tmp_path)
         assert result.exit_code == 2, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
-    assert "both in the paddle layout" in verify(files / "RN50.pdparams", files / "perturbed.pdparams").output
+    assert "both paddle checkpoints (paddle, paddle)" in verify(files / "RN50.pdparams", files / "perturbed.pdparams").output
 
 
 def test_asking_for_a_gpu_where_there_is_none_is_a_clear_error(files, tmp_path):
@@ -132,7 +133,7 @@ def test_a_wrong_hash_is_never_official_and_a_right_one_meets_the_reference(file
     # were its SHA-256 the release's, the file would be labelled official and held to the reference
     # table (18.1140): random weights cannot meet it, so the gate fails
     digest = sha256_of(weights / "RN50.pt")
-    monkeypatch.setitem(variants.VARIANTS, "RN50", dataclasses.replace(variants.VARIANTS["RN50"], sha256=digest))
+    monkeypatch.setitem(registry.ENTRIES, "RN50", dataclasses.replace(registry.ENTRIES["RN50"], sha256=digest))
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     row = json.loads((tmp_path / "r" / "verify-all.json").read_text())["results"][0]

@@ -8,8 +8,10 @@ hashing, reading and checking all see the same file, and `check_unchanged` tells
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import threading
 import stat
 import sys
 import zlib
@@ -241,6 +243,41 @@ class Stored:
 def materialize(value):
     """A Stored read into a fresh array; anything else as it is."""
     return value.read() if isinstance(value, Stored) else value
+
+
+def sha256(source: Source | str | Path, entries: list[tuple[str, int, int, int]] = (),
+           stop: threading.Event | None = None) -> str:
+    """The SHA-256 of an open source (or of a file, by path); on the same pass, the CRC-32 of each
+    (name, offset, length, crc) zip entry: CheckpointError if one fails. `stop` set: give up at the next
+    block (the caller no longer needs the result)."""
+    if not isinstance(source, Source):
+        with open_source(source) as opened:
+            return sha256(opened, entries, stop)
+    digest = hashlib.sha256()
+    pending = sorted(entries, key=lambda e: e[1])
+    crc, position = 0, 0
+    block = bytearray(1 << 22)
+    while position < source.size:
+        if stop is not None and stop.is_set():
+            raise CheckpointError(f"{source.name}: hashing stopped")
+        n = min(len(block), source.size - position)
+        view = memoryview(block)[:n]
+        source.readinto(position, view)
+        digest.update(view)
+        end = position + n
+        while pending and pending[0][1] < end:
+            name, start, length, expected = pending[0]
+            crc = zlib.crc32(view[max(start - position, 0):max(min(start + length - position, n), 0)], crc)
+            if start + length > end:
+                break
+            if crc != expected:
+                raise CheckpointError(f"{source.name}: entry {name} fails its CRC-32 check: corrupt")
+            pending.pop(0)
+            crc = 0
+        position = end
+    if pending:
+        raise CheckpointError(f"{source.name}: entry {pending[0][0]} reaches past the end of the file: truncated")
+    return digest.hexdigest()
 
 
 TILE = 256

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 
-from ..loading import import_paddle
-from ..variants import CLIPConfig
+from ..config import Config, VisionConfig
+from ..frameworks import import_paddle
 
 paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
 import paddle.nn.functional as F  # noqa: E402
@@ -142,6 +142,9 @@ class QuickGELU(nn.Layer):
         return x * F.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # nn.GELU: the exact (erf) form
+
+
 class MultiHeadAttention(nn.Layer):
     """Self-attention with the parameters (and names) of Paddle's `nn.MultiHeadAttention`: q_proj, k_proj,
     v_proj, out_proj. Written out, so that its Linears add their bias in the GEMM."""
@@ -167,16 +170,16 @@ class MultiHeadAttention(nn.Layer):
 
 
 class ResidualAttentionBlock(nn.Layer):
-    def __init__(self, d_model: int, n_head: int, attn_mask=None):
+    def __init__(self, d_model: int, n_head: int, mlp_width: int, activation: str, eps: float, attn_mask=None):
         super().__init__()
         self.attn = MultiHeadAttention(d_model, n_head)
-        self.ln_1 = nn.LayerNorm(d_model)
+        self.ln_1 = nn.LayerNorm(d_model, epsilon=eps)
         self.mlp = nn.Sequential(
-            ("c_fc", Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", Linear(d_model * 4, d_model)),
+            ("c_fc", Linear(d_model, mlp_width)),
+            ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", Linear(mlp_width, d_model)),
         )
-        self.ln_2 = nn.LayerNorm(d_model)
+        self.ln_2 = nn.LayerNorm(d_model, epsilon=eps)
         self.attn_mask = attn_mask  # additive float mask: Paddle's boolean masks mean "attend", torch's "block"
 
     def forward(self, x):
@@ -189,29 +192,29 @@ class ResidualAttentionBlock(nn.Layer):
 class Transformer(nn.Layer):
     """Batch-first ([N, L, D]) stack: Paddle's MultiHeadAttention silently misreads sequence-first input."""
 
-    def __init__(self, width: int, layers: int, heads: int, attn_mask=None):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, activation: str, eps: float,
+                 attn_mask=None):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, mlp_width, activation, eps, attn_mask)
+                                         for _ in range(layers)])
 
     def forward(self, x):
         return self.resblocks(x)
 
 
 class VisionTransformer(nn.Layer):
-    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int):
+    def __init__(self, v: VisionConfig, output_dim: int):
         super().__init__()
-        self.input_resolution = input_resolution
-        grid = input_resolution // patch_size
-        self.conv1 = nn.Conv2D(3, width, patch_size, stride=patch_size, bias_attr=False)
-        self.class_embedding = self.create_parameter([width])
-        self.positional_embedding = self.create_parameter([grid * grid + 1, width])
-        self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
-        self.ln_post = nn.LayerNorm(width)
-        self.proj = self.create_parameter([width, output_dim])
+        self.input_resolution = v.image_size
+        self.conv1 = nn.Conv2D(3, v.width, v.patch_size, stride=v.patch_size, bias_attr=False)
+        self.class_embedding = self.create_parameter([v.width])
+        self.positional_embedding = self.create_parameter([v.grid * v.grid + 1, v.width])
+        self.ln_pre = nn.LayerNorm(v.width, epsilon=v.eps)
+        self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, v.activation, v.eps)
+        self.ln_post = nn.LayerNorm(v.width, epsilon=v.eps)
+        self.proj = self.create_parameter([v.width, output_dim])
 
     def forward(self, x):
         x = self.conv1(x)  # [N, width, grid, grid]
@@ -229,22 +232,23 @@ def causal_mask(length: int):
 
 
 class CLIP(nn.Layer):
-    def __init__(self, config: CLIPConfig):
+    """Built from a complete Config: every width, head count, activation and eps comes from it."""
+
+    def __init__(self, config: Config):
         super().__init__()
-        c = self.config = config
-        if c.is_vit:
-            self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
-                                            c.vision_layers, c.vision_heads, c.embed_dim)
+        self.config = config
+        v, t = config.vision, config.text
+        if v.is_vit:
+            self.visual = VisionTransformer(v, config.embed_dim)
         else:
-            self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.vision_heads, c.image_resolution,
-                                         c.vision_width)
-        self.context_length = c.context_length
-        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads,
-                                       causal_mask(c.context_length))
-        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
-        self.positional_embedding = self.create_parameter([c.context_length, c.transformer_width])
-        self.ln_final = nn.LayerNorm(c.transformer_width)
-        self.text_projection = self.create_parameter([c.transformer_width, c.embed_dim])
+            self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
+        self.context_length = t.context_length
+        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
+                                       causal_mask(t.context_length))
+        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+        self.positional_embedding = self.create_parameter([t.context_length, t.width])
+        self.ln_final = nn.LayerNorm(t.width, epsilon=t.eps)
+        self.text_projection = self.create_parameter([t.width, config.embed_dim])
         self.logit_scale = self.create_parameter([1])
 
     @property

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..variants import CLIPConfig
+from ..config import Config, VisionConfig
 
 
 class Bottleneck(nn.Module):
@@ -124,17 +124,21 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # nn.GELU: the exact (erf) form
+
+
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, d_model: int, n_head: int, attn_mask: torch.Tensor | None = None):
+    def __init__(self, d_model: int, n_head: int, mlp_width: int, activation: str, eps: float,
+                 attn_mask: torch.Tensor | None = None):
         super().__init__()
         self.attn = nn.MultiheadAttention(d_model, n_head)
-        self.ln_1 = LayerNorm(d_model)
+        self.ln_1 = LayerNorm(d_model, eps=eps)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(d_model * 4, d_model)),
+            ("c_fc", nn.Linear(d_model, mlp_width)),
+            ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", nn.Linear(mlp_width, d_model)),
         ]))
-        self.ln_2 = LayerNorm(d_model)
+        self.ln_2 = LayerNorm(d_model, eps=eps)
         # not persistent: the official state dict has no mask, but it must follow .to(dtype/device)
         self.register_buffer("attn_mask", attn_mask, persistent=False)
 
@@ -150,29 +154,29 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """Sequence-first ([L, N, D]) stack of residual attention blocks."""
 
-    def __init__(self, width: int, layers: int, heads: int, attn_mask: torch.Tensor | None = None):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, activation: str, eps: float,
+                 attn_mask: torch.Tensor | None = None):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, mlp_width, activation, eps, attn_mask)
+                                         for _ in range(layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resblocks(x)
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int):
+    def __init__(self, v: VisionConfig, output_dim: int):
         super().__init__()
-        self.input_resolution = input_resolution
-        grid = input_resolution // patch_size
-        self.conv1 = nn.Conv2d(3, width, patch_size, stride=patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.empty(width))
-        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
-        self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
-        self.ln_post = LayerNorm(width)
-        self.proj = nn.Parameter(torch.empty(width, output_dim))
+        self.input_resolution = v.image_size
+        self.conv1 = nn.Conv2d(3, v.width, v.patch_size, stride=v.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.empty(v.width))
+        self.positional_embedding = nn.Parameter(torch.empty(v.grid * v.grid + 1, v.width))
+        self.ln_pre = LayerNorm(v.width, eps=v.eps)
+        self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, v.activation, v.eps)
+        self.ln_post = LayerNorm(v.width, eps=v.eps)
+        self.proj = nn.Parameter(torch.empty(v.width, output_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)  # [N, width, grid, grid]
@@ -191,22 +195,23 @@ def causal_mask(length: int) -> torch.Tensor:
 
 
 class CLIP(nn.Module):
-    def __init__(self, config: CLIPConfig):
+    """Built from a complete Config: every width, head count, activation and eps comes from it."""
+
+    def __init__(self, config: Config):
         super().__init__()
-        c = self.config = config
-        if c.is_vit:
-            self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width,
-                                            c.vision_layers, c.vision_heads, c.embed_dim)
+        self.config = config
+        v, t = config.vision, config.text
+        if v.is_vit:
+            self.visual = VisionTransformer(v, config.embed_dim)
         else:
-            self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.vision_heads, c.image_resolution,
-                                         c.vision_width)
-        self.context_length = c.context_length
-        self.transformer = Transformer(c.transformer_width, c.transformer_layers, c.transformer_heads,
-                                       causal_mask(c.context_length))
-        self.token_embedding = nn.Embedding(c.vocab_size, c.transformer_width)
-        self.positional_embedding = nn.Parameter(torch.empty(c.context_length, c.transformer_width))
-        self.ln_final = LayerNorm(c.transformer_width)
-        self.text_projection = nn.Parameter(torch.empty(c.transformer_width, c.embed_dim))
+            self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
+        self.context_length = t.context_length
+        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
+                                       causal_mask(t.context_length))
+        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+        self.ln_final = LayerNorm(t.width, eps=t.eps)
+        self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
         self.logit_scale = nn.Parameter(torch.empty(()))
 
     @property

@@ -1,0 +1,161 @@
+"""A CLIP's configuration as data, framework-neutral: a vision part, a text part, and the shared embedding.
+
+Tensor shapes say most of it. What no tensor says (head counts, activations, LayerNorm eps) is `None`
+until metadata, the registry or the user gives it: `missing()` names what is still unknown, and no model
+is built from a config that misses anything. `check_shapes` refuses a config that contradicts tensors,
+naming the field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ParityError
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+class ConfigError(ParityError):
+    """A configuration that is malformed, incomplete for what is asked, or contradicts the tensors."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The image tower: a ViT, or openai's ModifiedResNet (a 3-conv stem, 4 stages, an attention pool)."""
+
+    kind: str  # "vit" or "resnet"
+    layers: int | tuple[int, ...]  # ViT depth, or the four ResNet stage depths
+    width: int  # ViT width, or the ResNet's stem width (64 for RN50; the pool works on 32x that)
+    image_size: int
+    patch_size: int | None = None  # ViT only
+    mlp_width: int | None = None  # ViT only
+    heads: int | None = None  # ViT attention, or the ResNet's attention pool
+    activation: str | None = None  # ViT MLP only (a ResNet uses ReLU)
+    eps: float | None = None  # ViT LayerNorm eps (a ResNet's BatchNorm eps is torch's 1e-5)
+
+    @property
+    def is_vit(self) -> bool:
+        return self.kind == "vit"
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // (self.patch_size if self.is_vit else 32)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The text tower: a causal transformer over BPE tokens, pooled at the end-of-text token."""
+
+    width: int
+    layers: int
+    mlp_width: int
+    context_length: int = 77
+    vocab_size: int = 49408
+    heads: int | None = None
+    activation: str | None = None
+    eps: float | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole CLIP: `embed_dim` is the width of the shared image-text space."""
+
+    embed_dim: int
+    vision: VisionConfig
+    text: TextConfig
+
+    def missing(self) -> list[str]:
+        """The fields that no tensor says and that are still unknown, e.g. ['text.heads']."""
+        wanted = {"vision": ("heads", "activation", "eps") if self.vision.is_vit else ("heads",),
+                  "text": ("heads", "activation", "eps")}
+        return [f"{tower}.{name}" for tower, names in wanted.items() for name in names
+                if getattr(getattr(self, tower), name) is None]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def shapes(self) -> "Config":
+        """This config less what tensors cannot say: what a state dict's shapes give."""
+        return Config(self.embed_dim, replace(self.vision, heads=None, activation=None, eps=None),
+                      replace(self.text, heads=None, activation=None, eps=None))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        """From `to_dict`'s form (a JSON object); ConfigError naming what is wrong."""
+        try:
+            vision, text = dict(data["vision"]), dict(data["text"])
+            if isinstance(vision.get("layers"), list):
+                vision["layers"] = tuple(vision["layers"])
+            config = cls(int(data["embed_dim"]), VisionConfig(**vision), TextConfig(**text))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"not a parity config ({type(e).__name__}: {e}); expected "
+                              "{'embed_dim': ..., 'vision': {...}, 'text': {...}}") from None
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """ConfigError for a value no CLIP can have (wrong kinds, widths not divisible by heads, ...)."""
+        v, t = self.vision, self.text
+        if v.kind not in ("vit", "resnet"):
+            raise ConfigError(f"vision.kind is {v.kind!r}: use 'vit' or 'resnet'")
+        if v.is_vit != isinstance(v.layers, int) or (not v.is_vit and len(v.layers) != 4):
+            raise ConfigError("vision.layers: one depth for a ViT, four stage depths for a ResNet")
+        if v.is_vit and (v.patch_size is None or v.mlp_width is None):
+            raise ConfigError("a ViT needs vision.patch_size and vision.mlp_width")
+        for name, value in (("vision.activation", v.activation), ("text.activation", t.activation)):
+            if value is not None and value not in ACTIVATIONS:
+                raise ConfigError(f"{name} is {value!r}: use one of {', '.join(ACTIVATIONS)}")
+        attention_width = v.width if v.is_vit else v.width * 32
+        for name, heads, width in (("vision.heads", v.heads, attention_width), ("text.heads", t.heads, t.width)):
+            if heads is not None and (heads < 1 or width % heads):
+                raise ConfigError(f"{name} is {heads}, which does not divide the width {width}")
+        for name, eps in (("vision.eps", v.eps), ("text.eps", t.eps)):
+            if eps is not None and not 0 < eps < 1:
+                raise ConfigError(f"{name} is {eps}: a LayerNorm eps lies between 0 and 1")
+
+    def check_shapes(self, shapes: "Config", what: str = "the tensors") -> None:
+        """ConfigError naming the first field where this config contradicts `shapes` (a shapes-only config)."""
+        for tower in ("embed_dim", "vision", "text"):
+            mine, theirs = getattr(self, tower), getattr(shapes, tower)
+            if tower == "embed_dim":
+                if mine != theirs:
+                    raise ConfigError(f"the config says embed_dim {mine} but {what} say {theirs}")
+                continue
+            for f in fields(mine):
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                if b is not None and a != b:
+                    raise ConfigError(f"the config says {tower}.{f.name} {a} but {what} say {b}")
+
+    def describe(self) -> str:
+        """One line, e.g. 'ViT 12x768/32 mlp 3072 @224 heads 12 quick_gelu eps 1e-05; text 12x512 mlp 2048 ...'."""
+        v, t = self.vision, self.text
+        if v.is_vit:
+            tower = (f"ViT {v.layers}x{v.width}/{v.patch_size} mlp {v.mlp_width} @{v.image_size} heads {v.heads} "
+                     f"{v.activation} eps {v.eps}")
+        else:
+            tower = f"ResNet {','.join(map(str, v.layers))}x{v.width} @{v.image_size} pool heads {v.heads}"
+        return (f"{tower}; text {t.layers}x{t.width} mlp {t.mlp_width} context {t.context_length} vocab "
+                f"{t.vocab_size} heads {t.heads} {t.activation} eps {t.eps}; embed {self.embed_dim}")
+
+
+def read_config_file(path: Path) -> Config:
+    """A config from a JSON file in `Config.to_dict`'s form (what `parity info --json` shows under config)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot be read as a JSON config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a JSON object")
+    try:
+        return Config.from_dict(data.get("config", data))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+__all__ = ["ACTIVATIONS", "Config", "ConfigError", "TextConfig", "VisionConfig", "read_config_file"]

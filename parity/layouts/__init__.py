@@ -1,0 +1,68 @@
+"""Checkpoint layouts, hub and spokes: openai/CLIP's layout is the hub, every other layout is one small
+module (its rows to and from the hub, a detector over the key set, its file convention), and every
+conversion goes through the hub, so any-to-any round trips are bit-exact.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Mapping
+
+from ..config import ConfigError
+from . import openai, paddle, rows
+from .rows import KeyMap, Planned, Record, Row, StateDictError, check_keys
+
+LAYOUTS: dict[str, ModuleType] = {m.NAME: m for m in (openai, paddle)}
+HUB = openai
+
+
+def get(name: str) -> ModuleType:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}") from None
+
+
+def detect(keys) -> str:
+    """The layout whose telltale keys the key set has; ConfigError for none, or for keys of two."""
+    keys = set(keys)
+    found = [name for name, layout in LAYOUTS.items() if layout.detect(keys)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ConfigError(f"keys of more than one layout ({', '.join(found)})")
+    raise ConfigError("not a CLIP state dict in a layout parity reads: no telltale key of "
+                      f"{', '.join(LAYOUTS)}")
+
+
+def shapes_of(state, name: str):
+    """The shapes-only config of a state dict in layout `name`, its keys checked against it (sorted
+    missing / unexpected / mis-shaped lists): StateDictError or ConfigError."""
+    layout = get(name)
+    shapes = HUB.infer(layout.KEYMAP.hub_shapes({k: v.shape for k, v in state.items()}))
+    optional = HUB.ARCHIVE_ENTRIES if layout is HUB else ()
+    check_keys(state, layout.KEYMAP.layout_shapes(HUB.shapes(shapes)), f"{layout.NAME} state dict", optional)
+    return shapes
+
+
+def to_layout(hub: Mapping, name: str, dtype: str | None = "float32") -> tuple[dict, Record]:
+    """A hub state dict (checked first) in layout `name`, and the record of what that layout has no
+    place for. Into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
+    shapes_of(hub, HUB.NAME)
+    layout = get(name)
+    plan, record = rows.from_hub(hub, layout.KEYMAP, dtype if layout.FRAMEWORK == "paddle" else None)
+    return {k: p() for k, p in plan.items()}, record
+
+
+def to_hub(state: Mapping, name: str, record: Record | None = None,
+           archive_entries: bool = False) -> tuple[dict, list[str]]:
+    """A state dict in layout `name` (checked first) as a hub state dict, restored exactly with its record;
+    without one, hub-only tensors get defaults (BatchNorm counters 0, with `archive_entries` the archive
+    entries from the shapes) and the notes say so."""
+    shapes = shapes_of(state, name)
+    plan, notes = rows.to_hub(state, get(name).KEYMAP, HUB.shapes(shapes), record,
+                              HUB.defaults(shapes, archive_entries))
+    return {k: p() for k, p in plan.items()}, notes
+
+
+__all__ = ["HUB", "LAYOUTS", "KeyMap", "Planned", "Record", "Row", "StateDictError", "check_keys", "detect", "get",
+           "shapes_of", "to_hub", "to_layout"]

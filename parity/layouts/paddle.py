@@ -1,0 +1,34 @@
+"""parity's own Paddle layout: the hub's names wherever Paddle's layers allow, so its rows only change tensors.
+
+Transformer attention has separate q/k/v/out_proj Linears (Paddle's `nn.MultiHeadAttention` names),
+Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and no `num_batches_tracked`,
+`logit_scale` has shape [1]. File: a `.pdparams` pickle, with parity's record under a reserved key.
+"""
+from __future__ import annotations
+
+from .openai import ARCHIVE_ENTRIES
+from .rows import KeyMap, Row
+
+NAME, FRAMEWORK = "paddle", "paddle"
+FILES = "Paddle .pdparams (parity's record under 'parity@@extras'), or safetensors"
+
+ROWS = (
+    # transformer blocks of both towers: the hub fuses q, k, v into one [3D, D] in_proj
+    Row("{p}.attn.in_proj_weight", "{p}.attn.{qkv}_proj.weight", "split_qkv_linear"),
+    Row("{p}.attn.in_proj_bias", "{p}.attn.{qkv}_proj.bias", "split_qkv"),
+    Row("{p}.attn.out_proj.weight", "{p}.attn.out_proj.weight", "linear"),
+    Row("{p}.mlp.c_{x}.weight", "{p}.mlp.c_{x}.weight", "linear"),
+    Row("visual.attnpool.{x}_proj.weight", "visual.attnpool.{x}_proj.weight", "linear"),
+    Row("{p}.running_mean", "{p}._mean"),
+    Row("{p}.running_var", "{p}._variance"),
+    Row("{p}.num_batches_tracked", None),
+    *(Row(name, None) for name in ARCHIVE_ENTRIES),
+    Row("logit_scale", "logit_scale", "scalar"),
+    Row("{p}", "{p}"),  # every other name is shared (validated against the expected shapes)
+)
+KEYMAP = KeyMap(ROWS)
+
+
+def detect(keys) -> bool:
+    return any(k.endswith("attn.q_proj.weight") and not k.startswith("visual.attnpool.") for k in keys) \
+        and "token_embedding.weight" in keys

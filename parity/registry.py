@@ -1,0 +1,97 @@
+"""Named CLIP models and their release facts: the config of each, and where they are known, the release
+file's name, its SHA-256 and the reference table's logit. OpenAI's nine releases are the first entries.
+
+A checkpoint gets its config from here only by an exact match of everything its tensors say, and only
+when that match is unique; a file is "official" only when its SHA-256 is the release's.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .config import Config, ConfigError, TextConfig, VisionConfig
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    family: str  # who publishes it: "openai", ...
+    config: Config
+    filename: str | None = None  # the release file's name
+    sha256: str | None = None  # the release file's SHA-256 (openai/CLIP `_MODELS`)
+    reference_logit: float | None = None  # the canonical logit of the official weights, to 4 decimals
+
+
+def _openai_text(width: int) -> TextConfig:
+    return TextConfig(width=width, layers=12, mlp_width=4 * width, context_length=77, vocab_size=49408,
+                      heads=width // 64, activation="quick_gelu", eps=1e-5)
+
+
+def _rn(name, embed, res, layers, width, text_width, sha, logit=None):
+    vision = VisionConfig("resnet", layers, width, res, heads=width * 32 // 64)
+    return Entry(name, "openai", Config(embed, vision, _openai_text(text_width)), f"{name}.pt", sha, logit)
+
+
+def _vit(name, embed, res, layers, width, patch, text_width, sha, filename, logit=None):
+    vision = VisionConfig("vit", layers, width, res, patch, 4 * width, width // 64, "quick_gelu", 1e-5)
+    return Entry(name, "openai", Config(embed, vision, _openai_text(text_width)), filename, sha, logit)
+
+
+# The reference logits: the canonical logit (image ones/2, text ones) of the official weights, as the
+# published Paddle port of CLIP reported it for both frameworks, to 4 decimals. Checked only for files
+# whose SHA-256 is the release's own; never shown beside synthetic weights.
+ENTRIES: dict[str, Entry] = {e.name: e for e in (
+    _rn("RN50", 1024, 224, (3, 4, 6, 3), 64, 512,
+        "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", 18.1140),
+    _rn("RN101", 512, 224, (3, 4, 23, 3), 64, 512,
+        "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", 33.5211),
+    _rn("RN50x4", 640, 288, (4, 6, 10, 6), 80, 640,
+        "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", 29.5482),
+    _rn("RN50x16", 768, 384, (6, 8, 18, 8), 96, 768,
+        "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa"),
+    _rn("RN50x64", 1024, 448, (3, 15, 36, 10), 128, 1024,
+        "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c"),
+    _vit("ViT-B/32", 512, 224, 12, 768, 32, 512,
+         "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt", 27.5936),
+    _vit("ViT-B/16", 512, 224, 12, 768, 16, 512,
+         "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt"),
+    _vit("ViT-L/14", 768, 224, 24, 1024, 14, 768,
+         "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
+    _vit("ViT-L/14@336px", 768, 336, 24, 1024, 14, 768,
+         "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
+)}
+
+
+def _alias(name: str) -> str:
+    # "ViT-L/14@336px" -> "vit-l-14-336px"
+    return re.sub(r"[/@_ ]", "-", name.strip()).lower()
+
+
+_ALIASES = {_alias(n): n for n in ENTRIES}
+_ALIASES["vit-l-14-336"] = "ViT-L/14@336px"
+
+
+def get(name: str) -> Entry:
+    """An entry by any accepted spelling: `ViT-B/32`, `ViT-B-32`, `vit-b-32`.
+
+    >>> get("vit-l-14-336").name
+    'ViT-L/14@336px'
+    """
+    try:
+        return ENTRIES[_ALIASES[_alias(name)]]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(ENTRIES)}") from None
+
+
+def by_shapes(shapes: Config) -> list[Entry]:
+    """The entries whose tensors have exactly these shapes (everything a state dict says)."""
+    return [e for e in ENTRIES.values() if e.config.shapes() == shapes]
+
+
+def by_sha256(sha256: str | None) -> Entry | None:
+    return next((e for e in ENTRIES.values() if sha256 and e.sha256 == sha256), None)
+
+
+def name_of(config: Config) -> str | None:
+    """The entry whose config this is, exactly, or None."""
+    return next((e.name for e in ENTRIES.values() if e.config == config), None)
