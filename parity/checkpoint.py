@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +23,9 @@ import numpy as np
 from . import layouts, registry
 from .config import Config, ConfigError, read_config_file
 from .errors import CheckpointError, ConfigMissingError
-from .formats import FORMAT_NAMES, RawCheckpoint, Stored, open_source, read
+from .formats import FORMAT_NAMES, RawCheckpoint, Stored
+from .formats.folders import open_input
 from .formats.pdparams import EXTRAS_KEY
-from .formats.source import sha256
 from .layouts import Planned, Record, StateDictError, check_keys
 
 PADDLE_NAME_TABLE = "StructuredToParameterName@@"  # paddle.save's own entry: structured name -> variable name
@@ -130,18 +129,24 @@ def _as_array(value) -> np.ndarray | Stored | None:
 
 
 def _unwrap(content, path) -> tuple[dict, list[str]]:
+    """The state dict inside the wrappers (parity's record found beside a wrapper is kept with it)."""
     unwrapped: list[str] = []
+    record = None
     while isinstance(content, Mapping) and not all(_as_array(v) is not None or k in (EXTRAS_KEY, PADDLE_NAME_TABLE)
                                                    for k, v in content.items()):
         wrapper = next((w for w in WRAPPERS if isinstance(content.get(w), Mapping)), None)
         if wrapper is None:
             break
-        beside = sorted(str(k) for k in content if k != wrapper)
+        record = content.get(EXTRAS_KEY, record)
+        beside = sorted(str(k) for k in content if k not in (wrapper, EXTRAS_KEY))
         unwrapped.append(f"wrapper {wrapper!r}" + (f" (not read beside it: {', '.join(beside)})" if beside else ""))
         content = content[wrapper]
     if not isinstance(content, Mapping):
         raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state dict")
-    return dict(content), unwrapped
+    content = dict(content)
+    if record is not None and EXTRAS_KEY not in content:
+        content[EXTRAS_KEY] = record
+    return content, unwrapped
 
 
 def _tensors(content: dict, path, notes: list[str]) -> tuple[dict, dict | None]:
@@ -213,23 +218,30 @@ def given_config(value) -> tuple[Config, str]:
     return entry.config, f"given: {entry.name}"
 
 
-def _metadata_config(record: dict | None, metadata: dict, path) -> Config | None:
+def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple[Config | None, str]:
+    """The config a file carries: a folder's config.json (as its library reads it), else parity's record."""
+    if "config.json" in metadata and hasattr(layout, "config_from_json"):
+        try:
+            return layout.config_from_json(metadata["config.json"]), "config.json"
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
     if not text:
-        return None
+        return None, "unknown"
     try:
-        return Config.from_dict(text if isinstance(text, dict) else json.loads(text))
+        return Config.from_dict(text if isinstance(text, dict) else json.loads(text)), "the file's own record"
     except (ConfigError, ValueError) as e:
         raise CheckpointError(f"{path}: the config stored in the file is malformed ({e})") from None
 
 
-def resolve_config(shapes: Config, metadata: Config | None, given, path) -> tuple[Config, str]:
+def resolve_config(shapes: Config, metadata: Config | None, given, path,
+                   metadata_source: str = "the file's own record") -> tuple[Config, str]:
     """The config of a checkpoint whose tensors say `shapes`: its metadata's, else the one registry entry
     with these shapes, else the given one; a given config must agree with whichever was found."""
     found, source = None, "unknown"
     if metadata is not None:
         metadata.check_shapes(shapes, f"{path}'s tensors")
-        found, source = metadata, "the file's own record"
+        found, source = metadata, metadata_source
     else:
         matches = registry.by_shapes(shapes)
         if len(matches) == 1:
@@ -258,12 +270,12 @@ def from_raw(raw: RawCheckpoint, path, config=None) -> Checkpoint:
     tensors = _strip_prefixes(tensors, unwrapped)
     if raw.metadata.get(META_PREFIX + "extras"):
         record = parse_record(raw.metadata[META_PREFIX + "extras"], path)
-    if any(re.search(r"(^|\.)blocks\.\d+\.attn\.qkv\.weight$", k) for k in tensors):
-        raise CheckpointError(f"{path}: this is PASSL's CLIP layout (fused 'qkv', 'blocks.{{i}}'), which parity "
-                              "does not read yet (a planned layout); use a checkpoint in openai/CLIP's layout")
     try:
         name = layouts.detect(tensors)
         layout = layouts.get(name)
+        if "resnet" not in layout.KINDS and any(".layer1." in k for k in tensors):
+            raise CheckpointError(f"{path}: a ResNet in the {name} layout: {layout.NO_RESNET}, so this file "
+                                  "cannot be converted or verified")
         shapes = layouts.HUB.infer(layout.KEYMAP.hub_shapes({k: v.shape for k, v in tensors.items()}))
     except ConfigError as e:
         sample = ", ".join(list(tensors)[:3])
@@ -273,7 +285,8 @@ def from_raw(raw: RawCheckpoint, path, config=None) -> Checkpoint:
         expected = layout.KEYMAP.layout_shapes(layouts.HUB.shapes(shapes))
         optional = layouts.HUB.ARCHIVE_ENTRIES if name == layouts.HUB.NAME else ()
         check_keys(tensors, expected, f"{name} state dict", optional=optional)
-        resolved, source = resolve_config(shapes, _metadata_config(record, raw.metadata, path), config, path)
+        stored, stored_from = _metadata_config(record, raw.metadata, layout, path)
+        resolved, source = resolve_config(shapes, stored, config, path, stored_from)
     except (StateDictError, ConfigError) as e:
         message = str(e)
         raise type(e)(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
@@ -297,11 +310,11 @@ def load(path, layout: str | None = None, config=None) -> Checkpoint:
     """
     if config is not None:
         given_config(config)  # a bad name or file fails before the file is read
-    with open_source(path) as source, ThreadPoolExecutor(1) as pool:
+    with open_input(path) as source, ThreadPoolExecutor(1) as pool:
         stop = threading.Event()
-        digest = pool.submit(sha256, source, (), stop)  # beside reading: hashlib releases the GIL
+        digest = pool.submit(source.sha256, (), stop)  # beside reading: hashlib releases the GIL
         try:
-            ck = from_raw(read(source), Path(path), config)
+            ck = from_raw(source.read(), Path(path), config)
             ck.state_dict = {k: _array(v) for k, v in ck.state_dict.items()}  # each read (and checked) once
             ck.sha256 = digest.result()
             source.check_unchanged()
@@ -314,11 +327,11 @@ def load(path, layout: str | None = None, config=None) -> Checkpoint:
 # ---------------------------------------------------------------- info
 def describe(path, config=None) -> dict:
     """What `parity info` prints: format, layout, config and its source, tensors, dtypes, bytes, SHA-256, official."""
-    with open_source(path) as source:
-        raw = read(source)  # shapes and dtypes only: no tensor is read, the CRC-32s are checked on the hash pass
+    with open_input(path) as source:
+        raw = source.read()  # shapes and dtypes only: no tensor is read, the CRC-32s are checked on the hash pass
         ck = from_raw(raw, Path(path), config)
-        ck.sha256 = sha256(source, raw.entries)
-        size = source.size
+        ck.sha256 = source.sha256(raw.entries)
+        size = sum(f.size for f in source.files)
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,

@@ -17,8 +17,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, _array, from_raw, given_config
 from .errors import NonFiniteError, OutputExistsError, SameFileError
-from .formats import open_source, read
-from .formats.source import sha256
+from .formats.folders import open_input
 from .writing import FORMATS, Saved, save, target_of
 
 
@@ -68,7 +67,10 @@ def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
     return sorted(k for k, v in state.items() if v.dtype.kind == "f" and v.size and _has_nonfinite(_array(v)))
 
 
-def default_output(src: Path, fmt: str) -> Path:
+def default_output(src: Path, fmt: str, layout: str) -> Path:
+    """SRC with the target's suffix; a folder: SRC's name without its suffix, then -LAYOUT."""
+    if fmt == "folder":
+        return src.with_name(f"{src.stem if src.suffix else src.name}-{layout}")
     return src.with_suffix(FORMATS[fmt])
 
 
@@ -83,10 +85,10 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
     start, stage = time.perf_counter(), stage or (lambda _: None)
     if config is not None:
         given_config(config)
-    source = open_source(src)  # before the output checks: a missing input is the first thing to say
+    source = open_input(src)  # before the output checks: a missing input is the first thing to say
     try:  # on success the source stays open: what was written can be made again (Saved.tensors)
-        _, fmt = target_of(Path(out) if out is not None else Path(src), to, layout, None)
-        out = Path(out) if out is not None else default_output(Path(src), fmt)
+        target, fmt = target_of(Path(out) if out is not None else Path(src), to, layout, None)
+        out = Path(out) if out is not None else default_output(Path(src), fmt, target.NAME)
         try:
             same = os.path.samestat(os.stat(out), source.stat)  # through links, hard links and "."
         except OSError:
@@ -96,10 +98,10 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
         if os.path.lexists(out) and not force:
             raise OutputExistsError(f"{out} already exists")
         stage(f"reading {Path(src).name}")
-        raw = read(source)
+        raw = source.read()
         stop = threading.Event()
         with ThreadPoolExecutor(1) as pool:
-            digest = pool.submit(sha256, source, (), stop)
+            digest = pool.submit(source.sha256, (), stop)
             try:
                 ck = from_raw(raw, Path(src), config)
                 warnings = []

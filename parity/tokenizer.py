@@ -125,3 +125,22 @@ def tokenize(texts: str | Iterable[str], context_length: int = 77, truncate: boo
             ids = ids[:context_length - 1] + [tok.end]
         out[row, :len(ids)] = ids
     return out
+
+
+def hf_tokenizer_files(context_length: int = 77) -> dict[str, bytes]:
+    """A Hugging Face CLIP tokenizer's files (vocab.json, merges.txt, tokenizer_config.json,
+    special_tokens_map.json), made from the same vocabulary: `CLIPTokenizer(Fast).from_pretrained` reads
+    them offline. Padding is id 0 ("!"), as `clip.tokenize` pads, so padded ids equal parity's."""
+    import json
+
+    tok = default_tokenizer()
+    merges = sorted(tok.ranks, key=tok.ranks.get)
+    special = {"bos_token": START, "eos_token": END, "unk_token": END, "pad_token": "!"}
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "do_lower_case": True,
+              "errors": "replace", "clean_up_tokenization_spaces": False, **special}
+    return {
+        "vocab.json": json.dumps(tok.encoder, ensure_ascii=False).encode("utf-8"),
+        "merges.txt": ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8"),
+        "tokenizer_config.json": json.dumps(config, indent=2).encode(),
+        "special_tokens_map.json": json.dumps(special, indent=2).encode(),
+    }

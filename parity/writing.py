@@ -23,11 +23,11 @@ from . import __version__, layouts
 from .checkpoint import META_PREFIX, Checkpoint, _tensors, _unwrap, parse_record
 from .errors import CheckpointError
 from .formats import Source, Stored, contiguous, pdparams, read, safetensors, torch_zip
-from .formats.atomic import atomic_write
+from .formats.atomic import atomic_folder, atomic_write
 from .formats.pdparams import EXTRAS_KEY
 from .layouts import Planned, Record
 
-FORMATS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors"}  # file format -> suffix
+FORMATS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors", "folder": ""}  # -> suffix
 DTYPES = ("keep", "float32", "float16")
 LEGACY = {"torch": ("openai", "pt"), "paddle": ("paddle", "pdparams"), "safetensors": (None, "safetensors")}
 
@@ -136,7 +136,8 @@ class _Seen:
         self.index, self.same = index, same
 
 
-def _compare_pdparams(written: Source, tensors: Mapping, record: dict | None) -> list[str]:
+def _compare_pdparams(written: Source, tensors: Mapping, record: dict | None,
+                      wrap: tuple[str, str] | None) -> list[str]:
     keys = list(tensors)
     seen: list[_Seen] = []
 
@@ -145,21 +146,29 @@ def _compare_pdparams(written: Source, tensors: Mapping, record: dict | None) ->
         seen.append(_Seen(i, i < len(keys) and same_bits(array, tensors[keys[i]])))
         return seen[-1]
 
-    content = read(written, visit=visit).content
-    if not isinstance(content, dict):
+    top = read(written, visit=visit).content
+    if not isinstance(top, dict):
         return ["the file's top level"]
-    expected = keys + ([EXTRAS_KEY] if record is not None else [])
-    bad = sorted(set(content) ^ set(expected))
-    bad += [k for i, k in enumerate(keys) if not (isinstance(content.get(k), _Seen) and content[k].index == i
-                                                   and content[k].same)]
-    if record is not None and EXTRAS_KEY in content and parse_record(content[EXTRAS_KEY], written.name) != record:
+    expected = [wrap[0]] if wrap is not None else list(keys)
+    expected += [EXTRAS_KEY] if record is not None else []
+    bad = sorted(map(str, set(top) ^ set(expected)))
+    content = top.get(wrap[0], {}) if wrap is not None else top
+    prefix = wrap[1] if wrap is not None else ""
+    if not isinstance(content, dict):
+        return bad + [f"the {wrap[0]!r} entry"]
+    if wrap is not None:
+        bad += sorted(set(content) ^ {prefix + k for k in keys})
+    bad += [k for i, k in enumerate(keys) if not (isinstance(content.get(prefix + k), _Seen)
+                                                   and content[prefix + k].index == i and content[prefix + k].same)]
+    if record is not None and EXTRAS_KEY in top and parse_record(top[EXTRAS_KEY], written.name) != record:
         bad.append("parity record")
     return bad
 
 
-def _compare(written: Source, fmt: str, tensors: Mapping, record: dict | None) -> list[str]:
+def _compare(written: Source, fmt: str, tensors: Mapping, record: dict | None,
+             wrap: tuple[str, str] | None = None) -> list[str]:
     if fmt == "pdparams":
-        return _compare_pdparams(written, tensors, record)
+        return _compare_pdparams(written, tensors, record, wrap)
     raw = read(written)
     got, got_record = _tensors(_unwrap(raw.content, written.name)[0], written.name, [])
     if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
@@ -173,12 +182,13 @@ def _compare(written: Source, fmt: str, tensors: Mapping, record: dict | None) -
     return bad
 
 
-def check_written(written: Source, fmt: str, tensors: Mapping, record: dict | None) -> None:
+def check_written(written: Source, fmt: str, tensors: Mapping, record: dict | None,
+                  wrap: tuple[str, str] | None = None) -> None:
     """Read the file just written back (through the descriptor it was written with) and compare every
     tensor, byte for byte, with what was meant, one tensor at a time: the planned tensor is made again
     and the file's is read, and both are dropped before the next."""
     try:
-        bad = _compare(written, fmt, tensors, record)
+        bad = _compare(written, fmt, tensors, record, wrap)
     except CheckpointError as e:  # unreadable, or a CRC-32 that fails: the bytes on disk are not those written
         bad = [str(e).removeprefix(f"{written.name}: ")]
     if bad:
@@ -206,17 +216,19 @@ def target_of(path: Path, to: str | None, layout: str | None, fmt: str | None) -
         layout = layout or legacy_layout
     elif to is not None:
         layout = to
-    if fmt is None:
-        fmt = next((f for f, s in FORMATS.items() if path.suffix == s), None)
+    if fmt is None and layout is None:
+        fmt = next((f for f, s in FORMATS.items() if s and path.suffix == s), None)
     if layout is None:
         layout = "paddle" if fmt == "pdparams" else "openai"
     target = layouts.get("openai" if layout == "torch" else layout)
-    fmt = fmt or ("pdparams" if target.FRAMEWORK == "paddle" else "pt")
+    fmt = fmt or target.FORMAT
     if fmt not in FORMATS:
         raise CheckpointError(f"{path}: unknown file format; use one of {', '.join(FORMATS)}")
     if (fmt, target.FRAMEWORK) in (("pt", "paddle"), ("pdparams", "torch")):
         raise CheckpointError(f"a {fmt} file holds a {'torch' if fmt == 'pt' else 'Paddle'} layout, not "
                               f"{target.NAME}; safetensors holds any")
+    if (fmt == "folder") != (target.FORMAT == "folder"):
+        raise CheckpointError(f"the {target.NAME} layout is written as {'a folder' if target.FORMAT == 'folder' else 'a file'}")
     return target, fmt
 
 
@@ -236,6 +248,10 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if dtype not in (None, *DTYPES):
         raise CheckpointError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     target, fmt = target_of(path, to, layout, format)
+    if ck.config.vision.kind not in target.KINDS:
+        raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(target.KINDS)} image towers, "
+                              f"not a {ck.config.vision.kind}")
+    wrap = getattr(target, "WRAP", None) if fmt == "pdparams" else None
     tensors, record = _target(ck, target, fmt, dtype)
 
     @cache  # the record as JSON text, made once, when the source's hash is known
@@ -247,7 +263,7 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     def write(f):
         with tensors.streaming():
             if fmt == "pdparams":
-                pdparams.write(f, tensors, text)
+                pdparams.write(f, tensors, text, wrap)
             elif fmt == "pt":
                 torch_zip.write(f, tensors)
             else:
@@ -256,9 +272,44 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     def check(written: Source):
         recorded = text()
         with tensors.streaming():
+            check_written(written, fmt, tensors, json.loads(recorded) if recorded else None, wrap)
+        if before_naming is not None:
+            before_naming()
+
+    if fmt == "folder":
+        return _save_folder(ck, path, target, tensors, text, before_naming, force)
+    atomic_write(path, write, check, force=force)
+    return Saved(path, tensors, target.NAME, fmt, path.stat().st_size)
+
+
+def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Callable[[], str | None],
+                 before_naming: Callable[[], None] | None, force: bool) -> Saved:
+    """A `from_pretrained` folder: config.json (which needs the whole config), the weights (checked as a
+    file is), parity's record where the weights file has no room for it, and the layout's other files."""
+    config = ck.require_config()
+    config_json = json.dumps(target.config_to_json(config), indent=2).encode()
+    if target.WEIGHTS.endswith(".safetensors"):
+        def weights(f):
+            with tensors.streaming():
+                safetensors.write(f, tensors, _metadata(ck, target.NAME, text()))
+        fmt = "safetensors"
+    else:
+        def weights(f):  # a library loads this file strictly: the record goes into parity.json
+            with tensors.streaming():
+                pdparams.write(f, tensors, None)
+        fmt = "pdparams"
+
+    def check_weights(written: Source):
+        with tensors.streaming():
+            recorded = text() if fmt == "safetensors" else None
             check_written(written, fmt, tensors, json.loads(recorded) if recorded else None)
         if before_naming is not None:
             before_naming()
 
-    atomic_write(path, write, check, force=force)
-    return Saved(path, tensors, target.NAME, fmt, path.stat().st_size)
+    files = [("config.json", lambda f: f.write(config_json), None), (target.WEIGHTS, weights, check_weights)]
+    if fmt == "pdparams" and text() is not None:
+        files.append(("parity.json", lambda f: f.write(text().encode()), None))
+    if hasattr(target, "extra_files"):
+        files += [(name, lambda f, data=data: f.write(data), None) for name, data in target.extra_files(config).items()]
+    atomic_folder(path, files, force=force)
+    return Saved(path, tensors, target.NAME, "folder", sum(p.stat().st_size for p in path.iterdir()))

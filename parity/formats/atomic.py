@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -49,8 +50,9 @@ def _exists(name: str, folder: int) -> bool:
 
 
 def remove_stale(folder: int) -> list[str]:
-    """Remove the temporary files that parity processes which no longer run left in `folder` (a
-    descriptor); returns their names. Only regular files of this user, named as parity names them."""
+    """Remove the temporary files and folders that parity processes which no longer run left in `folder`
+    (a descriptor); returns their names. Only regular files and folders of this user, named as parity
+    names them (a folder is removed without following any symlink in it)."""
     removed = []
     for name in os.listdir(folder):
         m = TEMP.fullmatch(name)
@@ -65,8 +67,13 @@ def remove_stale(folder: int) -> list[str]:
             continue  # someone else's process runs under that id
         try:
             info = os.stat(name, dir_fd=folder, follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+            if info.st_uid != os.getuid():
+                continue
+            if stat.S_ISREG(info.st_mode):
                 os.unlink(name, dir_fd=folder)
+                removed.append(name)
+            elif stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(name, dir_fd=folder)
                 removed.append(name)
         except FileNotFoundError:
             pass
@@ -178,3 +185,55 @@ def atomic_write(path, write: Callable[[BinaryIO], None], check: Callable[[Sourc
 def write_bytes(path, data: bytes, force: bool = True) -> None:
     """A small file (a report, a cache entry) written atomically, replacing what was there."""
     atomic_write(path, lambda f: f.write(data), force=force)
+
+
+def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Callable[[Source], None] | None]],
+                  force: bool = False) -> None:
+    """Write a folder atomically: each (name, write, check) file is written and checked (atomic_write) in
+    a new folder beside `path`, which then takes the name `path`. Without `force`, an existing `path` is
+    refused; with it, the old entry is moved aside and removed once the new folder is in place. On any
+    failure nothing is left."""
+    path = Path(path)
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another "
+                              "output") from None
+    temp: str | None = None
+    try:
+        if not force and _exists(path.name, parent):
+            raise OutputExistsError(f"{path} already exists")
+        remove_stale(parent)
+        for _ in range(8):
+            temp = _temp_name()
+            try:
+                os.mkdir(temp, 0o777, dir_fd=parent)  # exclusive: never an existing folder or a symlink's target
+                break
+            except FileExistsError:
+                temp = None
+        if temp is None:
+            raise CheckpointError("could not create a temporary folder under a fresh name")
+        building = path.parent / temp
+        for name, write, check in files:
+            atomic_write(building / name, write, check)
+        old = None
+        if _exists(path.name, parent):
+            if not force:
+                raise OutputExistsError(f"{path} already exists (it appeared while parity wrote); nothing was "
+                                        "written")
+            old = _temp_name()
+            os.rename(path.name, old, src_dir_fd=parent, dst_dir_fd=parent)
+        os.rename(temp, path.name, src_dir_fd=parent, dst_dir_fd=parent)
+        temp = None
+        if old is not None:  # the replaced entry, removed without following any symlink in it
+            info = os.stat(old, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(old, dir_fd=parent)
+            else:
+                os.unlink(old, dir_fd=parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: writing failed ({e.strerror or e}); nothing was written") from None
+    finally:
+        if temp is not None:
+            shutil.rmtree(temp, dir_fd=parent, ignore_errors=True)
+        os.close(parent)

@@ -151,24 +151,32 @@ def _array_ops(a: np.ndarray) -> tuple[bytes, memoryview, bytes]:
     return head, raw, _fragment(dtype) + _fragment(shape) + _fragment(order) + pickle.TUPLE + pickle.REDUCE
 
 
-def write(f, tensors: Mapping[str, np.ndarray], record: str | Callable[[], str | None] | None) -> None:
+def write(f, tensors: Mapping[str, np.ndarray], record: str | Callable[[], str | None] | None,
+          wrap: tuple[str, str] | None = None) -> None:
     """A pickle of numpy arrays, as `paddle.save` writes a state dict; the record is a JSON string.
 
     Written one tensor at a time (a dict filled item by item). Protocol 5 (Python >= 3.8, which every
     Paddle 2 needs) stores each buffer as it is, where paddle.save's protocol 4 copies it first, and
     `paddle.load` reads both. A Fortran-ordered array (a transposed Linear weight) is stored in that order,
     as numpy pickles it, without a copy. `record` may be a callable, called once the tensors are written.
+    `wrap` (key, prefix): the tensors go into a dict under `key`, each name behind `prefix` (PASSL's
+    `{'state_dict': {'model.<name>': ...}}`); the record stays at the top level, beside it.
     """
-    from .torch_zip import contiguous
+    from .source import contiguous
 
     f.write(pickle.PROTO + b"\x05" + pickle.EMPTY_DICT)
+    if wrap is not None:
+        f.write(_fragment(wrap[0]) + pickle.EMPTY_DICT)
+    prefix = wrap[1] if wrap is not None else ""
     for key in tensors:
         value = tensors[key]
         head, raw, tail = _array_ops(value if value.flags.f_contiguous else contiguous(value))
-        f.write(_fragment(key) + head)
+        f.write(_fragment(prefix + key) + head)
         f.write(raw)
         f.write(tail + pickle.SETITEM)
         del value, raw
+    if wrap is not None:
+        f.write(pickle.SETITEM)
     if record is not None:
         text = record() if callable(record) else record
         if text is not None:

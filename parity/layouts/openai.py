@@ -15,6 +15,8 @@ from .rows import KeyMap, Row
 
 NAME, FRAMEWORK = "openai", "torch"
 FILES = "torch .pt (TorchScript release archive or state dict), safetensors"
+KINDS = ("vit", "resnet")
+FORMAT = "pt"
 ARCHIVE_ENTRIES = ("input_resolution", "context_length", "vocab_size")  # the releases' three int buffers
 KEYMAP = KeyMap((Row("{p}", "{p}"),))  # the hub maps to itself
 

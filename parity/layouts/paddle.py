@@ -11,6 +11,8 @@ from .rows import KeyMap, Row
 
 NAME, FRAMEWORK = "paddle", "paddle"
 FILES = "Paddle .pdparams (parity's record under 'parity@@extras'), or safetensors"
+KINDS = ("vit", "resnet")
+FORMAT = "pdparams"
 
 ROWS = (
     # transformer blocks of both towers: the hub fuses q, k, v into one [3D, D] in_proj
@@ -31,4 +33,4 @@ KEYMAP = KeyMap(ROWS)
 
 def detect(keys) -> bool:
     return any(k.endswith("attn.q_proj.weight") and not k.startswith("visual.attnpool.") for k in keys) \
-        and "token_embedding.weight" in keys
+        and "token_embedding.weight" in keys and "visual.attnpool.attn.q_proj.weight" not in keys

@@ -1,0 +1,177 @@
+"""Checkpoint folders (Hugging Face and PaddleNLP `from_pretrained` folders): a `config.json` and the
+weights, whole or in shards named by an index, read through the same bounded readers as single files.
+
+A folder is opened as an `Input` beside a single file's: each file is opened once and read through its
+own descriptor, bounded by its size; `config.json` and an index are read whole (at most 16 MiB each).
+The folder's digest is the SHA-256 over each file's name and SHA-256, in name order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .source import FileSource, open_source, sha256
+
+# weight files a folder may hold, in the order their libraries prefer them
+WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model_state.pdparams")
+INDEXES = {f"{name}.index.json": name for name in ("model.safetensors", "pytorch_model.bin", "model_state.pdparams")}
+TEXT_LIMIT = 1 << 24
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A small JSON object from a file, bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
+    with open_source(path) as source:
+        if source.size > TEXT_LIMIT:
+            raise CheckpointError(f"{path}: a {what} of {source.size} bytes, more than the {TEXT_LIMIT} it may hold")
+        try:
+            data = json.loads(source.pread(0, source.size))
+        except (ValueError, RecursionError) as e:
+            raise CheckpointError(f"{path}: the {what} is not JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: the {what} is not a JSON object")
+    return data
+
+
+class FileInput:
+    """One checkpoint file, opened once."""
+
+    def __init__(self, path: Path):
+        self.path, self.source = Path(path), open_source(path)
+        self.stat, self.config_json, self.files = self.source.stat, None, [self.source]
+
+    def read(self):
+        from . import read
+        return read(self.source)
+
+    def sha256(self, entries=(), stop: threading.Event | None = None) -> str:
+        return sha256(self.source, entries, stop)
+
+    def check_unchanged(self) -> None:
+        self.source.check_unchanged()
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FolderInput:
+    """A `from_pretrained` folder: config.json, and one weight file or the shards its index names."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.stat = os.stat(self.path)
+        config = self.path / "config.json"
+        if not config.is_file():
+            raise CheckpointError(f"{self.path}: a folder without config.json: not a Hugging Face or PaddleNLP "
+                                  "checkpoint folder (for a single file, give the file)")
+        self.config_json = read_json(config, "config.json")
+        record = self.path / "parity.json"  # parity's record, where the weights file has no room for it
+        self.record_json = read_json(record, "parity record") if record.is_file() else None
+        self.names = self._weights()
+        self.files: list[FileSource] = []
+        try:
+            for name in self.names:
+                self.files.append(open_source(self.path / name))
+        except BaseException:
+            self.close()
+            raise
+
+    def _weights(self) -> list[str]:
+        present = [n for n in WEIGHTS if (self.path / n).is_file()]
+        if present:
+            return present[:1]  # a library reads the first it finds; so does parity (the others are not read)
+        index = next((n for n in INDEXES if (self.path / n).is_file()), None)
+        if index is None:
+            raise CheckpointError(f"{self.path}: no weights: none of {', '.join(WEIGHTS)} nor a sharded index")
+        data = read_json(self.path / index, index)
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{self.path / index}: no weight_map of tensor names to shard files")
+        self.weight_map = weight_map
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if "/" in shard or shard in ("", ".", ".."):
+                raise CheckpointError(f"{self.path / index}: shard {shard!r} is not a file name in the folder")
+            if not (self.path / shard).is_file():
+                raise CheckpointError(f"{self.path}: shard {shard} is missing (named by {index})")
+        return shards
+
+    def read(self):
+        """The tensors of every weight file, merged (each shard's tensors checked against the index)."""
+        from . import RawCheckpoint, read
+
+        merged, notes, metadata, kinds, entries = {}, [], {}, set(), []
+        for name, source in zip(self.names, self.files):
+            raw = read(source)
+            kinds.add(raw.format)
+            if not isinstance(raw.content, dict):
+                raise CheckpointError(f"{source.name}: holds a {type(raw.content).__name__}, not a state dict")
+            wanted = {k for k, v in getattr(self, "weight_map", {}).items() if v == name}
+            if wanted and set(raw.content) - {"parity@@extras"} != wanted:
+                extra = sorted(map(str, set(raw.content) - wanted - {"parity@@extras"}))
+                short = sorted(wanted - set(raw.content))
+                raise CheckpointError(f"{source.name}: the shard does not hold what the index says "
+                                      f"(missing {', '.join(short[:4]) or 'none'}; not in the index "
+                                      f"{', '.join(extra[:4]) or 'none'})")
+            twice = sorted(set(merged) & set(raw.content))
+            if twice:
+                raise CheckpointError(f"{source.name}: tensors also in another shard: {', '.join(twice[:4])}")
+            merged.update(raw.content)
+            notes += raw.notes
+            metadata.update(raw.metadata)
+            entries += [(f"{name}:{e[0]}", *e[1:]) for e in raw.entries]
+        if len(kinds) > 1:
+            raise CheckpointError(f"{self.path}: shards of different formats ({', '.join(sorted(kinds))})")
+        metadata["config.json"] = self.config_json
+        if self.record_json is not None:
+            metadata["parity.extras"] = json.dumps(self.record_json)
+        return RawCheckpoint(kinds.pop(), merged, metadata=metadata, notes=notes, entries=entries)
+
+    def sha256(self, entries=(), stop: threading.Event | None = None) -> str:
+        digest = hashlib.sha256()
+        for name, source in [("config.json", None), *zip(self.names, self.files)]:
+            if source is None:
+                with open_source(self.path / name) as opened:
+                    file_digest = sha256(opened, (), stop)
+            else:
+                file_digest = sha256(source, [e for e in entries if e[0].startswith(f"{name}:")], stop)
+            digest.update(f"{name}:{file_digest}\n".encode())
+        return digest.hexdigest()
+
+    def check_unchanged(self) -> None:
+        for source in self.files:
+            source.check_unchanged()
+
+    def close(self) -> None:
+        for source in self.files:
+            source.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_input(path) -> FileInput | FolderInput:
+    """A checkpoint file or folder given by a user; CheckpointError, naming it, for anything else."""
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except OSError as e:  # a name too long, a loop of links, a folder without search permission
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        return FolderInput(path)
+    return FileInput(path)

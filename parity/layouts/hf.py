@@ -1,0 +1,124 @@
+"""Hugging Face transformers' `CLIPModel`: a folder of `config.json`, `model.safetensors` (also read:
+`pytorch_model.bin` and sharded indexes), and the tokenizer and image processor files that
+`CLIPProcessor.from_pretrained` reads offline. ViT only: transformers has no ResNet CLIP.
+
+The towers are `vision_model.*` / `text_model.*`, with separate q/k/v projections, `mlp.fc1`/`fc2`,
+`layer_norm1`/`2`, the library's own spelling `pre_layrnorm`, and the projections as Linear weights:
+`visual_projection.weight` is the hub's `visual.proj` transposed.
+"""
+from __future__ import annotations
+
+import json
+
+from ..config import Config, ConfigError, TextConfig, VisionConfig
+from .rows import KeyMap, Row
+
+NAME, FRAMEWORK = "hf", "torch"
+FILES = "folder: config.json + model.safetensors (read too: pytorch_model.bin, shards), tokenizer and processor files"
+KINDS = ("vit",)
+FORMAT = "folder"
+WEIGHTS = "model.safetensors"
+NO_RESNET = "transformers' CLIPModel has no ResNet image tower"
+
+
+def _blocks(hub: str, layout: str) -> tuple[Row, ...]:
+    # one tower's transformer blocks: torch Linears on both sides, so no transposes
+    return (
+        Row(f"{hub}.{{i}}.attn.in_proj_weight", f"{layout}.{{i}}.self_attn.{{qkv}}_proj.weight", "split_qkv"),
+        Row(f"{hub}.{{i}}.attn.in_proj_bias", f"{layout}.{{i}}.self_attn.{{qkv}}_proj.bias", "split_qkv"),
+        Row(f"{hub}.{{i}}.attn.out_proj.{{x}}", f"{layout}.{{i}}.self_attn.out_proj.{{x}}"),
+        Row(f"{hub}.{{i}}.ln_1.{{x}}", f"{layout}.{{i}}.layer_norm1.{{x}}"),
+        Row(f"{hub}.{{i}}.ln_2.{{x}}", f"{layout}.{{i}}.layer_norm2.{{x}}"),
+        Row(f"{hub}.{{i}}.mlp.c_fc.{{x}}", f"{layout}.{{i}}.mlp.fc1.{{x}}"),
+        Row(f"{hub}.{{i}}.mlp.c_proj.{{x}}", f"{layout}.{{i}}.mlp.fc2.{{x}}"),
+    )
+
+
+ROWS = (
+    Row("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+    Row("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
+    Row("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    Row("visual.ln_pre.{x}", "vision_model.pre_layrnorm.{x}"),
+    *_blocks("visual.transformer.resblocks", "vision_model.encoder.layers"),
+    Row("visual.ln_post.{x}", "vision_model.post_layernorm.{x}"),
+    Row("visual.proj", "visual_projection.weight", "linear"),  # [W, E] -> Linear [E, W]
+    Row("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+    Row("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    *_blocks("transformer.resblocks", "text_model.encoder.layers"),
+    Row("ln_final.{x}", "text_model.final_layer_norm.{x}"),
+    Row("text_projection", "text_projection.weight", "linear"),
+    *(Row(name, None) for name in ("input_resolution", "context_length", "vocab_size")),
+    Row("logit_scale", "logit_scale"),
+)
+KEYMAP = KeyMap(ROWS)
+
+
+def detect(keys) -> bool:
+    return "text_model.embeddings.token_embedding.weight" in keys and "visual_projection.weight" in keys
+
+
+# ---------------------------------------------------------------- config.json
+def config_to_json(config: Config) -> dict:
+    """transformers' CLIPConfig for `config`. The text config keeps the ids of openai's released HF configs
+    (bos 0, eos 2, pad 1): with eos 2, transformers pools the text at the highest token id (its legacy
+    path), exactly as openai/CLIP does, whatever the input."""
+    v, t = config.vision, config.text
+    return {
+        "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
+        "logit_scale_init_value": 2.6592, "initializer_factor": 1.0, "torch_dtype": "float32",
+        "text_config": {"model_type": "clip_text_model", "hidden_size": t.width, "intermediate_size": t.mlp_width,
+                        "num_attention_heads": t.heads, "num_hidden_layers": t.layers,
+                        "max_position_embeddings": t.context_length, "vocab_size": t.vocab_size,
+                        "hidden_act": t.activation, "layer_norm_eps": t.eps, "projection_dim": config.embed_dim,
+                        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": v.width, "intermediate_size": v.mlp_width,
+                          "num_attention_heads": v.heads, "num_hidden_layers": v.layers, "image_size": v.image_size,
+                          "patch_size": v.patch_size, "num_channels": 3, "hidden_act": v.activation,
+                          "layer_norm_eps": v.eps, "projection_dim": config.embed_dim},
+    }
+
+
+# transformers' own defaults (CLIPTextConfig(), CLIPVisionConfig()), for keys a config.json leaves out
+TEXT = {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_hidden_layers": 12,
+        "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+        "eos_token_id": 49407}
+VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+          "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+
+
+def config_from_json(data: dict) -> Config:
+    """The Config that transformers builds from this config.json (its defaults where a key is absent)."""
+    try:
+        t = {**TEXT, **data.get("text_config", {})}
+        v = {**VISION, **data.get("vision_config", {})}
+        text = TextConfig(int(t["hidden_size"]), int(t["num_hidden_layers"]), int(t["intermediate_size"]),
+                          int(t["max_position_embeddings"]), int(t["vocab_size"]), int(t["num_attention_heads"]),
+                          t["hidden_act"], float(t["layer_norm_eps"]))
+        vision = VisionConfig("vit", int(v["num_hidden_layers"]), int(v["hidden_size"]), int(v["image_size"]),
+                              int(v["patch_size"]), int(v["intermediate_size"]), int(v["num_attention_heads"]),
+                              v["hidden_act"], float(v["layer_norm_eps"]))
+        if int(t.get("eos_token_id", 2)) not in (2, 49407):
+            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']}: the text pools at another token "
+                              "than CLIP's end of text")
+        config = Config(int(data.get("projection_dim", 512)), vision, text)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"config.json is not a CLIPConfig ({type(e).__name__}: {e})") from None
+    config.validate()
+    return config
+
+
+def extra_files(config: Config) -> dict[str, bytes]:
+    """The tokenizer and image processor files, made from the BPE vocabulary parity ships with."""
+    from ..tokenizer import hf_tokenizer_files
+
+    v = config.vision
+    processor = {
+        "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
+        "do_resize": True, "size": {"shortest_edge": v.image_size}, "resample": 3,  # bicubic, as CLIP's
+        "do_center_crop": True, "crop_size": {"height": v.image_size, "width": v.image_size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    files = {name: data for name, data in hf_tokenizer_files(config.text.context_length).items()}
+    files["preprocessor_config.json"] = json.dumps(processor, indent=2).encode()
+    return files

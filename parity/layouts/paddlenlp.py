@@ -1,0 +1,122 @@
+"""PaddleNLP's `CLIPModel`: a folder of `config.json` and `model_state.pdparams` (also read: sharded
+indexes), with parity's record in `parity.json` beside them. ViT and ResNet.
+
+The towers are `vision_model.*` / `text_model.*`; transformer blocks are Paddle's
+`nn.TransformerEncoderLayer` (`self_attn.{q,k,v,out}_proj`, `linear1`/`linear2`, `norm1`/`norm2`), Linear
+weights are [in, out], positional embeddings are `nn.Embedding` (`.weight`), the projections are
+parameters [W, E], `logit_scale` has shape [1]. Its LayerNorms use Paddle's default eps (1e-5) whatever
+the config says, so only configs with eps 1e-5 can be written.
+"""
+from __future__ import annotations
+
+from ..config import Config, ConfigError, TextConfig, VisionConfig
+from .openai import ARCHIVE_ENTRIES
+from .rows import KeyMap, Row
+
+NAME, FRAMEWORK = "paddlenlp", "paddle"
+FILES = "folder: config.json + model_state.pdparams (read too: shards), parity.json"
+KINDS = ("vit", "resnet")
+FORMAT = "folder"
+WEIGHTS = "model_state.pdparams"
+EPS = 1e-5  # nn.LayerNorm's and nn.TransformerEncoderLayer's default, which PaddleNLP's CLIP always uses
+
+
+def _blocks(hub: str, layout: str) -> tuple[Row, ...]:
+    return (
+        Row(f"{hub}.{{i}}.attn.in_proj_weight", f"{layout}.{{i}}.self_attn.{{qkv}}_proj.weight", "split_qkv_linear"),
+        Row(f"{hub}.{{i}}.attn.in_proj_bias", f"{layout}.{{i}}.self_attn.{{qkv}}_proj.bias", "split_qkv"),
+        Row(f"{hub}.{{i}}.attn.out_proj.weight", f"{layout}.{{i}}.self_attn.out_proj.weight", "linear"),
+        Row(f"{hub}.{{i}}.attn.out_proj.bias", f"{layout}.{{i}}.self_attn.out_proj.bias"),
+        Row(f"{hub}.{{i}}.ln_1.{{x}}", f"{layout}.{{i}}.norm1.{{x}}"),
+        Row(f"{hub}.{{i}}.ln_2.{{x}}", f"{layout}.{{i}}.norm2.{{x}}"),
+        Row(f"{hub}.{{i}}.mlp.c_fc.weight", f"{layout}.{{i}}.linear1.weight", "linear"),
+        Row(f"{hub}.{{i}}.mlp.c_fc.bias", f"{layout}.{{i}}.linear1.bias"),
+        Row(f"{hub}.{{i}}.mlp.c_proj.weight", f"{layout}.{{i}}.linear2.weight", "linear"),
+        Row(f"{hub}.{{i}}.mlp.c_proj.bias", f"{layout}.{{i}}.linear2.bias"),
+    )
+
+
+ROWS = (
+    *_blocks("visual.transformer.resblocks", "vision_model.transformer.layers"),
+    *_blocks("transformer.resblocks", "text_model.transformer.layers"),
+    Row("visual.positional_embedding", "vision_model.positional_embedding.weight"),
+    Row("visual.attnpool.positional_embedding", "vision_model.attnpool.positional_embedding.weight"),
+    Row("visual.attnpool.{x}_proj.weight", "vision_model.attnpool.{x}_proj.weight", "linear"),
+    Row("visual.{p}.running_mean", "vision_model.{p}._mean"),
+    Row("visual.{p}.running_var", "vision_model.{p}._variance"),
+    Row("visual.{p}.num_batches_tracked", None),
+    *(Row(name, None) for name in ARCHIVE_ENTRIES),
+    Row("visual.proj", "vision_projection"),
+    Row("visual.{p}", "vision_model.{p}"),  # the rest of the image tower: its own names
+    Row("token_embedding.weight", "text_model.token_embedding.weight"),
+    Row("positional_embedding", "text_model.positional_embedding.weight"),
+    Row("ln_final.{x}", "text_model.ln_final.{x}"),
+    Row("logit_scale", "logit_scale", "scalar"),
+    Row("text_projection", "text_projection"),
+)
+KEYMAP = KeyMap(ROWS)
+
+
+def detect(keys) -> bool:
+    return "text_model.token_embedding.weight" in keys and "text_model.ln_final.weight" in keys
+
+
+# ---------------------------------------------------------------- config.json
+def config_to_json(config: Config) -> dict:
+    """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does)."""
+    v, t = config.vision, config.text
+    for name, eps in (("vision", v.eps), ("text", t.eps)):
+        if eps is not None and eps != EPS:
+            raise ConfigError(f"PaddleNLP's CLIP computes LayerNorm with eps {EPS}, whatever its config says; "
+                              f"this model's {name}.eps is {eps}, so the paddlenlp layout cannot hold it")
+    vision = {"model_type": "clip_vision_model", "hidden_size": v.width, "image_size": v.image_size,
+              "num_attention_heads": v.heads, "num_channels": 3, "layer_norm_eps": EPS}
+    if v.is_vit:
+        vision.update({"num_hidden_layers": v.layers, "intermediate_size": v.mlp_width, "patch_size": v.patch_size,
+                       "hidden_act": v.activation})
+    else:
+        vision["num_hidden_layers"] = list(v.layers)  # a list: PaddleNLP builds openai's ModifiedResNet
+    return {
+        "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
+        "logit_scale_init_value": 2.6592, "initializer_factor": 1.0, "dtype": "float32",
+        "text_config": {"model_type": "clip_text_model", "hidden_size": t.width, "intermediate_size": t.mlp_width,
+                        "num_attention_heads": t.heads, "num_hidden_layers": t.layers,
+                        "max_position_embeddings": t.context_length, "vocab_size": t.vocab_size,
+                        "hidden_act": t.activation, "layer_norm_eps": EPS, "projection_dim": config.embed_dim,
+                        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
+        "vision_config": vision,
+    }
+
+
+TEXT = {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_hidden_layers": 12,
+        "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "eos_token_id": 49407}
+VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+          "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu"}
+
+
+def config_from_json(data: dict) -> Config:
+    """The Config that PaddleNLP builds from this config.json (its defaults where a key is absent; eps is
+    always 1e-5, as its model computes)."""
+    try:
+        t = {**TEXT, **data.get("text_config", {})}
+        v = {**VISION, **data.get("vision_config", {})}
+        text = TextConfig(int(t["hidden_size"]), int(t["num_hidden_layers"]), int(t["intermediate_size"]),
+                          int(t["max_position_embeddings"]), int(t["vocab_size"]), int(t["num_attention_heads"]),
+                          t["hidden_act"], EPS)
+        if isinstance(v["num_hidden_layers"], (list, tuple)):
+            width = int(v["hidden_size"])
+            heads = v.get("num_attention_heads")
+            vision = VisionConfig("resnet", tuple(int(n) for n in v["num_hidden_layers"]), width, int(v["image_size"]),
+                                  heads=int(heads) if heads is not None else width * 32 // 64)
+        else:
+            vision = VisionConfig("vit", int(v["num_hidden_layers"]), int(v["hidden_size"]), int(v["image_size"]),
+                                  int(v["patch_size"]), int(v["intermediate_size"]), int(v["num_attention_heads"]),
+                                  v["hidden_act"], EPS)
+        if int(t.get("eos_token_id", 2)) not in (2, 49407):
+            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']}: the text pools at another token "
+                              "than CLIP's end of text")
+        config = Config(int(data.get("projection_dim", 512)), vision, text)
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"config.json is not a PaddleNLP CLIPConfig ({type(e).__name__}: {e})") from None
+    config.validate()
+    return config
