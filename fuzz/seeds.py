@@ -6,6 +6,7 @@ write them, and the hostile files of the regression tests (tests/hostile_files.p
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import sys
 from pathlib import Path
@@ -123,7 +124,15 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "library.safetensors": st_save({k: v.contiguous() for k, v in mixed.items()}, {"format": "pt"}),
         "aliased.safetensors": hostile.aliased_safetensors(4, 64), "inf-shape.safetensors": hostile.infinite_shape(),
     }
-    return {"torch_zip": torch_zip, "torchscript": _torchscript(), "pdparams": pdparams, "safetensors": safetensors}
+    from parity import layouts, registry
+    folder_json = {
+        "hf-config.json": json.dumps(layouts.hf.config_to_json(registry.get("ViT-B/32").config)).encode(),
+        "paddlenlp-rn50-config.json": json.dumps(layouts.paddlenlp.config_to_json(registry.get("RN50").config)).encode(),
+        "index.json": json.dumps({"metadata": {"total_size": 10}, "weight_map": {
+            "logit_scale": "model-00001-of-00002.safetensors", "text_projection.weight": "model-00002-of-00002.safetensors"}}).encode(),
+    }
+    return {"torch_zip": torch_zip, "torchscript": _torchscript(), "pdparams": pdparams, "safetensors": safetensors,
+            "folder_json": folder_json}
 
 
 def write(folder: Path) -> None:

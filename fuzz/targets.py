@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np  # noqa: F401  (imported before the instrumented modules, so not instrumented itself)
 
-TARGETS = ("torch_zip", "torchscript", "pdparams", "safetensors")
+TARGETS = ("torch_zip", "torchscript", "pdparams", "safetensors", "folder_json")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,8 +37,31 @@ def _walk(content, out: list):
         out.append(content)
 
 
+def _folder_json(data: bytes) -> None:
+    """A folder's JSON files (config.json, a sharded index), as the folder reader takes them."""
+    import json
+    from parity.formats.folders import weight_map
+    from parity.layouts import hf, paddlenlp
+    from parity.errors import ParityError
+
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(value, dict):
+        return
+    for step in (lambda: hf.config_from_json(value), lambda: paddlenlp.config_from_json(value),
+                 lambda: weight_map(value, "<index>")):
+        try:
+            step()
+        except ParityError:
+            pass
+
+
 def replay(target: str, data: bytes) -> None:
     """One input through `target`: returns, or raises ParityError; anything else is a bug in parity."""
+    if target == "folder_json":
+        return _folder_json(data)
     checkpoint, formats, ParityError = _modules()
     source = formats.BytesSource(data, f"<{target}>")
     try:
@@ -139,6 +162,8 @@ def main(argv: list[str]) -> None:
     with atheris.instrument_imports(include=["parity", "zipfile"]):
         _modules()
         import zipfile  # noqa: F401
+        import parity.formats.folders  # noqa: F401
+        import parity.layouts  # noqa: F401
 
     def one_input(data: bytes) -> None:
         replay(target, data)

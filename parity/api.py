@@ -11,7 +11,7 @@ from . import layouts, registry
 from .checkpoint import Checkpoint, load
 from .errors import ParityError
 from .frameworks import device_names, select_device
-from .harness import DEFAULT_ATOL, DEFAULT_RTOL, run_paddle, run_torch, verify_pair
+from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, run_paddle, run_torch, verify_pair
 from .inputs import SAMPLES, canonical_inputs
 from .loading import paddle_model, torch_model
 from .tokenizer import VOCAB_SIZE, tokenize
@@ -102,7 +102,8 @@ def sides(first, second=None, config=None):
 
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
-           rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False) -> dict:
+           rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False,
+           noise_factor: float = NOISE_FACTOR) -> dict:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
     checkpoint against a Paddle one (each framework loads its own). Returns the report dict; its
     "passed" is the gate. Official files (by SHA-256) are also checked against the reference table.
@@ -113,7 +114,7 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     """
     torch_sd, paddle_sd, resolved, label, sources, reference = sides(first, second, config)
     report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
-                         photos=photos, layers=layers, reference=reference)
+                         photos=photos, layers=layers, reference=reference, noise_factor=noise_factor)
     report["sources"] = sources
     return report
 

@@ -338,7 +338,7 @@ def describe(path, config=None) -> dict:
         "model": ck.name or "unregistered CLIP",
         "config": ck.config.describe() + ("" if ck.config.complete else
                                           f" (unknown: {', '.join(ck.config.missing())})"),
-        "config from": ck.config_source,
+        "config from": ck.config_source, "config_fields": ck.config.to_dict(),
         "tensors": len(ck.state_dict), "parameters": sum(math.prod(v.shape) for v in ck.state_dict.values()),
         "dtypes": dict(sorted(mix.items())), "bytes": size, "sha256": ck.sha256,
         "official": f"yes, the {ck.name} release file" if ck.official else "no (SHA-256 not in the registry)",

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ParityError, printable
-from .harness import DEFAULT_ATOL, DEFAULT_RTOL
+from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from . import layouts as layout_registry
 from . import registry
 from .config import ConfigError
@@ -23,6 +23,13 @@ class UserError(click.ClickException):
     """A one-line error about the user's input: printed without a traceback, exit status 2."""
 
     exit_code = 2
+
+
+class InternalError(click.ClickException):
+    """An error that bad input does not explain: a bug in parity. Exit status 3, so that a gate can tell it
+    from bad input (2) and from frameworks that disagree (1)."""
+
+    exit_code = 3
 
 
 class Stopped(BaseException):
@@ -54,10 +61,12 @@ def _fail(error: Exception, debug: bool):
     if debug:
         raise error
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if not isinstance(error, ParityError):
+        raise InternalError(printable(f"internal error, a bug in parity ({type(error).__name__}: {message}); "
+                                      "run with --debug for the traceback, and report it"))
     hint = getattr(error, "cli_hint", None)
     message += f"; {hint}" if hint else ""
-    raise UserError(printable(message) + ("" if isinstance(error, ParityError)
-                                          else " (run with --debug for the traceback)"))
+    raise UserError(printable(message))
 
 
 def _size(path: Path) -> int:
@@ -160,7 +169,9 @@ def _config_option(f):
 def _report_options(f):
     f = click.option("--atol", default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance.")(f)
     f = click.option("--rtol", default=DEFAULT_RTOL, show_default=True,
-                     help="Relative tolerance: |Δ| ≤ max(atol + rtol·|x|, 4 × float32 noise floor).")(f)
+                     help="Relative tolerance: |Δ| ≤ max(atol + rtol·|x|, noise factor × float32 noise floor).")(f)
+    f = click.option("--noise-factor", default=NOISE_FACTOR, show_default=True,
+                     help="How many times float32's own noise floor a difference may be (0: atol and rtol alone).")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
                      help="auto: the GPU in both frameworks when both have one, else the CPU.")(f)
     f = click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
@@ -190,8 +201,8 @@ def _verdict(report: dict) -> str:
 @click.option("--layers", is_flag=True, help="Compare every module's output (always done on a failure).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float, rtol: float, device: str,
-           report_dir: Path, layers: bool, as_json: bool, debug: bool):
+def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float, rtol: float, noise_factor: float,
+           device: str, report_dir: Path, layers: bool, as_json: bool, debug: bool):
     """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
 
     With one file, each framework gets it (converted in memory for the other); with a torch checkpoint
@@ -210,7 +221,8 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float
     from .report import write_variant
 
     try:
-        report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers)
+        report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers,
+                     noise_factor=noise_factor)
         paths = write_variant(report, report_dir)
     except Exception as e:
         _fail(e, debug)
@@ -262,8 +274,8 @@ def logits(checkpoint: Path, framework: str, device: str, config: str | None, as
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
               show_default=True, help="Where official files are looked for, under their release names.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic weights.")
-def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: tuple[str, ...], weights_dir: Path,
-               seed: int):
+def verify_all(atol: float, rtol: float, noise_factor: float, device: str, report_dir: Path, names: tuple[str, ...],
+               weights_dir: Path, seed: int):
     """Every variant through parity's torch and Paddle models on identical inputs.
 
     For each variant: the release file from WEIGHTS_DIR (e.g. weights/RN50.pt, weights/ViT-B-32.pt) when
@@ -292,11 +304,12 @@ def verify_all(atol: float, rtol: float, device: str, report_dir: Path, names: t
              " ...", nl=False)
         try:
             if real.is_file():
-                result = verify_file(real, config=entry.config, device=device, atol=atol, rtol=rtol)
+                result = verify_file(real, config=entry.config, device=device, atol=atol, rtol=rtol,
+                                     noise_factor=noise_factor)
             else:
                 state = cached_state_dict(entry.config, seed)
                 result = verify_state_dict(state, f"synthetic seed {seed}", entry.config, device=device, atol=atol,
-                                           rtol=rtol)
+                                           rtol=rtol, noise_factor=noise_factor)
                 del state
             write_variant(result, report_dir)
         except ParityError as e:
@@ -396,4 +409,6 @@ def info(file: Path, config: str | None, as_json: bool, debug: bool):
             value = "; ".join(value) or "none"
         elif key in ("bytes", "parameters"):
             value = f"{value:,}"
+        elif isinstance(value, dict):  # the config's fields: shown in --json
+            continue
         echo(f"{key:11} {value}")

@@ -92,7 +92,7 @@ class Config:
             vision, text = dict(data["vision"]), dict(data["text"])
             if isinstance(vision.get("layers"), list):
                 vision["layers"] = tuple(vision["layers"])
-            config = cls(int(data["embed_dim"]), VisionConfig(**vision), TextConfig(**text))
+            config = cls(data["embed_dim"], VisionConfig(**vision), TextConfig(**text))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"not a parity config ({type(e).__name__}: {e}); expected "
                               "{'embed_dim': ..., 'vision': {...}, 'text': {...}}") from None
@@ -100,8 +100,17 @@ class Config:
         return config
 
     def validate(self) -> None:
-        """ConfigError for a value no CLIP can have (wrong kinds, widths not divisible by heads, ...)."""
+        """ConfigError for a value no CLIP can have (wrong types, sizes under 1, widths not divisible by
+        heads, ...), naming the field."""
         v, t = self.vision, self.text
+        sizes = {"embed_dim": self.embed_dim, **{f"vision.{f.name}": getattr(v, f.name) for f in fields(v)},
+                 **{f"text.{f.name}": getattr(t, f.name) for f in fields(t)}}
+        for name, value in sizes.items():
+            if name.endswith(("kind", "activation", "eps")) or value is None:
+                continue
+            values = value if isinstance(value, tuple) else (value,)
+            if not values or not all(type(x) is int and 0 < x < 1 << 31 for x in values):
+                raise ConfigError(f"{name} is {value!r}: a size is a positive integer")
         if v.kind not in ("vit", "resnet"):
             raise ConfigError(f"vision.kind is {v.kind!r}: use 'vit' or 'resnet'")
         if v.is_vit != isinstance(v.layers, int) or (not v.is_vit and len(v.layers) != 4):
@@ -116,8 +125,8 @@ class Config:
             if heads is not None and (heads < 1 or width % heads):
                 raise ConfigError(f"{name} is {heads}, which does not divide the width {width}")
         for name, eps in (("vision.eps", v.eps), ("text.eps", t.eps)):
-            if eps is not None and not 0 < eps < 1:
-                raise ConfigError(f"{name} is {eps}: a LayerNorm eps lies between 0 and 1")
+            if eps is not None and (type(eps) is not float or not 0 < eps < 1):
+                raise ConfigError(f"{name} is {eps!r}: a LayerNorm eps lies between 0 and 1")
 
     def check_shapes(self, shapes: "Config", what: str = "the tensors") -> None:
         """ConfigError naming the first field where this config contradicts `shapes` (a shapes-only config)."""
@@ -144,8 +153,24 @@ class Config:
                 f"{t.vocab_size} heads {t.heads} {t.activation} eps {t.eps}; embed {self.embed_dim}")
 
 
+def integer(value, name: str) -> int:
+    """A JSON value that must be an integer (2.0 is; 2.5, true, "2" and 1e999 are not): ConfigError naming it."""
+    if type(value) is float and value.is_integer() and abs(value) < 1 << 53:
+        value = int(value)
+    if type(value) is not int:
+        raise ConfigError(f"{name} is {value!r}, not an integer")
+    return value
+
+
+def real(value, name: str) -> float:
+    if type(value) not in (int, float) or value != value or abs(value) == float("inf"):
+        raise ConfigError(f"{name} is {value!r}, not a number")
+    return float(value)
+
+
 def read_config_file(path: Path) -> Config:
-    """A config from a JSON file in `Config.to_dict`'s form (what `parity info --json` shows under config)."""
+    """A config from a JSON file in `Config.to_dict`'s form (`parity info --json` shows a file's as
+    config_fields, with null for what is unknown), or such an object under a "config" key."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:

@@ -69,24 +69,25 @@ class Difference:
 
     @classmethod
     def between(cls, ref, other, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                noise: float = 0.0) -> "Difference":
+                noise: float = 0.0, noise_factor: float = NOISE_FACTOR) -> "Difference":
         ref, other = np.asarray(ref, np.float64).ravel(), np.asarray(other, np.float64).ravel()
         delta = np.abs(ref - other)
         tolerance = atol + rtol * np.abs(ref)
-        allowed = np.maximum(tolerance, NOISE_FACTOR * noise)
+        allowed = np.maximum(tolerance, noise_factor * noise)
         worst = int(np.argmax(delta / allowed)) if delta.size else 0
         max_abs = float(delta.max()) if delta.size else 0.0
         denom = float(np.linalg.norm(ref) * np.linalg.norm(other))
         return cls(max_abs, max_abs / max(float(np.max(np.abs(ref))), 1e-30) if ref.size else 0.0,
                    float(ref @ other / denom) if denom else float("nan"), float(allowed[worst]),
-                   "noise" if NOISE_FACTOR * noise > tolerance[worst] else "atol+rtol",
+                   "noise" if noise_factor * noise > tolerance[worst] else "atol+rtol",
                    bool(np.all(delta <= allowed)) and bool(np.all(np.isfinite(other)) == np.all(np.isfinite(ref))))
 
 
 def compare(ref: Outputs, other: Outputs, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-            noise: dict | None = None) -> dict[str, Difference]:
+            noise: dict | None = None, noise_factor: float = NOISE_FACTOR) -> dict[str, Difference]:
     noise = noise or {}
-    return {name: Difference.between(ref[name], other[name], atol, rtol, noise.get(name, 0.0)) for name in OUTPUTS}
+    return {name: Difference.between(ref[name], other[name], atol, rtol, noise.get(name, 0.0), noise_factor)
+            for name in OUTPUTS}
 
 
 def _propagated_logit_noise(fp64: Outputs, fp32: Outputs, logit_scale: float) -> float:
@@ -170,7 +171,7 @@ def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
 
 
 def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float, rtol: float,
-                    devices: dict[str, str] | None = None) -> dict:
+                    devices: dict[str, str] | None = None, noise_factor: float = NOISE_FACTOR) -> dict:
     """Per module (same names in both models), on the canonical pair: max |delta|, cosine, bound, and the
     first module in execution order beyond its bound (its own float32 noise floor counts, as above).
     `devices`: each framework's device, as `select_device` gives them (default: the CPU)."""
@@ -193,7 +194,7 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float
             rows[name] = {"module": name, "note": f"shapes differ: torch {list(outputs[name].shape)}, "
                                                   f"paddle {list(got.shape)}"}
             return
-        d = Difference.between(ref, got, atol, rtol, noise.get(name, 0.0))
+        d = Difference.between(ref, got, atol, rtol, noise.get(name, 0.0), noise_factor)
         rows[name] = {"module": name, "shape": list(got.shape), **asdict(d), "noise_floor": noise.get(name, 0.0)}
 
     model = paddle_model(paddle_sd, config, device=devices["paddle"])
@@ -279,7 +280,7 @@ def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: flo
 def verify_pair(torch_sd: dict, paddle_sd: dict, config: Config, *, weights: str = "unlabelled",
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
-                min_cosine: float = MIN_COSINE) -> dict:
+                min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR) -> dict:
     """Compare parity's torch model on `torch_sd` (official layout) with parity's Paddle model on
     `paddle_sd` (Paddle layout) on identical inputs; returns the report as a dict.
 
@@ -294,10 +295,10 @@ def verify_pair(torch_sd: dict, paddle_sd: dict, config: Config, *, weights: str
     shots = sample_set(v.image_size, t_cfg.context_length) if photos else None
     t = _torch_side(torch_sd, config, image, text, shots, devices["torch"])
     p = _paddle_side(paddle_sd, config, image, text, shots, devices["paddle"])
-    diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise)
+    diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
     report = {
         "variant": registry.name_of(config) or "custom", "weights": weights, "config": config.to_dict(),
-        "devices": device_names(devices), "versions": versions(), "atol": atol, "rtol": rtol, "noise_factor": NOISE_FACTOR,
+        "devices": device_names(devices), "versions": versions(), "atol": atol, "rtol": rtol, "noise_factor": noise_factor,
         "inputs": {"canonical": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) "
                                 f"float32, text ones (1, {t_cfg.context_length}) int64",
                    "photos": shots.names if shots else []},
@@ -319,7 +320,7 @@ def verify_pair(torch_sd: dict, paddle_sd: dict, config: Config, *, weights: str
                                             report["reference"]["paddle_delta"]) <= bound
         passed = passed and report["reference"]["passed"]
     if layers or not passed:
-        report["layers"] = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices)
+        report["layers"] = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor)
     report["passed"] = passed
     report["seconds"] = time.perf_counter() - start
     return report

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
+from .errors import ParityError
 from .formats.atomic import atomic_write, write_bytes
 
 COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
@@ -154,9 +155,16 @@ def similarity_picture(r: dict, path: Path) -> None:
         plt.close(fig)
 
 
+def _report_dir(report_dir: Path) -> None:
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ParityError(f"{report_dir}: cannot hold the reports ({e.strerror or e}); choose another folder") from None
+
+
 def write_variant(r: dict, report_dir: Path) -> dict[str, Path]:
     """`<slug>.json`, `<slug>.md` and, with photographs, `<slug>-similarity.png` under `report_dir`."""
-    report_dir.mkdir(parents=True, exist_ok=True)
+    _report_dir(report_dir)
     name = slug(r["variant"])
     paths = {"json": report_dir / f"{name}.json", "markdown": report_dir / f"{name}.md"}
     picture = None
@@ -170,7 +178,7 @@ def write_variant(r: dict, report_dir: Path) -> dict[str, Path]:
 
 
 def write_verify_all(results: list[dict], report_dir: Path, total_seconds: float) -> tuple[Path, Path]:
-    report_dir.mkdir(parents=True, exist_ok=True)
+    _report_dir(report_dir)
     meta = {"parity": __version__, "date": _now(), "machine": machine(), "total_seconds": total_seconds,
             "passed": all(r["passed"] for r in results)}
     md = [f"# verify-all — {'PASS' if meta['passed'] else 'FAIL'}", "",

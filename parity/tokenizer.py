@@ -130,12 +130,15 @@ def tokenize(texts: str | Iterable[str], context_length: int = 77, truncate: boo
 def hf_tokenizer_files(context_length: int = 77) -> dict[str, bytes]:
     """A Hugging Face CLIP tokenizer's files (vocab.json, merges.txt, tokenizer_config.json,
     special_tokens_map.json), made from the same vocabulary: `CLIPTokenizer(Fast).from_pretrained` reads
-    them offline. Padding is id 0 ("!"), as `clip.tokenize` pads, so padded ids equal parity's."""
+    them offline and gives parity's ids. It pads with <|endoftext|>, as OpenAI's own Hugging Face releases
+    do, where `clip.tokenize` pads with 0: the text's ids are the same, and so is the text feature (the
+    causal mask keeps padding away from the end-of-text token, where the text is pooled). A pad of 0 would
+    need "!" as a special token, which would then be split out of every text."""
     import json
 
     tok = default_tokenizer()
     merges = sorted(tok.ranks, key=tok.ranks.get)
-    special = {"bos_token": START, "eos_token": END, "unk_token": END, "pad_token": "!"}
+    special = {"bos_token": START, "eos_token": END, "unk_token": END, "pad_token": END}
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length, "do_lower_case": True,
               "errors": "replace", "clean_up_tokenization_spaces": False, **special}
     return {

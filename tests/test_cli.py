@@ -48,11 +48,10 @@ def test_verify_all_writes_reports_and_exits_zero(tmp_path):
                                                     "ViT-B-32.json", "ViT-B-32-similarity.png"}
 
 
-def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path, monkeypatch):
+def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path):
     # with the noise allowance off, an atol of 1e-12 cannot be met by float32 arithmetic: the gate says FAIL
-    import parity.harness
-    monkeypatch.setattr(parity.harness, "NOISE_FACTOR", 0.0)
     result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-B/32", "--atol", "1e-12", "--rtol", "0",
+                                       "--noise-factor", "0",
                                        "--report-dir", str(tmp_path), "--weights-dir", str(tmp_path / "none")])
     assert result.exit_code == 1 and "FAIL" in result.output
     row = json.loads((tmp_path / "verify-all.json").read_text())["results"][0]
@@ -110,3 +109,25 @@ def test_progress_bar_draws_on_stderr_and_clears(capsys):
     quiet("reading")
     quiet.close()
     assert capsys.readouterr().err == ""
+
+
+def test_exit_statuses_tell_bad_input_from_a_bug_in_parity(tmp_path, monkeypatch):
+    """2: bad input (one line, the fix); 3: anything bad input does not explain, a bug; 1 stays 'disagree'."""
+    from parity.synthetic import release_archive
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(main, ["verify", str(release_archive("RN50")), "--report-dir",
+                                       str(tmp_path / "afile" / "reports")])
+    assert result.exit_code == 2 and "cannot hold the reports" in result.output, result.output
+
+    import parity.conversion
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(parity.conversion, "nonfinite", broken)
+    result = CliRunner().invoke(main, ["convert", str(release_archive("RN50")), "--to", "paddle",
+                                       "-o", str(tmp_path / "x.pdparams")])
+    assert result.exit_code == 3, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: internal error, a bug in parity (KeyError: 'a bug')") and "--debug" in line
+    assert not (tmp_path / "x.pdparams").exists()

@@ -1,4 +1,6 @@
 """The layouts and their rows: one-to-one on real key sets, both models' state dicts, bit-exact round trips."""
+import re
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,8 @@ def test_every_row_maps_one_to_one_on_real_key_sets(name):
     layout = layouts.get(name)
     used = set()
     for entry in registry.ENTRIES.values():
+        if entry.config.vision.kind not in layout.KINDS:
+            continue
         hub_keys = layouts.HUB.shapes(entry.config, archive_entries=True)
         produced = {}
         for key in hub_keys:
@@ -35,8 +39,8 @@ def test_every_row_maps_one_to_one_on_real_key_sets(name):
 @pytest.mark.parametrize("name", SPOKES)
 def test_rows_are_few_and_never_unrolled_per_layer(name):
     rows = layouts.get(name).KEYMAP.rows
-    assert len(rows) <= 24
-    assert not any(ch.isdigit() for row in rows for ch in row.hub)
+    assert len(rows) <= 40  # a layout that renames both towers' blocks states them once per tower
+    assert not any(re.search(r"\.\d+(\.|$)", pattern) for row in rows for pattern in (row.hub, row.layout or ""))
 
 
 @pytest.mark.parametrize("variant,seed", variant_params())
@@ -65,7 +69,8 @@ def test_round_trip_is_bit_identical(variant, seed):
         layouts.HUB.ARCHIVE_ENTRIES, (config.vision.image_size, config.text.context_length, config.text.vocab_size))})
     for dtype in ("float32", None):
         paddle_sd, record = layouts.to_layout(source, "paddle", dtype=dtype)
-        assert all(a.dtype == np.float32 for a in paddle_sd.values()) or dtype is None
+        floats = {str(a.dtype) for a in paddle_sd.values() if a.dtype.kind == "f"}
+        assert floats == ({"float32"} if dtype else {"float16", "float32"})  # cast, or the source's mix kept
         back, notes = layouts.to_hub(paddle_sd, "paddle", record)
         assert notes == []
         assert_same_tensors(back, source)

@@ -37,6 +37,17 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def weight_map(index: dict, where) -> dict[str, str]:
+    """A sharded index's map of tensor names to shard files (file names in the folder, nothing else)."""
+    mapping = index.get("weight_map")
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise CheckpointError(f"{where}: no weight_map of tensor names to shard files")
+    for shard in set(mapping.values()):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise CheckpointError(f"{where}: shard {shard!r} is not a file name in the folder")
+    return mapping
+
+
 class FileInput:
     """One checkpoint file, opened once."""
 
@@ -93,15 +104,9 @@ class FolderInput:
         index = next((n for n in INDEXES if (self.path / n).is_file()), None)
         if index is None:
             raise CheckpointError(f"{self.path}: no weights: none of {', '.join(WEIGHTS)} nor a sharded index")
-        data = read_json(self.path / index, index)
-        weight_map = data.get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise CheckpointError(f"{self.path / index}: no weight_map of tensor names to shard files")
-        self.weight_map = weight_map
-        shards = sorted(set(weight_map.values()))
+        self.weight_map = weight_map(read_json(self.path / index, index), self.path / index)
+        shards = sorted(set(self.weight_map.values()))
         for shard in shards:
-            if "/" in shard or shard in ("", ".", ".."):
-                raise CheckpointError(f"{self.path / index}: shard {shard!r} is not a file name in the folder")
             if not (self.path / shard).is_file():
                 raise CheckpointError(f"{self.path}: shard {shard} is missing (named by {index})")
         return shards

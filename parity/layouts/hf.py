@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig
+from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, real
 from .rows import KeyMap, Row
 
 NAME, FRAMEWORK = "hf", "torch"
@@ -91,16 +91,23 @@ def config_from_json(data: dict) -> Config:
     try:
         t = {**TEXT, **data.get("text_config", {})}
         v = {**VISION, **data.get("vision_config", {})}
-        text = TextConfig(int(t["hidden_size"]), int(t["num_hidden_layers"]), int(t["intermediate_size"]),
-                          int(t["max_position_embeddings"]), int(t["vocab_size"]), int(t["num_attention_heads"]),
-                          t["hidden_act"], float(t["layer_norm_eps"]))
-        vision = VisionConfig("vit", int(v["num_hidden_layers"]), int(v["hidden_size"]), int(v["image_size"]),
-                              int(v["patch_size"]), int(v["intermediate_size"]), int(v["num_attention_heads"]),
-                              v["hidden_act"], float(v["layer_norm_eps"]))
-        if int(t.get("eos_token_id", 2)) not in (2, 49407):
-            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']}: the text pools at another token "
+
+        def ti(key):
+            return integer(t[key], f"text_config.{key}")
+
+        def vi(key):
+            return integer(v[key], f"vision_config.{key}")
+
+        text = TextConfig(ti("hidden_size"), ti("num_hidden_layers"), ti("intermediate_size"),
+                          ti("max_position_embeddings"), ti("vocab_size"), ti("num_attention_heads"),
+                          t["hidden_act"], real(t["layer_norm_eps"], "text_config.layer_norm_eps"))
+        vision = VisionConfig("vit", vi("num_hidden_layers"), vi("hidden_size"), vi("image_size"), vi("patch_size"),
+                              vi("intermediate_size"), vi("num_attention_heads"), v["hidden_act"],
+                              real(v["layer_norm_eps"], "vision_config.layer_norm_eps"))
+        if t.get("eos_token_id", 2) not in (2, 49407):
+            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']!r}: the text pools at another token "
                               "than CLIP's end of text")
-        config = Config(int(data.get("projection_dim", 512)), vision, text)
+        config = Config(integer(data.get("projection_dim", 512), "projection_dim"), vision, text)
     except (TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"config.json is not a CLIPConfig ({type(e).__name__}: {e})") from None
     config.validate()

@@ -9,7 +9,7 @@ the config says, so only configs with eps 1e-5 can be written.
 """
 from __future__ import annotations
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig
+from ..config import Config, ConfigError, TextConfig, VisionConfig, integer
 from .openai import ARCHIVE_ENTRIES
 from .rows import KeyMap, Row
 
@@ -100,22 +100,28 @@ def config_from_json(data: dict) -> Config:
     try:
         t = {**TEXT, **data.get("text_config", {})}
         v = {**VISION, **data.get("vision_config", {})}
-        text = TextConfig(int(t["hidden_size"]), int(t["num_hidden_layers"]), int(t["intermediate_size"]),
-                          int(t["max_position_embeddings"]), int(t["vocab_size"]), int(t["num_attention_heads"]),
-                          t["hidden_act"], EPS)
+
+        def ti(key):
+            return integer(t[key], f"text_config.{key}")
+
+        def vi(key):
+            return integer(v[key], f"vision_config.{key}")
+
+        text = TextConfig(ti("hidden_size"), ti("num_hidden_layers"), ti("intermediate_size"),
+                          ti("max_position_embeddings"), ti("vocab_size"), ti("num_attention_heads"), t["hidden_act"], EPS)
         if isinstance(v["num_hidden_layers"], (list, tuple)):
-            width = int(v["hidden_size"])
-            heads = v.get("num_attention_heads")
-            vision = VisionConfig("resnet", tuple(int(n) for n in v["num_hidden_layers"]), width, int(v["image_size"]),
-                                  heads=int(heads) if heads is not None else width * 32 // 64)
+            width = vi("hidden_size")
+            layers = tuple(integer(n, "vision_config.num_hidden_layers") for n in v["num_hidden_layers"])
+            # PaddleNLP's own rule where the config names no head count: width * 32 / 64
+            heads = vi("num_attention_heads") if v.get("num_attention_heads") is not None else width * 32 // 64
+            vision = VisionConfig("resnet", layers, width, vi("image_size"), heads=heads)
         else:
-            vision = VisionConfig("vit", int(v["num_hidden_layers"]), int(v["hidden_size"]), int(v["image_size"]),
-                                  int(v["patch_size"]), int(v["intermediate_size"]), int(v["num_attention_heads"]),
-                                  v["hidden_act"], EPS)
-        if int(t.get("eos_token_id", 2)) not in (2, 49407):
-            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']}: the text pools at another token "
+            vision = VisionConfig("vit", vi("num_hidden_layers"), vi("hidden_size"), vi("image_size"), vi("patch_size"),
+                                  vi("intermediate_size"), vi("num_attention_heads"), v["hidden_act"], EPS)
+        if t.get("eos_token_id", 2) not in (2, 49407):
+            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']!r}: the text pools at another token "
                               "than CLIP's end of text")
-        config = Config(int(data.get("projection_dim", 512)), vision, text)
+        config = Config(integer(data.get("projection_dim", 512), "projection_dim"), vision, text)
     except (TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"config.json is not a PaddleNLP CLIPConfig ({type(e).__name__}: {e})") from None
     config.validate()
