@@ -312,11 +312,11 @@ def main() -> None:
 
 
 def write_reports(data: dict, folder: Path) -> None:
+    from parity.formats.atomic import write_bytes
+
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("bench.json", json.dumps(data, indent=1)), ("bench.md", markdown(data))):
-        tmp = folder / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+        write_bytes(folder / name, text.encode())
     print(markdown(data))
 
 

@@ -89,9 +89,11 @@ def report(results: list[dict], seconds: int, folder: Path) -> Path:
               "the safetensors reader mutates its JSON header with the length made right, so inputs get past "
               "the container checks; a quarter of the mutations stay plain byte mutations. Failing inputs are "
               "kept under tests/fuzz_regressions/ and replayed by the test suite.", ""]
+    from parity.formats.atomic import write_bytes
+
     path = folder / "fuzz.md"
-    path.write_text("\n".join(lines))
-    (folder / "fuzz.json").write_text(json.dumps({"date": now, "seconds": seconds, "results": results}, indent=1))
+    write_bytes(path, "\n".join(lines).encode())
+    write_bytes(folder / "fuzz.json", json.dumps({"date": now, "seconds": seconds, "results": results}, indent=1).encode())
     return path
 
 

@@ -14,6 +14,7 @@ from .frameworks import device_names, select_device
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, run_paddle, run_torch, verify_pair
 from .inputs import SAMPLES, canonical_inputs
 from .loading import paddle_model, torch_model
+from .report import Report
 from .tokenizer import VOCAB_SIZE, tokenize
 
 FRAMEWORKS = ("torch", "paddle")
@@ -103,19 +104,19 @@ def sides(first, second=None, config=None):
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False,
-           noise_factor: float = NOISE_FACTOR) -> dict:
+           noise_factor: float = NOISE_FACTOR) -> Report:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
-    checkpoint against a Paddle one (each framework loads its own). Returns the report dict; its
-    "passed" is the gate. Official files (by SHA-256) are also checked against the reference table.
+    checkpoint against a Paddle one (each framework loads its own). Returns the Report; its `passed` is
+    the gate, its `to_dict()` the JSON that `parity verify` writes. Official files (by SHA-256) are also checked against the reference table.
     `config` (a Config, a registered name or a JSON file) gives the config where the file has none.
 
-    >>> parity.verify("RN50.pt")["passed"]                          # doctest: +SKIP
+    >>> parity.verify("RN50.pt").passed                             # doctest: +SKIP
     True
     """
     torch_sd, paddle_sd, resolved, label, sources, reference = sides(first, second, config)
     report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
                          photos=photos, layers=layers, reference=reference, noise_factor=noise_factor)
-    report["sources"] = sources
+    report.sources = sources
     return report
 
 

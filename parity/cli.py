@@ -179,17 +179,17 @@ def _report_options(f):
     return f
 
 
-def _verdict(report: dict) -> str:
-    d = report["differences"]["logits"]
-    text = (f"{report['variant']}: {'PASS' if report['passed'] else 'FAIL'} — logit torch {report['torch_logit']:.6f} "
-            f"paddle {report['paddle_logit']:.6f} |Δ| {d['max_abs']:.2e} (bound {d['bound']:.1e}, {d['bound_kind']}), "
-            f"feature cosine {report['feature_cosine']:.8f}")
-    if "photos" in report:
-        text += f", top-5 agreement {report['photos']['topk_agreement']:.0%}"
-    if "reference" in report:
-        text += f", reference {report['reference']['logit']:.4f} {'PASS' if report['reference']['passed'] else 'FAIL'}"
-    if report.get("layers"):
-        text += f"; first module beyond its bound: {report['layers']['first_divergence'] or 'none'}"
+def _verdict(report) -> str:
+    d = report.differences["logits"]
+    text = (f"{report.variant}: {'PASS' if report.passed else 'FAIL'} — logit torch {report.torch_logit:.6f} "
+            f"paddle {report.paddle_logit:.6f} |Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, {d.bound_kind}), "
+            f"feature cosine {report.feature_cosine:.8f}")
+    if report.photos:
+        text += f", top-5 agreement {report.photos.topk_agreement:.0%}"
+    if report.reference:
+        text += f", reference {report.reference.logit:.4f} {'PASS' if report.reference.passed else 'FAIL'}"
+    if report.layers:
+        text += f"; first module beyond its bound: {report.layers['first_divergence'] or 'none'}"
     return text
 
 
@@ -227,11 +227,11 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float
     except Exception as e:
         _fail(e, debug)
     if as_json:
-        click.echo(json.dumps(report, indent=1))
+        click.echo(json.dumps(report.to_dict(), indent=1))
     else:
         echo(_verdict(report))
         echo("wrote " + ", ".join(str(p) for p in paths.values()))
-    sys.exit(0 if report["passed"] else 1)
+    sys.exit(0 if report.passed else 1)
 
 
 @main.command()
@@ -316,14 +316,14 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
             raise UserError(printable(f"{entry.name}: {e}"))
         gc.collect()
         results.append(result)
-        click.echo(f" {'PASS' if result['passed'] else 'FAIL'} |Δ logit| {result['differences']['logits']['max_abs']:.2e} "
-                   f"({result['seconds']:.1f} s)")
+        click.echo(f" {'PASS' if result.passed else 'FAIL'} |Δ logit| {result.differences['logits'].max_abs:.2e} "
+                   f"({result.seconds:.1f} s)")
     total = time.perf_counter() - start
     md_path, json_path = write_verify_all(results, report_dir, total)
     click.echo("\n" + printable(markdown_table(results), newlines=True))
     echo()
     echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
-    sys.exit(0 if all(r["passed"] for r in results) else 1)
+    sys.exit(0 if all(r.passed for r in results) else 1)
 
 
 @main.command()

@@ -18,6 +18,7 @@ from .config import Config
 from .inputs import SampleSet, canonical_inputs, sample_set
 from .frameworks import device_names, import_paddle, select_device
 from .loading import paddle_model, torch_model
+from .report import PhotoFeature, Photos, ReferenceCheck, Report
 
 OUTPUTS = ("logits", "image_features", "text_features")
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-5
@@ -255,7 +256,7 @@ def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: float) -> dict:
+def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: float) -> Photos:
     # The float32 noise floor is measured on the canonical pair only (float64 convolutions of a batch of
     # photographs take minutes on a CPU), so the photographs are gated on what a user relies on: the same
     # best caption for every photograph, and every feature vector pointing the same way (cosine).
@@ -266,23 +267,20 @@ def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: flo
     for name in ("image_features", "text_features"):
         d = Difference.between(t[name], p[name])
         cosines = _row_cosines(t[name], p[name])
-        diffs[name] = {"max_abs": d.max_abs, "relative": d.relative, "min_row_cosine": float(cosines.min()),
-                       "bound": min_cosine, "passed": bool(cosines.min() >= min_cosine)}
+        diffs[name] = PhotoFeature(d.max_abs, d.relative, float(cosines.min()), min_cosine,
+                                   bool(cosines.min() >= min_cosine))
     argmax = top_t[:, 0] == top_p[:, 0]
-    return {"names": photos.names, "captions": photos.captions,
-            "torch_similarity": st.tolist(), "paddle_similarity": sp.tolist(),
-            "argmax_agreement": float(np.mean(argmax)), "top_k": k,
-            "topk_agreement": float(np.mean([list(a) == list(b) for a, b in zip(top_t, top_p)])),
-            "similarity_max_abs": float(np.max(np.abs(st - sp))), "differences": diffs,
-            "passed": all(d["passed"] for d in diffs.values()) and bool(np.all(argmax))}
+    return Photos(photos.names, photos.captions, st.tolist(), sp.tolist(), float(np.mean(argmax)), k,
+                  float(np.mean([list(a) == list(b) for a, b in zip(top_t, top_p)])), float(np.max(np.abs(st - sp))),
+                  diffs, all(d.passed for d in diffs.values()) and bool(np.all(argmax)))
 
 
 def verify_pair(torch_sd: dict, paddle_sd: dict, config: Config, *, weights: str = "unlabelled",
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
-                min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR) -> dict:
-    """Compare parity's torch model on `torch_sd` (official layout) with parity's Paddle model on
-    `paddle_sd` (Paddle layout) on identical inputs; returns the report as a dict.
+                min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR) -> Report:
+    """Compare parity's torch model on `torch_sd` (the hub layout) with parity's Paddle model on
+    `paddle_sd` (parity's Paddle layout) on identical inputs; returns the Report.
 
     `reference`: the reference table's canonical logit for official weights, checked against torch's
     logit within `atol` plus the table's rounding (half a unit in the 4th decimal).
@@ -296,33 +294,27 @@ def verify_pair(torch_sd: dict, paddle_sd: dict, config: Config, *, weights: str
     t = _torch_side(torch_sd, config, image, text, shots, devices["torch"])
     p = _paddle_side(paddle_sd, config, image, text, shots, devices["paddle"])
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
-    report = {
-        "variant": registry.name_of(config) or "custom", "weights": weights, "config": config.to_dict(),
-        "devices": device_names(devices), "versions": versions(), "atol": atol, "rtol": rtol, "noise_factor": noise_factor,
-        "inputs": {"canonical": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) "
-                                f"float32, text ones (1, {t_cfg.context_length}) int64",
-                   "photos": shots.names if shots else []},
-        "torch_logit": float(t.canonical.logits.ravel()[0]), "paddle_logit": float(p.canonical.logits.ravel()[0]),
-        "noise_floor": t.noise, "differences": {k: asdict(v) for k, v in diffs.items()},
-        "feature_cosine": min(diffs["image_features"].cosine, diffs["text_features"].cosine),
-        "features": {"torch": _features(t.canonical), "paddle": _features(p.canonical)},
-        "seconds_torch": t.seconds, "seconds_paddle": p.seconds,
-    }
+    report = Report(
+        registry.name_of(config) or "custom", weights, config.to_dict(), device_names(devices), versions(), atol, rtol,
+        noise_factor, {"canonical": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) float32, text ones "
+                                    f"(1, {t_cfg.context_length}) int64", "photos": shots.names if shots else []},
+        float(t.canonical.logits.ravel()[0]), float(p.canonical.logits.ravel()[0]), t.noise, diffs,
+        min(diffs["image_features"].cosine, diffs["text_features"].cosine),
+        {"torch": _features(t.canonical), "paddle": _features(p.canonical)}, t.seconds, p.seconds)
     passed = all(d.passed for d in diffs.values())
     if shots:
-        report["photos"] = _photo_comparison(shots, t.photos, p.photos, min_cosine)
-        passed = passed and report["photos"]["passed"]
+        report.photos = _photo_comparison(shots, t.photos, p.photos, min_cosine)
+        passed = passed and report.photos.passed
     if reference is not None:
         bound = atol + 5e-5  # the table gives 4 decimals
-        report["reference"] = {"logit": reference, "torch_delta": abs(report["torch_logit"] - reference),
-                               "paddle_delta": abs(report["paddle_logit"] - reference), "bound": bound}
-        report["reference"]["passed"] = max(report["reference"]["torch_delta"],
-                                            report["reference"]["paddle_delta"]) <= bound
-        passed = passed and report["reference"]["passed"]
+        torch_delta, paddle_delta = abs(report.torch_logit - reference), abs(report.paddle_logit - reference)
+        report.reference = ReferenceCheck(reference, torch_delta, paddle_delta, bound,
+                                          max(torch_delta, paddle_delta) <= bound)
+        passed = passed and report.reference.passed
     if layers or not passed:
-        report["layers"] = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor)
-    report["passed"] = passed
-    report["seconds"] = time.perf_counter() - start
+        report.layers = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor)
+    report.passed = passed
+    report.seconds = time.perf_counter() - start
     return report
 
 
@@ -341,7 +333,7 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def verify_state_dict(state_dict: dict, weights: str, config: Config, **options) -> dict:
+def verify_state_dict(state_dict: dict, weights: str, config: Config, **options) -> Report:
     """Hub-layout weights through parity's torch model and, through the Paddle layout's rows, its Paddle model."""
     plan, _ = layouts.rows.from_hub(state_dict, layouts.paddle.KEYMAP, "float32")
     paddle_sd = {k: p() for k, p in plan.items()}

@@ -34,17 +34,17 @@ def test_official_torch_and_paddle_agree(variant, seed, figures):
 
     # parity's torch vs Paddle, through the key map, gated as `parity verify-all` gates
     result = verify_state_dict(state, f"synthetic seed {seed}", config, photos=False, device="cpu")
-    d, noise = result["differences"], result["noise_floor"]
+    d, noise = result.to_dict()["differences"], result.noise_floor
     figures.append(
-        f"{variant:15s} seed {seed}: logit {result['torch_logit']:+.6f} |Δ| torch-paddle {d['logits']['max_abs']:.2e} "
+        f"{variant:15s} seed {seed}: logit {result.torch_logit:+.6f} |Δ| torch-paddle {d['logits']['max_abs']:.2e} "
         f"(bound {d['logits']['bound']:.1e}, {d['logits']['bound_kind']}); fp32 noise {noise['logits_measured']:.2e} "
         f"measured, {noise['logits_propagated']:.2e} propagated; max |Δ feature| "
         f"{max(d['image_features']['max_abs'], d['text_features']['max_abs']):.2e}, cosines "
         f"{d['image_features']['cosine']:.8f}/{d['text_features']['cosine']:.8f}")
-    assert result["torch_logit"] == pytest.approx(official_out.logits.item(), abs=1e-6)
+    assert result.torch_logit == pytest.approx(official_out.logits.item(), abs=1e-6)
     for name in OUTPUTS:
         assert d[name]["max_abs"] <= d[name]["bound"] and d[name]["passed"], (name, d[name], noise)
-    assert result["feature_cosine"] >= 0.99999 and result["passed"] and "layers" not in result
+    assert result.feature_cosine >= 0.99999 and result.passed and result.layers is None
 
 
 def test_float64_runs_and_rounds_back_exactly():
