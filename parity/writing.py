@@ -278,8 +278,8 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
 
     if fmt == "folder":
         return _save_folder(ck, path, target, tensors, text, before_naming, force)
-    atomic_write(path, write, check, force=force)
-    return Saved(path, tensors, target.NAME, fmt, path.stat().st_size)
+    size = atomic_write(path, write, check, force=force)
+    return Saved(path, tensors, target.NAME, fmt, size)
 
 
 def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Callable[[], str | None],
@@ -311,5 +311,5 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
         files.append(("parity.json", lambda f: f.write(text().encode()), None))
     if hasattr(target, "extra_files"):
         files += [(name, lambda f, data=data: f.write(data), None) for name, data in target.extra_files(config).items()]
-    atomic_folder(path, files, force=force)
-    return Saved(path, tensors, target.NAME, "folder", sum(p.stat().st_size for p in path.iterdir()))
+    size = atomic_folder(path, files, force=force)
+    return Saved(path, tensors, target.NAME, "folder", size)

@@ -191,12 +191,13 @@ def test_input_is_never_the_output_nor_modified(tmp_path, rn50):
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
 
 
-def test_passl_layout_is_refused_with_a_reason(tmp_path):
+def test_a_fragment_of_a_layout_is_not_a_clip(tmp_path):
+    # PASSL's telltale fused qkv, but no text tower: not a CLIP in any layout (a PASSL ResNet: test_config_cli)
     state = {f"blocks.{i}.attn.qkv.weight": np.zeros((12, 4), np.float32) for i in range(2)}
     state["cls_token"] = np.zeros((1, 1, 4), np.float32)
     src = tmp_path / "passl.pdparams"
     src.write_bytes(pickle.dumps({"state_dict": {f"model.{k}": v for k, v in state.items()}}, protocol=4))
-    assert_refused(run("convert", src, "--to", "torch"), "PASSL", "not read yet")
+    assert_refused(run("convert", src, "--to", "torch"), "not a CLIP checkpoint", "no telltale key")
 
 
 def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
@@ -205,10 +206,10 @@ def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
     _, good = rn50
     real = pdparams.write
 
-    def corrupting(f, tensors, record):
+    def corrupting(f, tensors, record, wrap=None):
         tensors = {k: tensors[k].copy() for k in tensors}
         tensors["ln_final.bias"].view(np.uint8)[0] ^= 1
-        real(f, tensors, record)
+        real(f, tensors, record, wrap)
 
     monkeypatch.setattr(pdparams, "write", corrupting)
     out = tmp_path / "x.pdparams"

@@ -138,9 +138,10 @@ def _unlink(name: str, folder: int) -> None:
 
 
 def atomic_write(path, write: Callable[[BinaryIO], None], check: Callable[[Source], None] | None = None,
-                 force: bool = False, mode: int | None = None) -> None:
+                 force: bool = False, mode: int | None = None) -> int:
     """Write `path` atomically: write(f) into a new file, check(source) on what was written (read back
-    through the same descriptor), then give it its name. CheckpointError (nothing left) on any failure.
+    through the same descriptor), then give it its name; returns its size in bytes (told by the
+    descriptor: the name may be another process's by then). CheckpointError (nothing left) on any failure.
 
     Without `force`, an existing `path` (a symlink or a dangling symlink too) is refused; with it, the
     entry is replaced. `mode` defaults to a new file's usual mode (0666 less the umask).
@@ -165,10 +166,15 @@ def atomic_write(path, write: Callable[[BinaryIO], None], check: Callable[[Sourc
             check(FileSource(path, fd))
         os.fchmod(fd, (0o666 & ~_umask()) if mode is None else mode)
         _publish(fd, folder, path.name, temp, force)
-        named = os.stat(path.name, dir_fd=folder, follow_symlinks=False)
-        if not os.path.samestat(named, os.fstat(fd)):
-            raise CheckpointError(f"{path}: another process replaced the output as parity named it; what is "
-                                  "there now is not parity's file")
+        written = os.fstat(fd)
+        try:
+            named = os.stat(path.name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        if named is None or not os.path.samestat(named, written):
+            raise CheckpointError(f"{path}: another process replaced or removed the output as parity named it; "
+                                  "what is there now is not parity's file")
+        return written.st_size
     except FileExistsError:
         raise OutputExistsError(f"{path} already exists (it appeared while parity wrote); nothing was "
                                 "written") from None
@@ -188,11 +194,11 @@ def write_bytes(path, data: bytes, force: bool = True) -> None:
 
 
 def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Callable[[Source], None] | None]],
-                  force: bool = False) -> None:
+                  force: bool = False) -> int:
     """Write a folder atomically: each (name, write, check) file is written and checked (atomic_write) in
     a new folder beside `path`, which then takes the name `path`. Without `force`, an existing `path` is
-    refused; with it, the old entry is moved aside and removed once the new folder is in place. On any
-    failure nothing is left."""
+    refused; with it, the old entry is moved aside and removed once the new folder is in place. Returns
+    the files' total size. On any failure nothing is left."""
     path = Path(path)
     try:
         parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -214,8 +220,7 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
         if temp is None:
             raise CheckpointError("could not create a temporary folder under a fresh name")
         building = path.parent / temp
-        for name, write, check in files:
-            atomic_write(building / name, write, check)
+        size = sum(atomic_write(building / name, write, check) for name, write, check in files)
         old = None
         if _exists(path.name, parent):
             if not force:
@@ -231,6 +236,7 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
                 shutil.rmtree(old, dir_fd=parent)
             else:
                 os.unlink(old, dir_fd=parent)
+        return size
     except OSError as e:
         raise CheckpointError(f"{path}: writing failed ({e.strerror or e}); nothing was written") from None
     finally:
