@@ -131,3 +131,27 @@ def test_exit_statuses_tell_bad_input_from_a_bug_in_parity(tmp_path, monkeypatch
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: internal error, a bug in parity (KeyError: 'a bug')") and "--debug" in line
     assert not (tmp_path / "x.pdparams").exists()
+
+
+def test_library_messages_name_no_cli_flag_and_the_cli_adds_them(tmp_path):
+    """The library says what is wrong; the command line adds which of its flags fixes it."""
+    import pytest
+
+    import parity
+    from parity.errors import ParityError
+    from parity.synthetic import release_archive
+    (tmp_path / "x.pdparams").write_bytes(b"there")
+    custom = tmp_path / "custom.pt"
+    import torch
+    from hostile_files import tiny_state
+    torch.save(tiny_state(1000), custom)
+    calls = [lambda: parity.convert(release_archive("RN50"), "paddle", tmp_path / "x.pdparams"),
+             lambda: parity.convert(release_archive("RN50"), "torch", release_archive("RN50")),
+             lambda: parity.logits(custom, "torch", device="cpu"),
+             lambda: parity.load(release_archive("RN50"), config="ViT-B/32")]
+    for call in calls:
+        with pytest.raises(ParityError) as caught:
+            call()
+        assert "--" not in str(caught.value), str(caught.value)
+    result = CliRunner().invoke(main, ["logits", str(custom), "--framework", "torch"])
+    assert result.exit_code == 2 and "--config" in result.output
