@@ -168,6 +168,13 @@ def real(value, name: str) -> float:
     return float(value)
 
 
+def section(data: Mapping, key: str, defaults: Mapping):
+    """A part of a library's config.json (e.g. text_config) over that library's defaults, and a reader of
+    its integers that names the field it refuses."""
+    values = {**defaults, **data.get(key, {})}
+    return values, lambda name: integer(values[name], f"{key}.{name}")
+
+
 def read_config_file(path: Path) -> Config:
     """A config from a JSON file in `Config.to_dict`'s form (`parity info --json` shows a file's as
     config_fields, with null for what is unknown), or such an object under a "config" key."""

@@ -101,6 +101,15 @@ def _create(folder: int) -> tuple[int, str | None]:
 _PROC = os.path.isdir("/proc/self/fd")
 
 
+def _open_folder(path: Path) -> int:
+    """A descriptor of the folder that `path` is to be written in (every name is then made relative to it)."""
+    try:
+        return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another "
+                              "output") from None
+
+
 def _link(fd: int, folder: int, name: str, temp: str | None) -> None:
     """Give the open file `name` (EEXIST if the name exists): linkat through /proc, which reaches the
     descriptor's own file whatever was done to its temporary name; by that name only without /proc."""
@@ -147,11 +156,7 @@ def atomic_write(path, write: Callable[[BinaryIO], None], check: Callable[[Sourc
     entry is replaced. `mode` defaults to a new file's usual mode (0666 less the umask).
     """
     path = Path(path)
-    try:
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another "
-                              "output") from None
+    folder = _open_folder(path)
     temp: str | None = None
     fd = -1
     try:
@@ -200,11 +205,7 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
     refused; with it, the old entry is moved aside and removed once the new folder is in place. Returns
     the files' total size. On any failure nothing is left."""
     path = Path(path)
-    try:
-        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another "
-                              "output") from None
+    parent = _open_folder(path)
     temp: str | None = None
     try:
         if not force and _exists(path.name, parent):

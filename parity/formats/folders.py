@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CheckpointError
-from .source import FileSource, open_source, sha256
+from .source import FileSource, open_source, sha256, user_stat
 
 # weight files a folder may hold, in the order their libraries prefer them
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model_state.pdparams")
@@ -171,12 +171,6 @@ class FolderInput:
 def open_input(path) -> FileInput | FolderInput:
     """A checkpoint file or folder given by a user; CheckpointError, naming it, for anything else."""
     path = Path(path)
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except OSError as e:  # a name too long, a loop of links, a folder without search permission
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
-    if stat.S_ISDIR(info.st_mode):
+    if stat.S_ISDIR(user_stat(path).st_mode):
         return FolderInput(path)
     return FileInput(path)

@@ -137,16 +137,20 @@ class FileSource(Source):
         self.close()
 
 
-def open_source(path) -> FileSource:
-    """A FileSource for a path given by a user: CheckpointError, naming it, for anything but a regular file."""
-    path = Path(path)
+def user_stat(path: Path) -> os.stat_result:
+    """os.stat of a path given by a user: CheckpointError, naming it, where there is nothing to read."""
     try:
-        info = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except OSError as e:  # a name too long, a loop of links, a folder without search permission
         raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
+
+
+def open_source(path) -> FileSource:
+    """A FileSource for a path given by a user: CheckpointError, naming it, for anything but a regular file."""
+    path = Path(path)
+    if not stat.S_ISREG(user_stat(path).st_mode):
         raise CheckpointError(f"{path}: not a file")
     return FileSource(path)
 

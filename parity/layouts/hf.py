@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, real
+from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, real, section
 from .rows import KeyMap, Row
 
 NAME, FRAMEWORK = "hf", "torch"
@@ -89,15 +89,8 @@ VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 
 def config_from_json(data: dict) -> Config:
     """The Config that transformers builds from this config.json (its defaults where a key is absent)."""
     try:
-        t = {**TEXT, **data.get("text_config", {})}
-        v = {**VISION, **data.get("vision_config", {})}
-
-        def ti(key):
-            return integer(t[key], f"text_config.{key}")
-
-        def vi(key):
-            return integer(v[key], f"vision_config.{key}")
-
+        t, ti = section(data, "text_config", TEXT)
+        v, vi = section(data, "vision_config", VISION)
         text = TextConfig(ti("hidden_size"), ti("num_hidden_layers"), ti("intermediate_size"),
                           ti("max_position_embeddings"), ti("vocab_size"), ti("num_attention_heads"),
                           t["hidden_act"], real(t["layer_norm_eps"], "text_config.layer_norm_eps"))

@@ -9,7 +9,7 @@ the config says, so only configs with eps 1e-5 can be written.
 """
 from __future__ import annotations
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig, integer
+from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, section
 from .openai import ARCHIVE_ENTRIES
 from .rows import KeyMap, Row
 
@@ -98,15 +98,8 @@ def config_from_json(data: dict) -> Config:
     """The Config that PaddleNLP builds from this config.json (its defaults where a key is absent; eps is
     always 1e-5, as its model computes)."""
     try:
-        t = {**TEXT, **data.get("text_config", {})}
-        v = {**VISION, **data.get("vision_config", {})}
-
-        def ti(key):
-            return integer(t[key], f"text_config.{key}")
-
-        def vi(key):
-            return integer(v[key], f"vision_config.{key}")
-
+        t, ti = section(data, "text_config", TEXT)
+        v, vi = section(data, "vision_config", VISION)
         text = TextConfig(ti("hidden_size"), ti("num_hidden_layers"), ti("intermediate_size"),
                           ti("max_position_embeddings"), ti("vocab_size"), ti("num_attention_heads"), t["hidden_act"], EPS)
         if isinstance(v["num_hidden_layers"], (list, tuple)):
