@@ -97,7 +97,8 @@ def _target(ck: Checkpoint, layout, fmt: str, dtype: str | None) -> tuple[Target
     if layout.NAME == layouts.HUB.NAME:
         return Target(_cast(ck.hub_plan(), dtype), False), None
     default = "float32" if layout.FRAMEWORK == "paddle" else None  # Paddle computes float32 on a CPU
-    plan, record = layouts.rows.from_hub(ck.hub_state(), layout.KEYMAP, None if dtype == "keep" else dtype or default)
+    # the hub as a plan: each hub tensor is made (and its source tensors read) only when its target is
+    plan, record = layouts.rows.from_hub(ck.hub_plan(), layout.KEYMAP, None if dtype == "keep" else dtype or default)
     return Target(plan, fmt == "pdparams"), record
 
 

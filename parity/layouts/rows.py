@@ -176,18 +176,19 @@ def check_keys(state_dict: Mapping, expected: Mapping[str, tuple], what: str = "
 
 
 def as_numpy(x) -> np.ndarray:
-    """numpy view of a torch/paddle tensor or array-like (a Stored tensor: read), without copying where possible."""
+    """numpy view of a torch/paddle tensor or array-like (a Stored tensor: read; a Planned one: made),
+    without copying where possible."""
     if isinstance(x, np.ndarray):
         return x
-    if isinstance(x, Stored):
-        return x.read()
+    if isinstance(x, (Stored, Planned)):
+        return x() if isinstance(x, Planned) else x.read()
     if hasattr(x, "detach"):  # torch
         x = x.detach().cpu()
     return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
 
 
-def dtype_of(x) -> np.dtype:  # without reading a Stored tensor
-    return x.dtype if isinstance(x, (np.ndarray, Stored)) else as_numpy(x).dtype
+def dtype_of(x) -> np.dtype:  # without reading a Stored tensor or making a Planned one
+    return x.dtype if isinstance(x, (np.ndarray, Stored, Planned)) else as_numpy(x).dtype
 
 
 class Planned(NamedTuple):
@@ -239,7 +240,7 @@ def from_hub(hub: Mapping, keymap: KeyMap, dtype: str | None) -> tuple[dict[str,
     plan: dict[str, Planned] = {}
     record = Record()
     for key, value in hub.items():
-        value = value if isinstance(value, Stored) else as_numpy(value)  # a Stored tensor is read when made
+        value = value if isinstance(value, (Stored, Planned)) else as_numpy(value)  # read or made when needed
         row, _ = keymap.hub_row(key)
         if row.layout is None:
             record.buffers[key] = np.array(as_numpy(value))  # a copy: small, and kept
