@@ -155,9 +155,11 @@ def layouts():
     Example:
       parity layouts
     """
-    click.echo(f"{'layout':10} {'framework':9} files")
+    click.echo(f"{'layout':10} {'framework':9} {'holds':11} {'registered models covered':44} files")
     for layout in layout_registry.LAYOUTS.values():
-        click.echo(f"{layout.NAME:10} {layout.FRAMEWORK:9} {layout.FILES}")
+        covered = [e.name for e in registry.ENTRIES.values() if e.config.vision.kind in layout.KINDS]
+        shown = f"all {len(covered)}" if len(covered) == len(registry.ENTRIES) else ", ".join(covered)
+        click.echo(f"{layout.NAME:10} {layout.FRAMEWORK:9} {'+'.join(layout.KINDS):11} {shown:44} {layout.FILES}")
 
 
 def _config_option(f):

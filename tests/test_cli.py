@@ -26,8 +26,11 @@ def test_variants_lists_the_nine():
 def test_layouts_lists_the_hub_first():
     result = CliRunner().invoke(main, ["layouts"])
     assert result.exit_code == 0
-    rows = [line.split()[:2] for line in result.output.splitlines()[1:]]
-    assert rows[0] == ["openai", "torch"] and ["paddle", "paddle"] in rows
+    rows = [line.split()[:4] for line in result.output.splitlines()[1:]]
+    assert rows[0] == ["openai", "torch", "vit+resnet", "all"]
+    assert ["paddle", "paddle", "vit+resnet", "all"] in rows
+    hf = next(line for line in result.output.splitlines() if line.startswith("hf "))
+    assert "ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336px" in hf and "RN50" not in hf
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):
