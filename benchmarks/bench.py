@@ -1,4 +1,5 @@
-"""`make bench`: conversion, forward speed and `make verify-all`, measured side by side on this machine.
+"""`make bench`: conversion, forward speed, `make verify-all` and open_clip's ViT-bigG-14, measured side by
+side on this machine.
 
 Every command runs in a process of its own, as a user runs it; wall time is measured around the process
 and peak RSS is the process's own (`wait4`). Every figure is the median of `--runs` runs, interleaved
@@ -34,7 +35,9 @@ TARGETS = {  # the issue's targets, on a 2-core machine
     "rss_vs_size": 1.3,  # peak RSS above the idle baseline <= 1.3x the checkpoint's size
     "paddle_vs_torch": 1.2,  # Paddle forward / official torch forward, every variant and tower
     "verify_all_seconds": 300.0,
+    "big_verify_rss": 20e9,  # parity verify of a synthetic ViT-bigG-14 on this 24 GB machine: peak RSS <= 20 GB
 }
+BIG = "ViT-bigG-14"
 
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
@@ -154,6 +157,40 @@ def bench_verify_all(runs: int, names, work: Path, env: dict) -> dict:
             "variants": list(names) or "all nine"}
 
 
+# ---------------------------------------------------------------- 4. ViT-bigG-14
+def bench_big(work: Path, env: dict, model: str = BIG) -> dict:
+    """A synthetic open_clip ViT-bigG-14 (float32, 9.46 GiB) as open_clip_model.safetensors: `parity
+    verify` (both towers, then the text tower alone) and `parity convert --to paddle` against cp."""
+    folder = work / "big"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / "open_clip_model.safetensors"
+    made = measure([PYTHON, "-c", f"from parity.synthetic import write_safetensors; write_safetensors({model!r}, "
+                                  f"{str(source)!r})"], env)
+    result = {"model": model, "source_bytes": source.stat().st_size, "write_seconds": made["seconds"]}
+    print(f"  wrote {source.name}: {_gib(result['source_bytes'])} in {made['seconds']:.0f} s", flush=True)
+    try:
+        for tower in ("both", "text"):
+            run = measure([PARITY, "verify", str(source), "--config", model, "--tower", tower, "--device", "cpu",
+                           "--report-dir", str(folder / "reports"), "--json"], env)
+            report = json.loads(run["stdout"])
+            result[f"verify_{tower}"] = {"seconds": run["seconds"], "rss": run["rss"], "passed": report["passed"],
+                                         "differences": {k: v["max_abs"] for k, v in report["differences"].items()},
+                                         "bounds": {k: v["bound"] for k, v in report["differences"].items()}}
+            print(f"  verify --tower {tower}: {run['seconds']:.0f} s, peak RSS {_gib(run['rss'])}, passed "
+                  f"{report['passed']}", flush=True)
+        out = folder / "out.pdparams"
+        cp = measure(["cp", str(source), str(out)], env)
+        out.unlink()
+        conv = measure([PARITY, "convert", str(source), "--to", "paddle", "--config", model, "-o", str(out)], env)
+        result["convert"] = {"cp_seconds": cp["seconds"], "seconds": conv["seconds"], "rss": conv["rss"],
+                             "output_bytes": out.stat().st_size}
+        print(f"  convert --to paddle: {conv['seconds']:.0f} s (cp {cp['seconds']:.0f} s), peak RSS "
+              f"{_gib(conv['rss'])}", flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # 20 GB of temporary files
+    return result
+
+
 # ---------------------------------------------------------------- report
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
@@ -180,6 +217,7 @@ WHY = {
     "verify_all_seconds": "verify-all runs every variant's forward in both frameworks for two seeds, plus a float64 "
                           "torch run for the noise floor: its time follows the forward speed and the host's speed "
                           "(the naive script's time, the same code each time, shows the host's speed in this run)",
+    "big_verify_rss": "peak RSS over the target: see the big-model section for where it goes"
 }
 
 
@@ -197,6 +235,9 @@ def markdown(data: dict) -> str:
           f"parity {m['parity']}, torch {m['torch']}, paddle {m['paddle']}, numpy {m['numpy']}; "
           f"OMP_NUM_THREADS={m['threads']}. Every figure is the median of {data['runs']} runs; every ratio "
           "is taken within this run. Files are read from the page cache (warm), as on a second conversion.", ""]
+    if data.get("kept"):
+        md += ["Sections kept from earlier runs (`--keep`): " + ", ".join(
+            f"{section.replace('_', '-')} (measured {date})" for section, date in data["kept"].items()) + ".", ""]
     conv = data.get("conversion")
     if conv:
         md += ["## 1. Conversion (whole process, synthetic release-format archives)", "",
@@ -232,6 +273,24 @@ def markdown(data: dict) -> str:
     if va:
         md += ["## 3. `make verify-all`", "", f"Variants: {va['variants']}; wall {va['seconds']:.1f} s, peak RSS "
                f"{_gib(va['rss'])}; every run passed: {all(r['passed'] for r in va['runs'])}.", ""]
+    big = data.get("big")
+    if big:
+        md += [f"## 4. open_clip's {big['model']} (synthetic, float32, one file of {_gib(big['source_bytes'])})", "",
+               "`parity verify` holds one tower of one framework at a time, each tensor read from the file as its "
+               "tower is built, and measures the float64 noise floor one residual block at a time.", "",
+               "| command | wall | peak RSS | result |", "|---|---|---|---|"]
+        for tower in ("both", "text"):
+            v = big.get(f"verify_{tower}")
+            if v:
+                md.append(f"| parity verify --tower {tower} | {v['seconds']:.0f} s | {_gib(v['rss'])} | "
+                          f"{'PASS' if v['passed'] else 'FAIL'}: " + ", ".join(
+                              f"{k} |Δ| {d:.1e} (bound {v['bounds'][k]:.1e})" for k, d in v["differences"].items()) + " |")
+        c = big.get("convert")
+        if c:
+            md.append(f"| parity convert --to paddle | {c['seconds']:.0f} s ({c['seconds'] / c['cp_seconds']:.1f}× cp's "
+                      f"{c['cp_seconds']:.0f} s) | {_gib(c['rss'])} ({c['rss'] / big['source_bytes']:.2f}× source) | "
+                      f"{_gib(c['output_bytes'])} written and checked |")
+        md.append("")
     md += ["## Targets", "", "| target | measured | verdict | why (where missed) |", "|---|---|---|---|"]
     for line in data["targets"]:
         md.append(f"| {line['target']} | {line['measured']} | {line['verdict']} | {line.get('why', '')} |")
@@ -265,6 +324,11 @@ def targets(data: dict) -> list[dict]:
     if va:
         lines.append({"kind": "verify_all_seconds", "target": "make verify-all ≤ 5 min", "measured": f"{va['seconds']:.0f} s",
                       "verdict": _verdict(va["seconds"], TARGETS["verify_all_seconds"])})
+    big = (data.get("big") or {}).get("verify_both")
+    if big:
+        lines.append({"kind": "big_verify_rss", "target": f"parity verify {data['big']['model']}: peak RSS ≤ 20 GB",
+                      "measured": f"{big['rss'] / 1e9:.1f} GB" + ("" if big["passed"] else " (the check FAILED)"),
+                      "verdict": _verdict(big["rss"], TARGETS["big_verify_rss"]) if big["passed"] else "failed"})
     for line in lines:
         line["why"] = "" if line["verdict"] == "met" else WHY[line.pop("kind")]
         line.pop("kind", None)
@@ -275,10 +339,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
     parser.add_argument("--verify-all-runs", type=int, default=1, help="runs of verify-all (about 6 min each)")
-    parser.add_argument("--sections", nargs="+", default=["conversion", "forward", "verify-all"],
-                        choices=["conversion", "forward", "verify-all"])
+    parser.add_argument("--sections", nargs="+", default=["conversion", "forward", "verify-all", "big"],
+                        choices=["conversion", "forward", "verify-all", "big"])
     parser.add_argument("--quick", action="store_true", help="ViT-B/32 / RN50 only, one run: a smoke test")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "reports")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the report's other sections (as measured before, dated) beside those measured now")
     parser.add_argument("--rewrite", action="store_true",
                         help="measure nothing: write bench.md again from the report dir's bench.json (verdicts too)")
     args = parser.parse_args()
@@ -293,6 +359,14 @@ def main() -> None:
     work = ROOT / ".cache" / "bench"  # beside the cached checkpoints: the same disk
     work.mkdir(parents=True, exist_ok=True)
     data = {"machine": {**machine(), "threads": env["OMP_NUM_THREADS"]}, "runs": runs, "quick": args.quick}
+    previous = args.report_dir / "bench.json"
+    if args.keep and previous.exists():  # the sections not measured now stay as they were, with their date
+        kept = json.loads(previous.read_text())
+        data["kept"] = {}
+        for section in ("conversion", "forward", "verify_all", "big"):
+            if section in kept and section.replace("_", "-") not in args.sections:
+                data[section] = kept[section]
+                data["kept"][section] = kept.get("kept", {}).get(section, kept["machine"]["date"])
     try:
         if "conversion" in args.sections:
             print("conversion", flush=True)
@@ -305,6 +379,9 @@ def main() -> None:
             print("verify-all", flush=True)
             data["verify_all"] = bench_verify_all(1 if args.quick else args.verify_all_runs,
                                                   ("RN50",) if args.quick else (), work, env)
+        if "big" in args.sections:
+            print(BIG if not args.quick else "ViT-B-32 (quick stand-in for ViT-bigG-14)", flush=True)
+            data["big"] = bench_big(work, env, "ViT-B-32" if args.quick else BIG)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data["targets"] = targets(data)

@@ -2,16 +2,16 @@
 one checkpoint (converted in memory for the other framework) or of a torch/Paddle pair of files."""
 from __future__ import annotations
 
-import gc
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from . import layouts, registry
-from .checkpoint import Checkpoint, load
+from .checkpoint import Checkpoint, load, opened
 from .errors import ParityError
 from .frameworks import device_names, select_device
-from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, run_paddle, run_torch, verify_pair
+from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, paddle_side, torch_side, verify_pair
 from .inputs import SAMPLES, canonical_inputs
 from .loading import paddle_model, torch_model
 from .report import Report
@@ -52,11 +52,6 @@ def weights_label(ck: Checkpoint) -> str:
     return f"{short}, not an official release file"
 
 
-def _float32(state: dict) -> dict:
-    # Paddle computes float32 on a CPU; float16 -> float32 is exact
-    return {k: v.astype(np.float32) if v.dtype.kind == "f" and v.dtype != np.float32 else v for k, v in state.items()}
-
-
 def _provenance(ck: Checkpoint, converted_from: str | None = None) -> dict:
     src = {"path": str(ck.path), "format": ck.format, "sha256": ck.sha256, "layout": ck.layout,
            "official": ck.official}
@@ -69,10 +64,11 @@ def _framework(ck: Checkpoint) -> str:
     return layouts.get(ck.layout).FRAMEWORK
 
 
-def sides(first, second=None, config=None):
-    """(hub state dict, Paddle-layout state dict, config, label, sources, reference logit or None)."""
-    a = load(first, config=config)
-    computable(a)
+def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS):
+    """(hub plan, Paddle-layout plan (float32), config, label, sources, reference logit or None): each
+    tensor is read when a model of its tower is built, from files that `stack` holds open."""
+    a = stack.enter_context(opened(first, config=config))
+    computable(a, captions="text" in towers)
     if second is None:
         torch_ck, paddle_ck = a, a
         via = f"{a.layout} layout, through parity's rows"
@@ -80,8 +76,8 @@ def sides(first, second=None, config=None):
                    "paddle": _provenance(a, None if a.layout == layouts.paddle.NAME else via)}
         label, official = weights_label(a), a.official
     else:
-        b = load(second, config=config)
-        computable(b)
+        b = stack.enter_context(opened(second, config=config))
+        computable(b, captions="text" in towers)
         if {_framework(a), _framework(b)} != {"torch", "paddle"}:
             raise ParityError(f"{first} and {second} are both {_framework(a)} checkpoints ({a.layout}, "
                               f"{b.layout}): give one torch checkpoint and one Paddle checkpoint, or a single "
@@ -98,24 +94,29 @@ def sides(first, second=None, config=None):
         official = torch_ck.official
     entry = registry.by_sha256(torch_ck.sha256)
     reference = entry.reference_logit if official and entry is not None else None
-    paddle_sd = _float32(paddle_ck.in_layout(layouts.paddle.NAME).state_dict)
-    return torch_ck.hub_state(), paddle_sd, torch_ck.config, label, sources, reference
+    # Paddle computes float32 on a CPU; float16 -> float32 is exact
+    return (torch_ck.plan_in(layouts.HUB.NAME), paddle_ck.plan_in(layouts.paddle.NAME, "float32"), torch_ck.config,
+            label, sources, reference)
 
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False,
-           noise_factor: float = NOISE_FACTOR) -> Report:
+           noise_factor: float = NOISE_FACTOR, towers=layouts.HUB.TOWERS) -> Report:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
     checkpoint against a Paddle one (each framework loads its own). Returns the Report; its `passed` is
     the gate, its `to_dict()` the JSON that `parity verify` writes. Official files (by SHA-256) are also checked against the reference table.
     `config` (a Config, a registered name or a JSON file) gives the config where the file has none.
+    `towers`: both (the logits too), or ("text",) or ("image",) alone. One tower of one framework is in
+    memory at a time, its tensors read from the file as it is built.
 
     >>> parity.verify("RN50.pt").passed                             # doctest: +SKIP
     True
     """
-    torch_sd, paddle_sd, resolved, label, sources, reference = sides(first, second, config)
-    report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
-                         photos=photos, layers=layers, reference=reference, noise_factor=noise_factor)
+    with ExitStack() as stack:
+        torch_sd, paddle_sd, resolved, label, sources, reference = sides(stack, first, second, config, towers)
+        report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
+                             photos=photos, layers=layers, reference=reference, noise_factor=noise_factor,
+                             towers=towers)
     report.sources = sources
     return report
 
@@ -137,24 +138,30 @@ def _check_framework(framework: str) -> None:  # before any file is read
         raise ParityError(f"unknown framework {framework!r}: use torch or paddle")
 
 
-def _model(ck: Checkpoint, framework: str, where: str):
+def _model(ck: Checkpoint, framework: str, where: str, towers=layouts.HUB.TOWERS):
     if framework == "torch":
-        return torch_model(ck.hub_state(), ck.config, device=where)
-    return paddle_model(_float32(ck.in_layout(layouts.paddle.NAME).state_dict), ck.config, device=where)
+        return torch_model(ck.plan_in(layouts.HUB.NAME), ck.config, device=where, towers=towers)
+    return paddle_model(ck.plan_in(layouts.paddle.NAME, "float32"), ck.config, device=where, towers=towers)
 
 
-def logits(path, framework: str = "torch", device: str = "auto", config=None) -> dict:
-    """The canonical pair through one framework's model: logit and both feature vectors."""
+def logits(path, framework: str = "torch", device: str = "auto", config=None,
+           towers=layouts.HUB.TOWERS) -> dict:
+    """The canonical pair through one framework's model, one tower at a time: the logit (with both
+    towers) and the feature vectors."""
     _check_framework(framework)
-    ck = load(path, config=config)
-    computable(ck, captions=False)
     devices = select_device(device)
-    model = _model(ck, framework, devices[framework])
-    image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length)
-    out = (run_torch if framework == "torch" else run_paddle)(model, image, text)
-    del model
-    gc.collect()
-    return {"variant": ck.name or "custom", "framework": framework, "device": device_names(devices)[framework],
-            "weights": weights_label(ck), "file": str(Path(path)), "sha256": ck.sha256,
-            "logit": float(out.logits.ravel()[0]), "image_features": out.image_features.ravel().tolist(),
-            "text_features": out.text_features.ravel().tolist()}
+    with opened(path, config=config) as ck:
+        computable(ck, captions=False)
+        image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length)
+        if framework == "torch":
+            out = torch_side(ck.plan_in(layouts.HUB.NAME), ck.config, image, text, None, devices["torch"], towers,
+                             noise=False).canonical
+        else:
+            out = paddle_side(ck.plan_in(layouts.paddle.NAME, "float32"), ck.config, image, text, None,
+                              devices["paddle"], towers).canonical
+    result = {"variant": ck.name or "custom", "framework": framework, "device": device_names(devices)[framework],
+              "weights": weights_label(ck), "file": str(Path(path)), "sha256": ck.sha256,
+              "logit": None if out.logits is None else float(out.logits.ravel()[0])}
+    result.update({name: out[name].ravel().tolist() for name in ("image_features", "text_features")
+                   if out[name] is not None})
+    return result

@@ -9,14 +9,16 @@ config the file already has, is an error naming the field.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
 from collections import Counter
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -69,12 +71,20 @@ class Checkpoint:
 
     def require_config(self) -> Config:
         """The complete config, or ConfigMissingError saying what is unknown and how to give it."""
-        if not self.config.complete:
+        if self.config.complete:
+            return self.config
+        _, fits = registry.config_by_shapes(self.config.shapes())
+        if fits:
+            differ = sorted({f"{tower}.{name}" for a in fits for b in fits for tower in ("vision", "text")
+                             for name in ("heads", "activation", "eps")
+                             if getattr(getattr(a.config, tower), name) != getattr(getattr(b.config, tower), name)})
             raise ConfigMissingError(
-                f"{self.path}: the config is unknown ({', '.join(self.config.missing())}): no tensor says it, the "
-                "file carries no config, and its shapes match no registered model; give a registered name or a "
-                "config file")
-        return self.config
+                f"{self.path}: the config is ambiguous: its shapes fit {_fits(fits)}, which differ in "
+                f"{', '.join(differ)}, and the file carries no config; give a registered name or a config file")
+        raise ConfigMissingError(
+            f"{self.path}: the config is unknown ({', '.join(self.config.missing())}): no tensor says it, the "
+            "file carries no config, and its shapes match no registered model; give a registered name or a "
+            "config file")
 
     def hub_plan(self) -> dict[str, Planned]:
         """The hub (openai) state dict, each tensor made when asked for, in the source's own dtypes."""
@@ -98,6 +108,20 @@ class Checkpoint:
             return {k: _array(v) for k, v in self.state_dict.items()}
         return {k: p() for k, p in self.hub_plan().items()}
 
+    def plan_in(self, name: str, dtype: str | None = "float32") -> dict[str, Planned]:
+        """This checkpoint's tensors in layout `name`, each made when asked for (read from the file, where
+        it is still open); into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
+        target = layouts.get(name)
+        cast = dtype if target.FRAMEWORK == "paddle" else None
+        if target.NAME == self.layout:
+            def wanted(v):
+                return np.dtype(cast) if cast and v.dtype.kind == "f" else v.dtype
+            return {k: Planned(lambda v=v: _array(v), wanted(v), tuple(v.shape)) for k, v in self.state_dict.items()}
+        hub = self.hub_plan()
+        if target.NAME == layouts.HUB.NAME:
+            return hub
+        return layouts.rows.from_hub(hub, target.KEYMAP, cast)[0]
+
     def in_layout(self, name: str, dtype: str | None = "float32") -> "Checkpoint":
         """This checkpoint in layout `name`; into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
         name = layouts.get(name).NAME
@@ -110,6 +134,11 @@ class Checkpoint:
         cast = dtype if target.FRAMEWORK == "paddle" else None
         plan, record = layouts.rows.from_hub(hub, target.KEYMAP, cast)
         return replace(self, state_dict={k: p() for k, p in plan.items()}, layout=name, record=record)
+
+
+def _fits(entries) -> str:
+    # "ViT-B/32 (quick_gelu), ViT-B-32 (gelu)"
+    return ", ".join(f"{e.name} ({e.config.vision.activation or e.config.text.activation})" for e in entries)
 
 
 def _array(a) -> np.ndarray:
@@ -219,10 +248,16 @@ def given_config(value) -> tuple[Config, str]:
 
 
 def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple[Config | None, str]:
-    """The config a file carries: a folder's config.json (as its library reads it), else parity's record."""
-    if "config.json" in metadata and hasattr(layout, "config_from_json"):
+    """The config a file carries: a folder's config file (as its library reads it), else parity's record."""
+    carrier = next((m for m in layouts.LAYOUTS.values() if getattr(m, "CONFIG_FILE", None) in metadata), None)
+    if carrier is not None and layout is not layouts.HUB:  # open_clip's folder holds openai's key names
+        raise CheckpointError(f"{path}: a {carrier.CONFIG_FILE} beside tensors in the {layout.NAME} layout")
+    if carrier is None and "config.json" in metadata and hasattr(layout, "config_from_json"):
+        carrier = layout
+    if carrier is not None:
+        name = getattr(carrier, "CONFIG_FILE", "config.json")
         try:
-            return layout.config_from_json(metadata["config.json"]), "config.json"
+            return carrier.config_from_json(metadata[name]), name
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
@@ -235,17 +270,31 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
 
 
 def resolve_config(shapes: Config, metadata: Config | None, given, path,
-                   metadata_source: str = "the file's own record") -> tuple[Config, str]:
-    """The config of a checkpoint whose tensors say `shapes`: its metadata's, else the one registry entry
-    with these shapes, else the given one; a given config must agree with whichever was found."""
+                   metadata_source: str = "the file's own record", sha256=None,
+                   family: str | None = None) -> tuple[Config, str]:
+    """The config of a checkpoint whose tensors say `shapes`: its metadata's, else the registry's (the
+    entry these shapes name; where they fit entries of different configs, the one of the `family`
+    (name, what says it) that the file says it is of, or the one whose release file this is by
+    `sha256()`, which is called only then),
+    else the given one; a given config must agree with whichever was found."""
     found, source = None, "unknown"
     if metadata is not None:
         metadata.check_shapes(shapes, f"{path}'s tensors")
         found, source = metadata, metadata_source
     else:
-        matches = registry.by_shapes(shapes)
-        if len(matches) == 1:
-            found, source = matches[0].config, f"registry: {matches[0].name} (by its shapes)"
+        entry, fits = registry.config_by_shapes(shapes)
+        how = "its shapes"
+        if entry is None and fits and family is not None:
+            entry, fits = registry.config_by_shapes(shapes, family[0])
+            how = f"its shapes and {family[1]}"
+        if entry is not None:
+            found, source = entry.config, f"registry: {entry.name} (by {how})"
+        elif fits:
+            release = registry.by_sha256(sha256()) if sha256 is not None else None
+            if release in fits:
+                found, source = release.config, f"registry: {release.name} (by its SHA-256)"
+            else:
+                source = f"ambiguous: the shapes fit {_fits(fits)}"
     if given is not None:
         config, named = given_config(given)
         try:
@@ -259,10 +308,12 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
     return found or shapes, source
 
 
-def from_raw(raw: RawCheckpoint, path, config=None) -> Checkpoint:
+def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
     """A Checkpoint from what a reader returned: unwrapped, its layout detected, checked, its config found.
 
     `config`: a Config, a registered name or a JSON file; used where the file has none, checked where it has.
+    `sha256`: a callable giving the file's SHA-256, asked only where the shapes fit registered models of
+    different configs (a release file is known by its hash).
     """
     content, unwrapped = _unwrap(raw.content, path)
     notes = list(raw.notes)
@@ -270,6 +321,9 @@ def from_raw(raw: RawCheckpoint, path, config=None) -> Checkpoint:
     tensors = _strip_prefixes(tensors, unwrapped)
     if raw.metadata.get(META_PREFIX + "extras"):
         record = parse_record(raw.metadata[META_PREFIX + "extras"], path)
+    refused = layouts.open_clip.refusal(tensors)
+    if refused:
+        raise CheckpointError(f"{path}: {refused}; parity converts and verifies CLIP's own architecture only")
     try:
         name = layouts.detect(tensors)
         layout = layouts.get(name)
@@ -286,7 +340,15 @@ def from_raw(raw: RawCheckpoint, path, config=None) -> Checkpoint:
         optional = layouts.HUB.ARCHIVE_ENTRIES if name == layouts.HUB.NAME else ()
         check_keys(tensors, expected, f"{name} state dict", optional=optional)
         stored, stored_from = _metadata_config(record, raw.metadata, layout, path)
-        resolved, source = resolve_config(shapes, stored, config, path, stored_from)
+        # openai/CLIP's model alone keeps input_resolution, context_length and vocab_size in its state dict
+        # (the release archives), and a layout whose library builds every CLIP by openai's rule (PASSL)
+        # holds no other: such a file is of the openai family, whatever else shares its shapes
+        family = None
+        if all(k in tensors for k in layouts.HUB.ARCHIVE_ENTRIES):
+            family = ("openai", "openai/CLIP's archive entries")
+        elif getattr(layout, "FIXED", None) is not None:
+            family = ("openai", f"the {name} layout, whose library builds openai's CLIP only")
+        resolved, source = resolve_config(shapes, stored, config, path, stored_from, sha256, family)
     except (StateDictError, ConfigError) as e:
         message = str(e)
         raise type(e)(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
@@ -314,7 +376,7 @@ def load(path, layout: str | None = None, config=None) -> Checkpoint:
         stop = threading.Event()
         digest = pool.submit(source.sha256, (), stop)  # beside reading: hashlib releases the GIL
         try:
-            ck = from_raw(source.read(), Path(path), config)
+            ck = from_raw(source.read(), Path(path), config, digest.result)
             ck.state_dict = {k: _array(v) for k, v in ck.state_dict.items()}  # each read (and checked) once
             ck.sha256 = digest.result()
             source.check_unchanged()
@@ -324,13 +386,34 @@ def load(path, layout: str | None = None, config=None) -> Checkpoint:
     return ck.in_layout(layout) if layout else ck
 
 
+@contextmanager
+def opened(path, config=None) -> Iterator[Checkpoint]:
+    """A checkpoint whose tensors are read when used (`Stored`: each read checked as `load` checks it),
+    its file held open meanwhile; the SHA-256 is known on entry, and the file is checked unchanged on exit.
+    For work that holds part of a model at a time (`plan_in`)."""
+    if config is not None:
+        given_config(config)
+    with open_input(path) as source, ThreadPoolExecutor(1) as pool:
+        stop = threading.Event()
+        digest = pool.submit(source.sha256, (), stop)
+        try:
+            ck = from_raw(source.read(), Path(path), config, digest.result)
+            ck.sha256 = digest.result()
+            yield ck
+            source.check_unchanged()
+        except BaseException:
+            stop.set()
+            raise
+
+
 # ---------------------------------------------------------------- info
 def describe(path, config=None) -> dict:
     """What `parity info` prints: format, layout, config and its source, tensors, dtypes, bytes, SHA-256, official."""
     with open_input(path) as source:
         raw = source.read()  # shapes and dtypes only: no tensor is read, the CRC-32s are checked on the hash pass
-        ck = from_raw(raw, Path(path), config)
-        ck.sha256 = source.sha256(raw.entries)
+        digest = functools.cache(lambda: source.sha256(raw.entries))
+        ck = from_raw(raw, Path(path), config, digest)
+        ck.sha256 = digest()
         size = sum(f.size for f in source.files)
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
     return {

@@ -137,14 +137,21 @@ def variants():
     Example:
       parity variants
     """
-    click.echo(f"{'name':16} {'family':7} {'embed':>5} {'res':>4} {'vision layers':>14} {'width':>5} {'patch':>5} "
-               f"{'heads':>5} {'mlp':>5} {'act':>10} {'text w/h/l/mlp':>17} {'text act':>10}")
-    for e in registry.ENTRIES.values():
-        v, t = e.config.vision, e.config.text
-        layers = str(v.layers) if v.is_vit else ",".join(map(str, v.layers))
-        click.echo(f"{e.name:16} {e.family:7} {e.config.embed_dim:5} {v.image_size:4} {layers:>14} {v.width:5} "
-                   f"{v.patch_size or '-':>5} {v.heads:>5} {v.mlp_width or '-':>5} {v.activation or 'relu':>10} "
-                   f"{f'{t.width}/{t.heads}/{t.layers}/{t.mlp_width}':>17} {t.activation:>10}")
+    header = (f"{'name':21} {'embed':>5} {'res':>4} {'vision layers':>14} {'width':>5} {'patch':>5} {'heads':>5} "
+              f"{'mlp':>5} {'act':>10} {'text w/h/l/mlp':>17} {'text act':>10}")
+    for family in registry.FAMILIES:
+        click.echo(f"{family} ({FAMILY_NOTES[family]}):")
+        click.echo("  " + header)
+        for e in registry.family(family):
+            v, t = e.config.vision, e.config.text
+            layers = str(v.layers) if v.is_vit else ",".join(map(str, v.layers))
+            click.echo(f"  {e.name:21} {e.config.embed_dim:5} {v.image_size:4} {layers:>14} {v.width:5} "
+                       f"{v.patch_size or '-':>5} {v.heads:>5} {v.mlp_width or '-':>5} {v.activation or 'relu':>10} "
+                       f"{f'{t.width}/{t.heads}/{t.layers}/{t.mlp_width}':>17} {t.activation:>10}")
+
+
+FAMILY_NOTES = {"openai": "openai/CLIP's releases, known by their SHA-256",
+                "open_clip": "open_clip's configs by its own names; LAION's weights use GELU, -quickgelu QuickGELU"}
 
 
 @main.command()
@@ -158,8 +165,18 @@ def layouts():
     click.echo(f"{'layout':10} {'framework':9} {'holds':11} {'registered models covered':44} files")
     for layout in layout_registry.LAYOUTS.values():
         covered = [e.name for e in registry.ENTRIES.values() if e.config.vision.kind in layout.KINDS]
-        shown = f"all {len(covered)}" if len(covered) == len(registry.ENTRIES) else ", ".join(covered)
+        shown = (f"all {len(covered)}" if len(covered) == len(registry.ENTRIES) else
+                 f"{len(covered)} of {len(registry.ENTRIES)} (no ResNet)")
         click.echo(f"{layout.NAME:10} {layout.FRAMEWORK:9} {'+'.join(layout.KINDS):11} {shown:44} {layout.FILES}")
+
+
+TOWER_CHOICES = {"both": ("image", "text"), "image": ("image",), "text": ("text",)}
+
+
+def _tower_option(f):
+    return click.option("--tower", type=click.Choice(list(TOWER_CHOICES)), default="both", show_default=True,
+                        help="Which towers compute: both (and the logit), or the image or the text tower alone "
+                             "(e.g. a diffusion model's text encoder). One tower is in memory at a time either way.")(f)
 
 
 def _config_option(f):
@@ -182,11 +199,17 @@ def _report_options(f):
 
 
 def _verdict(report) -> str:
-    d = report.differences["logits"]
-    text = (f"{report.variant}: {'PASS' if report.passed else 'FAIL'} — logit torch {report.torch_logit:.6f} "
-            f"paddle {report.paddle_logit:.6f} |Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, {d.bound_kind}), "
-            f"feature cosine {report.feature_cosine:.8f}")
-    if report.photos:
+    d = report.differences.get("logits")
+    if d is None:  # one tower
+        name = next(iter(report.differences))
+        d = report.differences[name]
+        text = (f"{report.variant}: {'PASS' if report.passed else 'FAIL'} — {name} only |Δ| {d.max_abs:.2e} (bound "
+                f"{d.bound:.1e}, {d.bound_kind}), feature cosine {report.feature_cosine:.8f}")
+    else:
+        text = (f"{report.variant}: {'PASS' if report.passed else 'FAIL'} — logit torch {report.torch_logit:.6f} "
+                f"paddle {report.paddle_logit:.6f} |Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, {d.bound_kind}), "
+                f"feature cosine {report.feature_cosine:.8f}")
+    if report.photos and report.photos.topk_agreement is not None:
         text += f", top-5 agreement {report.photos.topk_agreement:.0%}"
     if report.reference:
         text += f", reference {report.reference.logit:.4f} {'PASS' if report.reference.passed else 'FAIL'}"
@@ -199,12 +222,13 @@ def _verdict(report) -> str:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("other", type=click.Path(path_type=Path), required=False)
 @_config_option
+@_tower_option
 @_report_options
 @click.option("--layers", is_flag=True, help="Compare every module's output (always done on a failure).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float, rtol: float, noise_factor: float,
-           device: str, report_dir: Path, layers: bool, as_json: bool, debug: bool):
+def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str, atol: float, rtol: float,
+           noise_factor: float, device: str, report_dir: Path, layers: bool, as_json: bool, debug: bool):
     """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
 
     With one file, each framework gets it (converted in memory for the other); with a torch checkpoint
@@ -218,13 +242,14 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float
       parity verify RN50.pt
       parity verify RN50.pt RN50.pdparams --layers
       parity verify ViT-B-32.pdparams --atol 1e-5 --json
+      parity verify open_clip_model.safetensors --config ViT-bigG-14 --tower text
     """
     from .api import verify as run
     from .report import write_variant
 
     try:
         report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers,
-                     noise_factor=noise_factor)
+                     noise_factor=noise_factor, towers=TOWER_CHOICES[tower])
         paths = write_variant(report, report_dir)
     except Exception as e:
         _fail(e, debug)
@@ -242,9 +267,11 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, atol: float
               help="Whose model computes (the file is converted in memory when needed).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @_config_option
+@_tower_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (logit, both feature vectors, ...).")
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def logits(checkpoint: Path, framework: str, device: str, config: str | None, as_json: bool, debug: bool):
+def logits(checkpoint: Path, framework: str, device: str, config: str | None, tower: str, as_json: bool,
+           debug: bool):
     """The canonical logit and features of one framework's model on CHECKPOINT.
 
     Canonical pair: image = ones/2 of shape (1, 3, R, R), text = ones (1, 77) int64.
@@ -257,22 +284,26 @@ def logits(checkpoint: Path, framework: str, device: str, config: str | None, as
     from .api import logits as run
 
     try:
-        out = run(checkpoint, framework, device, config)
+        out = run(checkpoint, framework, device, config, TOWER_CHOICES[tower])
     except Exception as e:
         _fail(e, debug)
     if as_json:
         click.echo(json.dumps(out))
         return
-    img, txt = np.asarray(out["image_features"]), np.asarray(out["text_features"])
     echo(f"{out['variant']} on {out['framework']} ({out['device']}), {out['weights']}")
-    click.echo(f"logit          {out['logit']:.6f}")
-    click.echo(f"image features {img.size} values, norm {np.linalg.norm(img):.6f}, first {img[:4].round(6).tolist()}")
-    click.echo(f"text features  {txt.size} values, norm {np.linalg.norm(txt):.6f}, first {txt[:4].round(6).tolist()}")
+    if out["logit"] is not None:
+        click.echo(f"logit          {out['logit']:.6f}")
+    for name in ("image", "text"):
+        if f"{name}_features" in out:
+            v = np.asarray(out[f"{name}_features"])
+            click.echo(f"{name + ' features':14} {v.size} values, norm {np.linalg.norm(v):.6f}, first "
+                       f"{v[:4].round(6).tolist()}")
 
 
 @main.command("verify-all")
 @_report_options
-@click.option("--variant", "names", multiple=True, help="Only these variants (repeatable). Default: all nine.")
+@click.option("--variant", "names", multiple=True,
+              help="Only these variants (repeatable; any registered name). Default: OpenAI's nine.")
 @click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("weights"),
               show_default=True, help="Where official files are looked for, under their release names.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic weights.")
@@ -296,7 +327,7 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
     from .synthetic import cached_state_dict
 
     try:
-        entries = [registry.get(n) for n in names] if names else list(registry.ENTRIES.values())
+        entries = [registry.get(n) for n in names] if names else registry.family("openai")
     except ConfigError as e:
         raise UserError(printable(f"{e}. Run `parity variants` for the list."))
     start, results = time.perf_counter(), []

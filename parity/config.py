@@ -177,7 +177,8 @@ def section(data: Mapping, key: str, defaults: Mapping):
 
 def read_config_file(path: Path) -> Config:
     """A config from a JSON file in `Config.to_dict`'s form (`parity info --json` shows a file's as
-    config_fields, with null for what is unknown), or such an object under a "config" key."""
+    config_fields, with null for what is unknown), or such an object under a "config" key; or open_clip's
+    own: a model config (model_configs/NAME.json) or a hub folder's open_clip_config.json."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -185,6 +186,9 @@ def read_config_file(path: Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file holds a JSON object")
     try:
+        if "vision_cfg" in data or "model_cfg" in data:
+            from .layouts import open_clip
+            return open_clip.config_from_model_cfg(data.get("model_cfg", data))
         return Config.from_dict(data.get("config", data))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

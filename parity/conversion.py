@@ -103,7 +103,7 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
         with ThreadPoolExecutor(1) as pool:
             digest = pool.submit(source.sha256, (), stop)
             try:
-                ck = from_raw(raw, Path(src), config)
+                ck = from_raw(raw, Path(src), config, digest.result)
                 warnings = []
                 bad = nonfinite(ck.state_dict)
                 if bad:

@@ -1,8 +1,11 @@
 """Named CLIP models and their release facts: the config of each, and where they are known, the release
-file's name, its SHA-256 and the reference table's logit. OpenAI's nine releases are the first entries.
+file's name, its SHA-256 and the reference table's logit. OpenAI's nine releases are the first entries,
+then open_clip's CLIP architectures under open_clip's own names (`ViT-H-14`, `ViT-B-32-quickgelu`, ...).
 
 A checkpoint gets its config from here only by an exact match of everything its tensors say, and only
-when that match is unique; a file is "official" only when its SHA-256 is the release's.
+when every entry that matches has the same config: OpenAI's ViT-B/32 and open_clip's ViT-B-32 have the
+same tensors and differ in activation, so such shapes name no config (a file whose SHA-256 is a release's
+is still that release). A file is "official" only when its SHA-256 is the release's.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from .config import Config, ConfigError, TextConfig, VisionConfig
 @dataclass(frozen=True)
 class Entry:
     name: str
-    family: str  # who publishes it: "openai", ...
+    family: str  # who publishes it: "openai", "open_clip"
     config: Config
     filename: str | None = None  # the release file's name
     sha256: str | None = None  # the release file's SHA-256 (openai/CLIP `_MODELS`)
@@ -35,6 +38,29 @@ def _rn(name, embed, res, layers, width, text_width, sha, logit=None):
 def _vit(name, embed, res, layers, width, patch, text_width, sha, filename, logit=None):
     vision = VisionConfig("vit", layers, width, res, patch, 4 * width, width // 64, "quick_gelu", 1e-5)
     return Entry(name, "openai", Config(embed, vision, _openai_text(text_width)), filename, sha, logit)
+
+
+# open_clip 3.3.0's model configs (src/open_clip/model_configs/NAME.json), as they state them: vision
+# (layers, width, patch, head_width, mlp_ratio), text (width, heads, layers); every one at 224 pixels, a
+# 77-token context, LayerNorm eps 1e-5 and GELU, or QuickGELU where the name ends in -quickgelu (its
+# config sets "quick_gelu": true). open_clip makes the MLP width int(width * mlp_ratio).
+OPEN_CLIP = (
+    ("ViT-B-32", 512, (12, 768, 32, 64, 4.0), (512, 8, 12)),
+    ("ViT-B-16", 512, (12, 768, 16, 64, 4.0), (512, 8, 12)),
+    ("ViT-L-14", 768, (24, 1024, 14, 64, 4.0), (768, 12, 12)),
+    ("ViT-H-14", 1024, (32, 1280, 14, 80, 4.0), (1024, 16, 24)),
+    ("ViT-g-14", 1024, (40, 1408, 14, 88, 4.3637), (1024, 16, 24)),
+    ("ViT-bigG-14", 1280, (48, 1664, 14, 104, 4.9231), (1280, 20, 32)),
+)
+QUICKGELU_FORMS = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-bigG-14")  # open_clip has no ViT-g-14-quickgelu
+
+
+def _open_clip(name, embed, vision, text, activation) -> Entry:
+    layers, width, patch, head_width, mlp_ratio = vision
+    text_width, text_heads, text_layers = text
+    v = VisionConfig("vit", layers, width, 224, patch, int(width * mlp_ratio), width // head_width, activation, 1e-5)
+    t = TextConfig(text_width, text_layers, 4 * text_width, 77, 49408, text_heads, activation, 1e-5)
+    return Entry(name, "open_clip", Config(embed, v, t))
 
 
 # The reference logits: the canonical logit (image ones/2, text ones) of the official weights, as the
@@ -59,7 +85,10 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
          "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt"),
     _vit("ViT-L/14@336px", 768, 336, 24, 1024, 14, 768,
          "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
+    *(_open_clip(*row, "gelu") for row in OPEN_CLIP),
+    *(_open_clip(f"{row[0]}-quickgelu", *row[1:], "quick_gelu") for row in OPEN_CLIP if row[0] in QUICKGELU_FORMS),
 )}
+FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES.values()))
 
 
 def _alias(name: str) -> str:
@@ -67,25 +96,38 @@ def _alias(name: str) -> str:
     return re.sub(r"[/@_ ]", "-", name.strip()).lower()
 
 
-_ALIASES = {_alias(n): n for n in ENTRIES}
-_ALIASES["vit-l-14-336"] = "ViT-L/14@336px"
-
-
 def get(name: str) -> Entry:
-    """An entry by any accepted spelling: `ViT-B/32`, `ViT-B-32`, `vit-b-32`.
+    """An entry by its name in any case (`ViT-B/32` is OpenAI's, `ViT-B-32` open_clip's GELU model), or
+    by a spelling that names one entry only (`vit-l-14@336px`, `RN50X4`).
 
-    >>> get("vit-l-14-336").name
+    >>> get("vit-l-14-336px").name
     'ViT-L/14@336px'
     """
-    try:
-        return ENTRIES[_ALIASES[_alias(name)]]
-    except KeyError:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(ENTRIES)}") from None
+    exact = [n for n in ENTRIES if n.lower() == name.strip().lower()]
+    found = exact or [n for n in ENTRIES if _alias(n) == _alias(name)]
+    if len(found) == 1:
+        return ENTRIES[found[0]]
+    if found:
+        raise ConfigError(f"{name!r} may name {' or '.join(found)}; give the name exactly")
+    raise ConfigError(f"unknown model {name!r}; known: {', '.join(ENTRIES)}")
+
+
+def family(name: str) -> list[Entry]:
+    """The entries of one family ("openai", "open_clip"), in order."""
+    return [e for e in ENTRIES.values() if e.family == name]
 
 
 def by_shapes(shapes: Config) -> list[Entry]:
     """The entries whose tensors have exactly these shapes (everything a state dict says)."""
     return [e for e in ENTRIES.values() if e.config.shapes() == shapes]
+
+
+def config_by_shapes(shapes: Config, family: str | None = None) -> tuple[Entry | None, list[Entry]]:
+    """(the entry these shapes name, or None; every entry they fit, of `family` if given). Shapes name an
+    entry when every entry that fits them has the same config (ViT-B/32 and ViT-B-32-quickgelu do): the
+    first is named."""
+    matches = [e for e in by_shapes(shapes) if family in (None, e.family)]
+    return (matches[0] if len({e.config for e in matches}) == 1 else None), matches
 
 
 def by_sha256(sha256: str | None) -> Entry | None:

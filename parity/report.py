@@ -36,12 +36,12 @@ class Photos:
 
     names: list[str]
     captions: list[str]
-    torch_similarity: list  # image x text cosine similarities
-    paddle_similarity: list
-    argmax_agreement: float
+    torch_similarity: list | None  # image x text cosine similarities (None: one tower verified)
+    paddle_similarity: list | None
+    argmax_agreement: float | None
     top_k: int
-    topk_agreement: float
-    similarity_max_abs: float
+    topk_agreement: float | None
+    similarity_max_abs: float | None
     differences: dict[str, PhotoFeature]
     passed: bool
 
@@ -71,8 +71,8 @@ class Report:
     rtol: float
     noise_factor: float
     inputs: dict
-    torch_logit: float
-    paddle_logit: float
+    torch_logit: float | None  # None: one tower verified
+    paddle_logit: float | None
     noise_floor: dict
     differences: dict[str, "Difference"]
     feature_cosine: float
@@ -106,8 +106,11 @@ def status(r: Report) -> str:
 
 
 def _row(r: Report) -> list[str]:
-    top = f"{r.photos.topk_agreement:.0%} (top-1 {r.photos.argmax_agreement:.0%})" if r.photos else "-"
-    logit = r.differences["logits"]
+    top = f"{r.photos.topk_agreement:.0%} (top-1 {r.photos.argmax_agreement:.0%})" \
+        if r.photos and r.photos.topk_agreement is not None else "-"
+    logit = r.differences.get("logits")
+    if logit is None:  # one tower: its features stand in the logit's columns
+        return [r.variant, r.weights, "-", "-", "-", "-", f"{r.feature_cosine:.8f}", top, status(r), f"{r.seconds:.1f}"]
     return [r.variant, r.weights, f"{r.torch_logit:.6f}", f"{r.paddle_logit:.6f}", f"{logit.max_abs:.2e}",
             f"{logit.bound:.1e} ({logit.bound_kind})", f"{r.feature_cosine:.8f}", top, status(r), f"{r.seconds:.1f}"]
 
@@ -150,13 +153,22 @@ def variant_markdown(r: Report, picture: str | None) -> str:
     for name, d in r.differences.items():
         md.append(f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.cosine:.10f} | {r.noise_floor[name]:.2e} | "
                   f"{d.bound:.2e} ({d.bound_kind}) | {'PASS' if d.passed else 'FAIL'} |")
-    md += ["", f"Canonical logit: torch {r.torch_logit:.6f}, paddle {r.paddle_logit:.6f}."]
+    if r.torch_logit is not None:
+        md += ["", f"Canonical logit: torch {r.torch_logit:.6f}, paddle {r.paddle_logit:.6f}."]
+    else:
+        md += ["", f"One tower verified ({', '.join(r.inputs.get('towers', []))}): no logit."]
     if r.reference is not None:
         ref = r.reference
         md += ["", f"Reference table (official weights): {ref.logit:.4f}; torch |Δ| {ref.torch_delta:.2e}, "
                    f"paddle |Δ| {ref.paddle_delta:.2e}, bound {ref.bound:.1e}: {'PASS' if ref.passed else 'FAIL'}."]
     photos = r.photos
-    if photos:
+    if photos and photos.torch_similarity is None:
+        md += ["", "## Photographs", "", f"{len(photos.names)} scikit-image photographs with one caption each; one "
+               f"tower: each feature vector's cosine between the frameworks ≥ {min_cosine(photos)} is gated.", "",
+               "| output | max abs Δ | relative Δ | lowest cosine | status |", "|---|---|---|---|---|"]
+        md += [f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.min_row_cosine:.10f} | "
+               f"{'PASS' if d.passed else 'FAIL'} |" for name, d in photos.differences.items()]
+    elif photos:
         md += ["", "## Photographs", "",
                f"{len(photos.names)} scikit-image photographs with one caption each, preprocessed and tokenized "
                f"once by parity: top-1 agreement {photos.argmax_agreement:.0%}, top-{photos.top_k} agreement "
@@ -182,6 +194,10 @@ def variant_markdown(r: Report, picture: str | None) -> str:
                f"{row['bound']:.2e} ({row['bound_kind']}) | {'PASS' if row['passed'] else 'FAIL'} |" for row in shown]
     md += ["", f"{r.seconds:.1f} s (torch side {r.seconds_torch:.1f} s, paddle side {r.seconds_paddle:.1f} s).", ""]
     return "\n".join(md)
+
+
+def min_cosine(photos: Photos) -> float:
+    return next(iter(photos.differences.values())).bound
 
 
 def similarity_picture(r: Report, path: Path) -> None:
@@ -243,7 +259,7 @@ def write_variant(r: Report, report_dir: Path) -> dict[str, Path]:
     name = slug(r.variant)
     paths = {"json": report_dir / f"{name}.json", "markdown": report_dir / f"{name}.md"}
     picture = None
-    if r.photos:
+    if r.photos and r.photos.torch_similarity is not None:
         paths["png"] = report_dir / f"{name}-similarity.png"
         similarity_picture(r, paths["png"])
         picture = paths["png"].name

@@ -3,7 +3,9 @@
 No official checkpoint can be downloaded here, so every test and the verify-all run use these: every
 tensor drawn from a seeded generator at a trained-network-like scale, BatchNorm running statistics
 calibrated by one pass over random images (random statistics blow deep ResNets up to ~1e7), and the
-tensors the release stores in float16 (openai/CLIP `convert_weights`) cast to float16.
+tensors the release stores in float16 (openai/CLIP `convert_weights`) cast to float16. open_clip's
+models are stored in float32, as its LAION checkpoints are. `write_safetensors` streams a model too big
+to hold twice (ViT-bigG-14) to a file, one tensor at a time.
 """
 from __future__ import annotations
 
@@ -31,11 +33,16 @@ _RELEASE_FP16 = re.compile(
     r"|text_projection|visual\.proj")
 
 
-def release_dtype(key: str) -> str:
-    """The dtype the official release stores `key` in."""
+def release_dtype(key: str, family: str = "openai") -> str:
+    """The dtype the official release stores `key` in (open_clip's: float32 throughout)."""
     if key.endswith("num_batches_tracked"):
         return "int64"
-    return "float16" if _RELEASE_FP16.fullmatch(key) else "float32"
+    return "float16" if family == "openai" and _RELEASE_FP16.fullmatch(key) else "float32"
+
+
+def family_of(config: Config) -> str:
+    name = registry.name_of(config)
+    return registry.get(name).family if name else "openai"
 
 
 def _std(key: str, shape: tuple, config: Config) -> float:
@@ -59,6 +66,7 @@ def _std(key: str, shape: tuple, config: Config) -> float:
 def _draw(config: Config, seed: int) -> dict:
     import torch
 
+    family = family_of(config)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for key, shape in sorted(HUB.shapes(config).items()):  # sorted: independent of dict order
@@ -83,7 +91,7 @@ def _draw(config: Config, seed: int) -> dict:
         else:
             t = _std(key, shape, config) * torch.randn(shape, generator=gen)
         # round to the release dtype now, so calibration sees the weights that will be stored
-        out[key] = t.to(getattr(torch, release_dtype(key))).float()
+        out[key] = t.to(getattr(torch, release_dtype(key, family))).float()
     return out
 
 
@@ -136,7 +144,8 @@ def make_state_dict(model: str | Config, seed: int = 0) -> dict:
     state = _draw(config, seed)
     if not config.vision.is_vit:
         _calibrate(config, state, seed)
-    return {k: v.to(getattr(torch, release_dtype(k))) for k, v in state.items()}
+    family = family_of(config)
+    return {k: v.to(getattr(torch, release_dtype(k, family))) for k, v in state.items()}
 
 
 def cache_dir() -> Path:
@@ -168,7 +177,42 @@ def _slug(config: Config) -> str:
         import hashlib
         import json
         return "custom-" + hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    return re.sub(r"[^A-Za-z0-9]+", "-", name)
+    prefix = "" if registry.get(name).family == "openai" else registry.get(name).family + "-"
+    return prefix + re.sub(r"[^A-Za-z0-9]+", "-", name)
+
+
+def _planned_draw(key: str, shape: tuple, config: Config, seed: int) -> np.ndarray:
+    # one tensor from a generator seeded by (seed, key): the same whatever order the tensors are made in
+    import zlib
+
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    if key == "logit_scale":
+        return np.array(math.log(100.0), np.float32)
+    if re.search(r"ln_\w+\.weight$", key):
+        return (1.0 + 0.1 * rng.standard_normal(shape, np.float32)).astype(np.float32)
+    if key.endswith("bias"):
+        return 0.02 * rng.standard_normal(shape, np.float32)
+    return np.float32(_std(key, shape, config)) * rng.standard_normal(shape, np.float32)
+
+
+def write_safetensors(model: str | Config, path, seed: int = 0) -> int:
+    """A synthetic ViT in float32 written to a safetensors file (open_clip's `open_clip_model.safetensors`
+    form), one tensor drawn at a time, so that a model too big to hold twice can be made; returns bytes.
+    Not `make_state_dict`'s weights: each tensor has its own generator, seeded by (seed, key)."""
+    from functools import partial
+
+    from .formats import safetensors as st
+    from .layouts.rows import Planned
+    from .writing import Target
+
+    config = config_of(model)
+    if not config.vision.is_vit:
+        raise ValueError("write_safetensors draws ViTs only (a ResNet's BatchNorm statistics need calibrating)")
+    plan = {k: Planned(partial(_planned_draw, k, tuple(shape), config, seed), np.dtype(np.float32), tuple(shape))
+            for k, shape in HUB.shapes(config).items()}
+    tensors = Target(plan, False)
+    with tensors.streaming():
+        return atomic_write(Path(path), lambda f: st.write(f, tensors, {"format": "pt"}), force=True)
 
 
 def release_archive(model: str | Config, seed: int = 0) -> Path:

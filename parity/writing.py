@@ -252,6 +252,12 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if ck.config.vision.kind not in target.KINDS:
         raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(target.KINDS)} image towers, "
                               f"not a {ck.config.vision.kind}")
+    fixed = getattr(target, "FIXED", None)
+    if fixed is not None and ck.config.complete and fixed(ck.config.shapes()) != ck.config:
+        raise CheckpointError(f"{target.LIBRARY} builds every CLIP with {target.FIXED_TEXT}, and this model "
+                              f"({ck.name or ck.config.describe()}) differs: a {target.NAME} file would load there "
+                              "and compute something else; write a layout whose config file says it (paddle, "
+                              "paddlenlp, hf)")
     wrap = getattr(target, "WRAP", None) if fmt == "pdparams" else None
     tensors, record = _target(ck, target, fmt, dtype)
 
@@ -288,6 +294,7 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
     """A `from_pretrained` folder: config.json (which needs the whole config), the weights (checked as a
     file is), parity's record where the weights file has no room for it, and the layout's other files."""
     config = ck.require_config()
+    config_name = getattr(target, "CONFIG_FILE", "config.json")
     config_json = json.dumps(target.config_to_json(config), indent=2).encode()
     if target.WEIGHTS.endswith(".safetensors"):
         def weights(f):
@@ -307,7 +314,7 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
         if before_naming is not None:
             before_naming()
 
-    files = [("config.json", lambda f: f.write(config_json), None), (target.WEIGHTS, weights, check_weights)]
+    files = [(config_name, lambda f: f.write(config_json), None), (target.WEIGHTS, weights, check_weights)]
     if fmt == "pdparams" and text() is not None:
         files.append(("parity.json", lambda f: f.write(text().encode()), None))
     if hasattr(target, "extra_files"):

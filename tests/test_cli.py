@@ -13,14 +13,23 @@ def test_version_and_help():
     assert result.exit_code == 0 and "verify-all" in result.output and "variants" in result.output
 
 
-def test_variants_lists_the_nine():
+def test_variants_lists_the_families_apart():
     result = CliRunner().invoke(main, ["variants"])
     assert result.exit_code == 0
-    assert [line.split()[0] for line in result.output.splitlines()[1:]] == [
+    lines = result.output.splitlines()
+    openai, open_clip = lines.index(next(x for x in lines if x.startswith("openai "))), \
+        lines.index(next(x for x in lines if x.startswith("open_clip ")))
+    assert [line.split()[0] for line in lines[openai + 2:open_clip]] == [
         "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
-    vit = next(line for line in result.output.splitlines() if line.startswith("ViT-L/14 "))
-    assert vit.split()[1:] == ["openai", "768", "224", "24", "1024", "14", "16", "4096", "quick_gelu",
-                               "768/12/12/3072", "quick_gelu"]
+    assert [line.split()[0] for line in lines[open_clip + 2:]] == [
+        "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-32-quickgelu",
+        "ViT-B-16-quickgelu", "ViT-L-14-quickgelu", "ViT-H-14-quickgelu", "ViT-bigG-14-quickgelu"]
+    row = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ")}
+    assert row["ViT-L/14"] == ["768", "224", "24", "1024", "14", "16", "4096", "quick_gelu", "768/12/12/3072",
+                               "quick_gelu"]
+    # open_clip's head width (80, 88, 104) and MLP ratio, as its configs state them
+    assert row["ViT-bigG-14"] == ["1280", "224", "48", "1664", "14", "16", "8192", "gelu", "1280/20/32/5120", "gelu"]
+    assert row["ViT-g-14"][5:7] == ["16", "6144"] and row["ViT-H-14"][5:7] == ["16", "5120"]
 
 
 def test_layouts_lists_the_hub_first():
@@ -30,11 +39,11 @@ def test_layouts_lists_the_hub_first():
     assert rows[0] == ["openai", "torch", "vit+resnet", "all"]
     assert ["paddle", "paddle", "vit+resnet", "all"] in rows
     hf = next(line for line in result.output.splitlines() if line.startswith("hf "))
-    assert "ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336px" in hf and "RN50" not in hf
+    assert "15 of 20 (no ResNet)" in hf
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):
-    result = CliRunner().invoke(main, ["verify-all", "--variant", "vit-b-32", "--report-dir", str(tmp_path),
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "vit-b/32", "--report-dir", str(tmp_path),
                                        "--weights-dir", str(tmp_path / "no-weights")])
     assert result.exit_code == 0, result.output
     assert "[1/1] ViT-B/32 (synthetic) ... PASS" in result.output
@@ -62,9 +71,9 @@ def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path):
 
 
 def test_unknown_variant_is_a_clear_error(tmp_path):
-    result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-H/14", "--report-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-Z/14", "--report-dir", str(tmp_path)])
     assert result.exit_code == 2  # bad input; 1 would say the frameworks disagree
-    assert "unknown model 'ViT-H/14'" in result.output and "parity variants" in result.output
+    assert "unknown model 'ViT-Z/14'" in result.output and "parity variants" in result.output
 
 
 def test_convert_prints_one_summary_line(tmp_path):

@@ -52,16 +52,26 @@ def test_registry_holds_the_nine_releases_first():
 
 
 @pytest.mark.parametrize("spelling,name", [
-    ("ViT-B/32", "ViT-B/32"), ("ViT-B-32", "ViT-B/32"), ("vit-b-32", "ViT-B/32"), ("rn50x4", "RN50x4"),
-    ("ViT-L/14@336px", "ViT-L/14@336px"), ("ViT-L-14-336px", "ViT-L/14@336px"), ("ViT-L-14-336", "ViT-L/14@336px"),
+    ("ViT-B/32", "ViT-B/32"), ("vit-b/32", "ViT-B/32"), ("rn50x4", "RN50x4"), ("ViT-L/14@336px", "ViT-L/14@336px"),
+    ("ViT-L-14-336px", "ViT-L/14@336px"),
+    # open_clip's own names are open_clip's models (GELU), in any case
+    ("ViT-B-32", "ViT-B-32"), ("vit-b-32", "ViT-B-32"), ("ViT-H-14-quickgelu", "ViT-H-14-quickgelu"),
 ])
 def test_names_are_accepted_in_every_spelling(spelling, name):
     assert registry.get(spelling).name == name
 
 
+def test_a_spelling_of_two_entries_is_refused_not_chosen():
+    with pytest.raises(ConfigError, match="'ViT_B_32' may name ViT-B/32 or ViT-B-32"):
+        registry.get("ViT_B_32")
+    # open_clip's ViT-L-14-336 is a GELU model parity does not register: not OpenAI's ViT-L/14@336px
+    with pytest.raises(ConfigError, match="unknown model 'ViT-L-14-336'"):
+        registry.get("ViT-L-14-336")
+
+
 def test_unknown_name_is_refused_with_the_list():
-    with pytest.raises(ConfigError, match="unknown model 'ViT-H/14'.*RN50"):
-        registry.get("ViT-H/14")
+    with pytest.raises(ConfigError, match="unknown model 'ViT-Z/14'.*RN50.*ViT-bigG-14"):
+        registry.get("ViT-Z/14")
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -74,7 +84,11 @@ def test_shapes_give_every_field_but_heads_activation_and_eps(name, layout):
     assert inferred.missing() == (["vision.heads", "vision.activation", "vision.eps", "text.heads", "text.activation",
                                    "text.eps"] if config.vision.is_vit else ["vision.heads", "text.heads",
                                                                              "text.activation", "text.eps"])
-    assert [e.name for e in registry.by_shapes(inferred)] == [name]  # the registry names it by its shapes
+    entry, fits = registry.config_by_shapes(inferred)
+    if name in ("ViT-B/32", "ViT-B/16", "ViT-L/14"):  # open_clip's GELU models have the same tensors
+        assert entry is None and {e.config.vision.activation for e in fits} == {"quick_gelu", "gelu"}
+    else:
+        assert entry.name == name  # the registry names it by its shapes
 
 
 def test_a_custom_shape_matches_no_entry_and_stays_incomplete():
@@ -121,16 +135,39 @@ def test_a_config_that_contradicts_the_shapes_is_refused_naming_the_field():
 
 
 def test_the_order_metadata_then_registry_then_given():
-    config = config_of("ViT-B/32")
+    config = config_of("ViT-L/14@336px")
     gelu = replace(config, text=replace(config.text, activation="gelu"))
     # metadata first
     assert resolve_config(config.shapes(), gelu, None, "x") == (gelu, "the file's own record")
     # then the registry, by the shapes
-    assert resolve_config(config.shapes(), None, None, "x") == (config, "registry: ViT-B/32 (by its shapes)")
+    assert resolve_config(config.shapes(), None, None, "x") == (config, "registry: ViT-L/14@336px (by its shapes)")
     # a given config that disagrees with what was found is an error, not a silent choice
     with pytest.raises(ConfigError, match="text.activation gelu but the file's config"):
         resolve_config(config.shapes(), None, gelu, "x")
     # the given config, where nothing else says it
+    custom = replace(config, vision=replace(config.vision, layers=6))
+    assert resolve_config(custom.shapes(), None, custom, "x") == (custom, "given")
+
+
+def test_shapes_of_two_activations_name_no_config_but_a_release_hash_does():
+    openai, gelu = config_of("ViT-B/32"), config_of("ViT-B-32")
+    config, source = resolve_config(openai.shapes(), None, None, "x")
+    assert not config.complete and source.startswith("ambiguous: the shapes fit ViT-B/32 (quick_gelu), ViT-B-32 (gelu)")
+    # the hash is asked for only here; the release's hash names OpenAI's model, another hash nothing
+    release = registry.get("ViT-B/32").sha256
+    assert resolve_config(openai.shapes(), None, None, "x", sha256=lambda: release) == (
+        openai, "registry: ViT-B/32 (by its SHA-256)")
+    assert not resolve_config(openai.shapes(), None, None, "x", sha256=lambda: "0" * 64)[0].complete
+    # a given config decides, either way
+    assert resolve_config(openai.shapes(), None, "ViT-B-32", "x") == (gelu, "given: ViT-B-32")
+    assert resolve_config(openai.shapes(), None, "ViT-B/32", "x") == (openai, "given: ViT-B/32")
+    # but not against the release's own
+    with pytest.raises(ConfigError, match="vision.activation gelu but the file's config"):
+        resolve_config(openai.shapes(), None, "ViT-B-32", "x", sha256=lambda: release)
+
+
+def test_a_config_where_nothing_else_says_it():
+    config = config_of("ViT-B/32")
     custom = replace(config, vision=replace(config.vision, layers=6))
     assert resolve_config(custom.shapes(), None, custom, "x") == (custom, "given")
 

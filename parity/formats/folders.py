@@ -1,5 +1,7 @@
-"""Checkpoint folders (Hugging Face and PaddleNLP `from_pretrained` folders): a `config.json` and the
-weights, whole or in shards named by an index, read through the same bounded readers as single files.
+"""Checkpoint folders (Hugging Face and PaddleNLP `from_pretrained` folders, open_clip's hub folders): a
+config file and the weights, whole or in shards named by an index, read through the same bounded readers
+as single files. A hub folder may hold open_clip's files beside transformers' (the same model twice):
+open_clip's are read then, and a note says which were not.
 
 A folder is opened as an `Input` beside a single file's: each file is opened once and read through its
 own descriptor, bounded by its size; `config.json` and an index are read whole (at most 16 MiB each).
@@ -19,6 +21,8 @@ from .source import FileSource, open_source, sha256, user_stat
 
 # weight files a folder may hold, in the order their libraries prefer them
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model_state.pdparams")
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 INDEXES = {f"{name}.index.json": name for name in ("model.safetensors", "pytorch_model.bin", "model_state.pdparams")}
 TEXT_LIMIT = 1 << 24
 
@@ -81,11 +85,19 @@ class FolderInput:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.stat = os.stat(self.path)
-        config = self.path / "config.json"
-        if not config.is_file():
-            raise CheckpointError(f"{self.path}: a folder without config.json: not a Hugging Face or PaddleNLP "
-                                  "checkpoint folder (for a single file, give the file)")
-        self.config_json = read_json(config, "config.json")
+        self.notes: list[str] = []
+        if (self.path / OPEN_CLIP_CONFIG).is_file() and any((self.path / n).is_file() for n in OPEN_CLIP_WEIGHTS):
+            self.config_name, self.weight_names, self.indexes = OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, {}
+            others = [n for n in ("config.json", *WEIGHTS) if (self.path / n).is_file()]
+            if others:
+                self.notes.append(f"read open_clip's files; not read: {', '.join(others)}")
+        elif (self.path / "config.json").is_file():
+            self.config_name, self.weight_names, self.indexes = "config.json", WEIGHTS, INDEXES
+        else:
+            raise CheckpointError(f"{self.path}: a folder without config.json or {OPEN_CLIP_CONFIG} and its weights: "
+                                  "not a Hugging Face, PaddleNLP or open_clip checkpoint folder (for a single file, "
+                                  "give the file)")
+        self.config_json = read_json(self.path / self.config_name, self.config_name)
         record = self.path / "parity.json"  # parity's record, where the weights file has no room for it
         self.record_json = read_json(record, "parity record") if record.is_file() else None
         self.names = self._weights()
@@ -98,12 +110,12 @@ class FolderInput:
             raise
 
     def _weights(self) -> list[str]:
-        present = [n for n in WEIGHTS if (self.path / n).is_file()]
+        present = [n for n in self.weight_names if (self.path / n).is_file()]
         if present:
             return present[:1]  # a library reads the first it finds; so does parity (the others are not read)
-        index = next((n for n in INDEXES if (self.path / n).is_file()), None)
+        index = next((n for n in self.indexes if (self.path / n).is_file()), None)
         if index is None:
-            raise CheckpointError(f"{self.path}: no weights: none of {', '.join(WEIGHTS)} nor a sharded index")
+            raise CheckpointError(f"{self.path}: no weights: none of {', '.join(self.weight_names)} nor a sharded index")
         self.weight_map = weight_map(read_json(self.path / index, index), self.path / index)
         shards = sorted(set(self.weight_map.values()))
         for shard in shards:
@@ -137,14 +149,15 @@ class FolderInput:
             entries += [(f"{name}:{e[0]}", *e[1:]) for e in raw.entries]
         if len(kinds) > 1:
             raise CheckpointError(f"{self.path}: shards of different formats ({', '.join(sorted(kinds))})")
-        metadata["config.json"] = self.config_json
+        metadata[self.config_name] = self.config_json
+        notes += self.notes
         if self.record_json is not None:
             metadata["parity.extras"] = json.dumps(self.record_json)
         return RawCheckpoint(kinds.pop(), merged, metadata=metadata, notes=notes, entries=entries)
 
     def sha256(self, entries=(), stop: threading.Event | None = None) -> str:
         digest = hashlib.sha256()
-        for name, source in [("config.json", None), *zip(self.names, self.files)]:
+        for name, source in [(self.config_name, None), *zip(self.names, self.files)]:
             if source is None:
                 with open_source(self.path / name) as opened:
                     file_digest = sha256(opened, (), stop)

@@ -6,6 +6,7 @@ dict (also wrapped, or with a `module.` prefix), or safetensors.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Mapping
 
 import numpy as np
@@ -75,6 +76,23 @@ def _vit(v: VisionConfig, embed: int) -> dict[str, tuple]:
     return s
 
 
+TOWERS = ("image", "text")
+
+
+def towers_of(key: str) -> tuple[str, ...]:
+    """The towers a hub key belongs to: the logit scale to both (a one-tower model holds it too)."""
+    if key == "logit_scale":
+        return TOWERS
+    if key in ARCHIVE_ENTRIES:
+        return ()
+    return ("image",) if key.startswith("visual.") else ("text",)
+
+
+def tower_shapes(config: Config, towers=TOWERS) -> dict[str, tuple]:
+    """The hub keys, with shapes, of a model of these towers only."""
+    return {k: s for k, s in shapes(config).items() if set(towers_of(k)) & set(towers)}
+
+
 def shapes(config: Config, archive_entries: bool = False) -> dict[str, tuple]:
     """Every key of the hub state dict for `config`, with its shape (in openai/CLIP's order)."""
     t = config.text
@@ -118,6 +136,16 @@ def _grid(n_positions: int, what: str) -> int:
     if grid * grid + 1 != n_positions:
         raise ConfigError(f"{what} has {n_positions} rows, not grid**2 + 1")
     return grid
+
+
+def rule(shapes: Config) -> Config:
+    """openai/CLIP's `build_model` rule for what no tensor says: 64-wide heads, QuickGELU, LayerNorm eps
+    1e-5, and an MLP 4x the width. Libraries ported from it (paddleclip, PASSL) build every CLIP so."""
+    v, t = shapes.vision, shapes.text
+    extra = dict(mlp_width=4 * v.width, activation="quick_gelu", eps=1e-5) if v.is_vit else {}
+    vision = replace(v, heads=(v.width if v.is_vit else 32 * v.width) // 64, **extra)
+    text = replace(t, heads=t.width // 64, mlp_width=4 * t.width, activation="quick_gelu", eps=1e-5)
+    return Config(shapes.embed_dim, vision, text)
 
 
 def infer(hub: Mapping[str, tuple]) -> Config:

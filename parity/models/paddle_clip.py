@@ -232,28 +232,31 @@ def causal_mask(length: int):
 
 
 class CLIP(nn.Layer):
-    """Built from a complete Config: every width, head count, activation and eps comes from it."""
+    """Built from a complete Config: every width, head count, activation and eps comes from it.
+    `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, towers=("image", "text")):
         super().__init__()
         self.config = config
         v, t = config.vision, config.text
-        if v.is_vit:
-            self.visual = VisionTransformer(v, config.embed_dim)
-        else:
-            self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
+        if "image" in towers:
+            if v.is_vit:
+                self.visual = VisionTransformer(v, config.embed_dim)
+            else:
+                self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
         self.context_length = t.context_length
-        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
-                                       causal_mask(t.context_length))
-        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
-        self.positional_embedding = self.create_parameter([t.context_length, t.width])
-        self.ln_final = nn.LayerNorm(t.width, epsilon=t.eps)
-        self.text_projection = self.create_parameter([t.width, config.embed_dim])
+        if "text" in towers:
+            self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
+                                           causal_mask(t.context_length))
+            self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+            self.positional_embedding = self.create_parameter([t.context_length, t.width])
+            self.ln_final = nn.LayerNorm(t.width, epsilon=t.eps)
+            self.text_projection = self.create_parameter([t.width, config.embed_dim])
         self.logit_scale = self.create_parameter([1])
 
     @property
     def dtype(self):
-        return self.visual.conv1.weight.dtype
+        return self.logit_scale.dtype
 
     @materialized_views
     def encode_image(self, image):
@@ -271,8 +274,11 @@ class CLIP(nn.Layer):
 
     @materialized_views
     def forward(self, image, text):
-        image_features = self.encode_image(image)
-        text_features = self.encode_text(text)
+        return self.logits(self.encode_image(image), self.encode_text(text))
+
+    @materialized_views
+    def logits(self, image_features, text_features):
+        """(logits per image, per text) from the two towers' features."""
         image_features = image_features / image_features.norm(axis=1, keepdim=True)
         text_features = text_features / text_features.norm(axis=1, keepdim=True)
         logits_per_image = self.logit_scale.exp() * paddle.matmul(image_features, text_features, transpose_y=True)

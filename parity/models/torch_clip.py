@@ -190,33 +190,37 @@ class VisionTransformer(nn.Module):
 
 
 def causal_mask(length: int) -> torch.Tensor:
-    # additive mask: -inf above the diagonal, so token t attends to tokens <= t
-    return torch.full((length, length), float("-inf")).triu_(1)
+    # additive mask: -inf above the diagonal, so token t attends to tokens <= t; made on the CPU even
+    # when the model is built on the meta device (it is in no state dict)
+    return torch.full((length, length), float("-inf"), device="cpu").triu_(1)
 
 
 class CLIP(nn.Module):
-    """Built from a complete Config: every width, head count, activation and eps comes from it."""
+    """Built from a complete Config: every width, head count, activation and eps comes from it.
+    `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, towers=("image", "text")):
         super().__init__()
         self.config = config
         v, t = config.vision, config.text
-        if v.is_vit:
-            self.visual = VisionTransformer(v, config.embed_dim)
-        else:
-            self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
+        if "image" in towers:
+            if v.is_vit:
+                self.visual = VisionTransformer(v, config.embed_dim)
+            else:
+                self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
         self.context_length = t.context_length
-        self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
-                                       causal_mask(t.context_length))
-        self.token_embedding = nn.Embedding(t.vocab_size, t.width)
-        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
-        self.ln_final = LayerNorm(t.width, eps=t.eps)
-        self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
+        if "text" in towers:
+            self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
+                                           causal_mask(t.context_length))
+            self.token_embedding = nn.Embedding(t.vocab_size, t.width)
+            self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+            self.ln_final = LayerNorm(t.width, eps=t.eps)
+            self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
         self.logit_scale = nn.Parameter(torch.empty(()))
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        return self.logit_scale.dtype
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.visual(image.type(self.dtype))
@@ -230,8 +234,10 @@ class CLIP(nn.Module):
         return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
 
     def forward(self, image: torch.Tensor, text: torch.Tensor):
-        image_features = self.encode_image(image)
-        text_features = self.encode_text(text)
+        return self.logits(self.encode_image(image), self.encode_text(text))
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor):
+        """(logits per image, per text) from the two towers' features."""
         image_features = image_features / image_features.norm(dim=1, keepdim=True)
         text_features = text_features / text_features.norm(dim=1, keepdim=True)
         logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()
