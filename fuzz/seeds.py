@@ -128,6 +128,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
     folder_json = {
         "hf-config.json": json.dumps(layouts.hf.config_to_json(registry.get("ViT-B/32").config)).encode(),
         "paddlenlp-rn50-config.json": json.dumps(layouts.paddlenlp.config_to_json(registry.get("RN50").config)).encode(),
+        "open_clip_config.json": json.dumps(layouts.open_clip.config_to_json(registry.get("ViT-bigG-14").config)).encode(),
         "index.json": json.dumps({"metadata": {"total_size": 10}, "weight_map": {
             "logit_scale": "model-00001-of-00002.safetensors", "text_projection.weight": "model-00002-of-00002.safetensors"}}).encode(),
     }

@@ -38,10 +38,11 @@ def _walk(content, out: list):
 
 
 def _folder_json(data: bytes) -> None:
-    """A folder's JSON files (config.json, a sharded index), as the folder reader takes them."""
+    """A folder's JSON files (config.json, open_clip_config.json, a sharded index), as the folder reader
+    takes them."""
     import json
     from parity.formats.folders import weight_map
-    from parity.layouts import hf, paddlenlp
+    from parity.layouts import hf, open_clip, paddlenlp
     from parity.errors import ParityError
 
     try:
@@ -51,7 +52,7 @@ def _folder_json(data: bytes) -> None:
     if not isinstance(value, dict):
         return
     for step in (lambda: hf.config_from_json(value), lambda: paddlenlp.config_from_json(value),
-                 lambda: weight_map(value, "<index>")):
+                 lambda: open_clip.config_from_json(value), lambda: weight_map(value, "<index>")):
         try:
             step()
         except ParityError:

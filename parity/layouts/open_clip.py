@@ -67,6 +67,13 @@ def _section(data: dict, name: str, fixed: dict, free: set, sizes: dict) -> tupl
     return values, lambda key: integer(values[key], f"{name}.{key}")
 
 
+def _mlp(width: int, ratio, where: str) -> int:
+    value = width * real(ratio, f"{where}.mlp_ratio")
+    if not 1 <= value < 1 << 31:
+        raise ConfigError(f"{where}.mlp_ratio {ratio!r} gives an MLP width of {value:g}")
+    return int(value)
+
+
 def config_from_model_cfg(cfg: dict) -> Config:
     """The Config that open_clip builds from a model config (`model_cfg`, or a model_configs/NAME.json)."""
     if not isinstance(cfg, dict):
@@ -83,14 +90,16 @@ def config_from_model_cfg(cfg: dict) -> Config:
         raise ConfigError(f"model_cfg.quick_gelu is {cfg['quick_gelu']!r}, not true or false")
     activation = "quick_gelu" if cfg.get("quick_gelu", False) else "gelu"
     width, text_width = vi("width"), ti("width")
+    for name, value in (("vision_cfg.width", width), ("text_cfg.width", text_width)):
+        if value < 1:
+            raise ConfigError(f"{name} is {value}: a size is a positive integer")
     head_width = vi("head_width")
-    if width % head_width:
+    if head_width < 1 or width % head_width:
         raise ConfigError(f"vision_cfg.head_width {head_width} does not divide the width {width}")
-    # open_clip: mlp_width = int(width * mlp_ratio), heads = width // head_width
+    # open_clip: heads = width // head_width, mlp_width = int(width * mlp_ratio)
     vision = VisionConfig("vit", vi("layers"), width, vi("image_size"), vi("patch_size"),
-                          int(width * real(v["mlp_ratio"], "vision_cfg.mlp_ratio")), width // head_width,
-                          activation, 1e-5)
-    text = TextConfig(text_width, ti("layers"), int(text_width * real(t["mlp_ratio"], "text_cfg.mlp_ratio")),
+                          _mlp(width, v["mlp_ratio"], "vision_cfg"), width // head_width, activation, 1e-5)
+    text = TextConfig(text_width, ti("layers"), _mlp(text_width, t["mlp_ratio"], "text_cfg"),
                       ti("context_length"), ti("vocab_size"), ti("heads"), activation, 1e-5)
     if "embed_dim" not in cfg:
         raise ConfigError("model_cfg has no embed_dim")
