@@ -277,14 +277,15 @@ def markdown(data: dict) -> str:
     if big:
         md += [f"## 4. open_clip's {big['model']} (synthetic, float32, one file of {_gib(big['source_bytes'])})", "",
                "`parity verify` holds one tower of one framework at a time, each tensor read from the file as its "
-               "tower is built, and measures the float64 noise floor one residual block at a time.", "",
+               "tower is built, and measures the float64 noise floor one residual block at a time. One run of "
+               "each command (they take minutes); peak RSS is the whole process's.", "",
                "| command | wall | peak RSS | result |", "|---|---|---|---|"]
         for tower in ("both", "text"):
             v = big.get(f"verify_{tower}")
             if v:
                 md.append(f"| parity verify --tower {tower} | {v['seconds']:.0f} s | {_gib(v['rss'])} | "
                           f"{'PASS' if v['passed'] else 'FAIL'}: " + ", ".join(
-                              f"{k} |Δ| {d:.1e} (bound {v['bounds'][k]:.1e})" for k, d in v["differences"].items()) + " |")
+                              f"{k} max Δ {d:.1e} (bound {v['bounds'][k]:.1e})" for k, d in v["differences"].items()) + " |")
         c = big.get("convert")
         if c:
             md.append(f"| parity convert --to paddle | {c['seconds']:.0f} s ({c['seconds'] / c['cp_seconds']:.1f}× cp's "
