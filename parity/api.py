@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import layouts, registry
-from .checkpoint import Checkpoint, load, opened
+from .checkpoint import Checkpoint, opened
 from .errors import ParityError
 from .frameworks import device_names, select_device
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, paddle_side, torch_side, verify_pair
@@ -121,16 +121,20 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     return report
 
 
-def load_model(path, framework: str = "torch", device: str = "auto", config=None):
+def load_model(path, framework: str = "torch", device: str = "auto", config=None, towers=layouts.HUB.TOWERS):
     """parity's CLIP for `framework` ("torch" or "paddle") with the checkpoint's weights, in eval mode
-    on `device` (auto: the GPU when present). Any supported file works for either framework.
+    on `device` (auto: the GPU when present). Any supported file works for either framework. Each tensor
+    is read from the file as the model is built (a model's size in memory, not twice it); `towers`:
+    ("text",) or ("image",) builds that tower alone (with the logit scale).
 
     >>> model = parity.load_model("RN50.pt", framework="paddle")    # doctest: +SKIP
+    >>> text_encoder = parity.load_model("open_clip_model.safetensors", config="ViT-bigG-14",
+    ...                                  towers=("text",))          # doctest: +SKIP
     """
     _check_framework(framework)
-    ck = load(path, config=config)
-    computable(ck, captions=False)
-    return _model(ck, framework, select_device(device)[framework])
+    with opened(path, config=config) as ck:
+        computable(ck, captions=False)
+        return _model(ck, framework, select_device(device)[framework], towers)
 
 
 def _check_framework(framework: str) -> None:  # before any file is read

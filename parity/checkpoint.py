@@ -418,7 +418,8 @@ def describe(path, config=None) -> dict:
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,
-        "model": ck.name or "unregistered CLIP",
+        "model": ck.name or ("registered shapes, ambiguous config" if ck.config_source.startswith("ambiguous")
+                             else "unregistered CLIP"),
         "config": ck.config.describe() + ("" if ck.config.complete else
                                           f" (unknown: {', '.join(ck.config.missing())})"),
         "config from": ck.config_source, "config_fields": ck.config.to_dict(),
