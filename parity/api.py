@@ -34,7 +34,18 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
                           f"{MAX_RESOLUTION} (memory grows with their squares)")
     if t.vocab_size < 2:
         raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows: no text can be encoded")
-    if captions:
+    if t.is_bert:  # Chinese captions, WordPiece ids: each must have a row, and the context must hold them
+        from .inputs import CANONICAL_ZH, SAMPLES_ZH
+        from .wordpiece import tokenize as wordpiece
+        texts = [CANONICAL_ZH, *(SAMPLES_ZH.values() if captions else ())]
+        ids = wordpiece(texts, t.positions)
+        if int(ids.max()) >= t.vocab_size:
+            raise ParityError(f"{ck.path}: its word embedding has {t.vocab_size} rows, but Chinese-CLIP's tokenizer "
+                              f"gives ids up to {int(ids.max())}: the captions cannot be encoded for it")
+        if t.context_length < int((ids != 0).sum(axis=1).max()):
+            raise ParityError(f"{ck.path}: its context holds {t.context_length} tokens, and the captions need "
+                              f"{int((ids != 0).sum(axis=1).max())}")
+    elif captions:
         if t.vocab_size < VOCAB_SIZE:
             raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows, but CLIP's tokenizer "
                               f"gives ids up to {VOCAB_SIZE - 1}: the captions cannot be encoded for it")
@@ -156,7 +167,8 @@ def logits(path, framework: str = "torch", device: str = "auto", config=None,
     devices = select_device(device)
     with opened(path, config=config) as ck:
         computable(ck, captions=False)
-        image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length)
+        image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length,
+                                       ck.config.text.is_bert)
         if framework == "torch":
             out = torch_side(ck.plan_in(layouts.HUB.NAME), ck.config, image, text, None, devices["torch"], towers,
                              noise=False).canonical

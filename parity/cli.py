@@ -151,7 +151,8 @@ def variants():
 
 
 FAMILY_NOTES = {"openai": "openai/CLIP's releases, known by their SHA-256",
-                "open_clip": "open_clip's configs by its own names; LAION's weights use GELU, -quickgelu QuickGELU"}
+                "open_clip": "open_clip's configs by its own names; LAION's weights use GELU, -quickgelu QuickGELU",
+                "cn_clip": "Chinese-CLIP: openai's image towers, a Chinese BERT text tower (text w/h/l/mlp: the BERT's)"}
 
 
 @main.command()
@@ -164,9 +165,12 @@ def layouts():
     """
     click.echo(f"{'layout':10} {'framework':9} {'holds':11} {'registered models covered':44} files")
     for layout in layout_registry.LAYOUTS.values():
-        covered = [e.name for e in registry.ENTRIES.values() if e.config.vision.kind in layout.KINDS]
+        covered = [e.name for e in registry.ENTRIES.values() if layout_registry.holds(layout, e.config)]
+        lacks = [what for what, kinds, kind in (("ResNet", layout.KINDS, "resnet"),
+                                                ("BERT", getattr(layout, "TEXT_KINDS", ("clip",)), "bert"))
+                 if kind not in kinds]
         shown = (f"all {len(covered)}" if len(covered) == len(registry.ENTRIES) else
-                 f"{len(covered)} of {len(registry.ENTRIES)} (no ResNet)")
+                 f"{len(covered)} of {len(registry.ENTRIES)} (no {', no '.join(lacks)})")
         click.echo(f"{layout.NAME:10} {layout.FRAMEWORK:9} {'+'.join(layout.KINDS):11} {shown:44} {layout.FILES}")
 
 

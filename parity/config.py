@@ -46,16 +46,26 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class TextConfig:
-    """The text tower: a causal transformer over BPE tokens, pooled at the end-of-text token."""
+    """The text tower: CLIP's causal transformer over BPE tokens, pooled at the end-of-text token (kind
+    "clip"), or a BERT over WordPiece tokens (kind "bert", Chinese-CLIP's): post-LayerNorm blocks, a
+    padding mask, pooled at [CLS]. A BERT's context (the tokenizer's length) is in no tensor; its
+    `positions` (max_position_embeddings) and `types` (token types) are."""
 
     width: int
     layers: int
     mlp_width: int
-    context_length: int = 77
+    context_length: int | None = 77
     vocab_size: int = 49408
     heads: int | None = None
     activation: str | None = None
     eps: float | None = None
+    kind: str = "clip"
+    positions: int | None = None  # BERT only
+    types: int | None = None  # BERT only
+
+    @property
+    def is_bert(self) -> bool:
+        return self.kind == "bert"
 
 
 @dataclass(frozen=True)
@@ -69,7 +79,8 @@ class Config:
     def missing(self) -> list[str]:
         """The fields that no tensor says and that are still unknown, e.g. ['text.heads']."""
         wanted = {"vision": ("heads", "activation", "eps") if self.vision.is_vit else ("heads",),
-                  "text": ("heads", "activation", "eps")}
+                  "text": ("heads", "activation", "eps", "context_length") if self.text.is_bert else
+                  ("heads", "activation", "eps")}
         return [f"{tower}.{name}" for tower, names in wanted.items() for name in names
                 if getattr(getattr(self, tower), name) is None]
 
@@ -79,8 +90,10 @@ class Config:
 
     def shapes(self) -> "Config":
         """This config less what tensors cannot say: what a state dict's shapes give."""
-        return Config(self.embed_dim, replace(self.vision, heads=None, activation=None, eps=None),
-                      replace(self.text, heads=None, activation=None, eps=None))
+        text = replace(self.text, heads=None, activation=None, eps=None)
+        if text.is_bert:  # a BERT's context is its tokenizer's length, not its position table's
+            text = replace(text, context_length=None)
+        return Config(self.embed_dim, replace(self.vision, heads=None, activation=None, eps=None), text)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +126,13 @@ class Config:
                 raise ConfigError(f"{name} is {value!r}: a size is a positive integer")
         if v.kind not in ("vit", "resnet"):
             raise ConfigError(f"vision.kind is {v.kind!r}: use 'vit' or 'resnet'")
+        if t.kind not in ("clip", "bert"):
+            raise ConfigError(f"text.kind is {t.kind!r}: use 'clip' or 'bert'")
+        if t.is_bert != (t.positions is not None and t.types is not None):
+            raise ConfigError("text.positions and text.types: a BERT text tower has both, a CLIP one neither")
+        if t.is_bert and t.context_length is not None and t.context_length > t.positions:
+            raise ConfigError(f"text.context_length {t.context_length} is more than the BERT's {t.positions} "
+                              "positions")
         if v.is_vit != isinstance(v.layers, int) or (not v.is_vit and len(v.layers) != 4):
             raise ConfigError("vision.layers: one depth for a ViT, four stage depths for a ResNet")
         if v.is_vit and (v.patch_size is None or v.mlp_width is None):
@@ -149,7 +169,9 @@ class Config:
                      f"{v.activation} eps {v.eps}")
         else:
             tower = f"ResNet {','.join(map(str, v.layers))}x{v.width} @{v.image_size} pool heads {v.heads}"
-        return (f"{tower}; text {t.layers}x{t.width} mlp {t.mlp_width} context {t.context_length} vocab "
+        text = "BERT" if t.is_bert else "text"
+        extra = f" positions {t.positions} types {t.types}" if t.is_bert else ""
+        return (f"{tower}; {text} {t.layers}x{t.width} mlp {t.mlp_width} context {t.context_length}{extra} vocab "
                 f"{t.vocab_size} heads {t.heads} {t.activation} eps {t.eps}; embed {self.embed_dim}")
 
 

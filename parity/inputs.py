@@ -27,11 +27,23 @@ SAMPLES = {
     "horse": "a black-and-white silhouette of a horse",
     "coffee": "a cup of coffee on a saucer",
 }
+# the same captions in Chinese, for Chinese-CLIP's BERT text tower
+SAMPLES_ZH = {
+    "page": "一页关于图像分割的文字", "chelsea": "一张虎斑猫的脸部照片", "astronaut": "一位宇航员和美国国旗的肖像",
+    "rocket": "一枚立在发射台上的火箭", "motorcycle_right": "一辆停在车库里的红色摩托车",
+    "camera": "一个人看着三脚架上的相机", "horse": "一匹马的黑白剪影", "coffee": "茶碟上的一杯咖啡",
+}
+# a BERT's canonical text: an all-ones text means nothing to it (id 1 is [unused1], with no [CLS])
+CANONICAL_ZH = "一张照片"
 
 
-def canonical_inputs(resolution: int, context_length: int = 77) -> tuple[np.ndarray, np.ndarray]:
-    """The reference table's pair: image = ones/2 of shape (1, 3, R, R) float32, text = ones (1, 77) int64."""
+def canonical_inputs(resolution: int, context_length: int = 77, bert: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The reference table's pair: image = ones/2 of shape (1, 3, R, R) float32, text = ones (1, 77) int64;
+    for a BERT text tower (`bert`), the text is "一张照片" tokenized by Chinese-CLIP's tokenizer."""
     image = np.full((1, 3, resolution, resolution), 0.5, dtype=np.float32)
+    if bert:
+        from .wordpiece import tokenize as wordpiece
+        return image, wordpiece(CANONICAL_ZH, context_length)
     text = np.ones((1, context_length), dtype=np.int64)
     return image, text
 
@@ -96,11 +108,14 @@ class SampleSet:
     tokens: np.ndarray  # (N, context_length) int64
 
 
-def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] | None = None) -> SampleSet:
-    """The sample photographs preprocessed once at `resolution`, and their captions tokenized once."""
+def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] | None = None,
+               bert: bool = False) -> SampleSet:
+    """The sample photographs preprocessed once at `resolution`, and their captions tokenized once (with
+    `bert`: the Chinese captions, by Chinese-CLIP's tokenizer)."""
     from .tokenizer import tokenize
+    from .wordpiece import tokenize as wordpiece
 
     names = list(names or SAMPLES)
-    captions = [SAMPLES[n] for n in names]
+    captions = [(SAMPLES_ZH if bert else SAMPLES)[n] for n in names]
     images = np.stack([preprocess(sample_path(n), resolution) for n in names])
-    return SampleSet(names, captions, images, tokenize(captions, context_length))
+    return SampleSet(names, captions, images, (wordpiece if bert else tokenize)(captions, context_length))

@@ -18,7 +18,7 @@ from .config import Config, ConfigError, TextConfig, VisionConfig
 @dataclass(frozen=True)
 class Entry:
     name: str
-    family: str  # who publishes it: "openai", "open_clip"
+    family: str  # who publishes it: "openai", "open_clip", "cn_clip"
     config: Config
     filename: str | None = None  # the release file's name
     sha256: str | None = None  # the release file's SHA-256 (openai/CLIP `_MODELS`)
@@ -63,6 +63,22 @@ def _open_clip(name, embed, vision, text, activation) -> Entry:
     return Entry(name, "open_clip", Config(embed, v, t))
 
 
+# Chinese-CLIP (cn_clip 1.6.0's clip/model_configs, paired as its _MODEL_INFO pairs them): openai's
+# image towers with QuickGELU (ViT-H-14 with 80-wide heads), and a Chinese BERT: RoBERTa-wwm-ext-base or
+# -large, or RBT3 for RN50. What no tensor says: BERT's GELU and eps 1e-12, the 52-token context.
+_BERTS = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096), "rbt3": (768, 3, 12, 3072)}
+
+
+def _cn_clip(name, embed, vision: VisionConfig, bert: str) -> Entry:
+    width, layers, heads, mlp = _BERTS[bert]
+    text = TextConfig(width, layers, mlp, 52, 21128, heads, "gelu", 1e-12, kind="bert", positions=512, types=2)
+    return Entry(f"cn_clip/{name}", "cn_clip", Config(embed, vision, text))
+
+
+def _cn_vit(layers, width, patch, resolution=224, head_width=64):
+    return VisionConfig("vit", layers, width, resolution, patch, 4 * width, width // head_width, "quick_gelu", 1e-5)
+
+
 # The reference logits: the canonical logit (image ones/2, text ones) of the official weights, as the
 # published Paddle port of CLIP reported it for both frameworks, to 4 decimals. Checked only for files
 # whose SHA-256 is the release's own; never shown beside synthetic weights.
@@ -87,6 +103,11 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
          "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt"),
     *(_open_clip(*row, "gelu") for row in OPEN_CLIP),
     *(_open_clip(f"{row[0]}-quickgelu", *row[1:], "quick_gelu") for row in OPEN_CLIP if row[0] in QUICKGELU_FORMS),
+    _cn_clip("ViT-B-16", 512, _cn_vit(12, 768, 16), "base"),
+    _cn_clip("ViT-L-14", 768, _cn_vit(24, 1024, 14), "base"),
+    _cn_clip("ViT-L-14-336", 768, _cn_vit(24, 1024, 14, 336), "base"),
+    _cn_clip("ViT-H-14", 1024, _cn_vit(32, 1280, 14, head_width=80), "large"),
+    _cn_clip("RN50", 1024, VisionConfig("resnet", (3, 4, 6, 3), 64, 224, heads=32), "rbt3"),
 )}
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES.values()))
 

@@ -200,6 +200,20 @@ def min_cosine(photos: Photos) -> float:
     return next(iter(photos.differences.values())).bound
 
 
+def _labels(photos: Photos) -> list[str]:
+    # the captions, where the plotting font has their glyphs; Chinese captions (without a CJK font here)
+    # are shown by the English caption of the same photograph, marked as translated
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    from .inputs import SAMPLES
+
+    glyphs = FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap()
+    if all(ord(ch) in glyphs for caption in photos.captions for ch in caption):
+        return photos.captions
+    return [f"{SAMPLES.get(name, name)} (captioned in Chinese)" for name in photos.names]
+
+
 def similarity_picture(r: Report, path: Path) -> None:
     """torch's and Paddle's image x text cosine similarity side by side, with their difference."""
     import logging
@@ -229,7 +243,7 @@ def similarity_picture(r: Report, path: Path) -> None:
         ax.set_ylim(n_txt + 1.6, -0.5)
         ax.set_xticks([])
         ax.set_title(f"{title}: cosine similarity", fontsize=14)
-    axes[0].set_yticks(range(n_txt), photos.captions, fontsize=10)
+    axes[0].set_yticks(range(n_txt), _labels(photos), fontsize=10)
     axes[1].set_yticks([])
     diff = st - sp
     limit = max(float(np.abs(diff).max()), 1e-12)

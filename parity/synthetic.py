@@ -47,7 +47,8 @@ def family_of(config: Config) -> str:
 
 def _std(key: str, shape: tuple, config: Config) -> float:
     """Standard deviation of the normal draw for a weight-like tensor (fan-in scaling)."""
-    if key == "token_embedding.weight":
+    if key in ("token_embedding.weight", "bert.embeddings.word_embeddings.weight",
+               "bert.embeddings.position_embeddings.weight", "bert.embeddings.token_type_embeddings.weight"):
         return 0.02
     if key == "positional_embedding":
         return 0.01
@@ -56,7 +57,8 @@ def _std(key: str, shape: tuple, config: Config) -> float:
         return shape[-1 if "positional" in key or "class" in key else 0] ** -0.5
     fan_in = math.prod(shape[1:])
     std = fan_in ** -0.5
-    if key.endswith(("attn.out_proj.weight", "mlp.c_proj.weight")):
+    if key.endswith(("attn.out_proj.weight", "mlp.c_proj.weight", "attention.output.dense.weight",
+                     "output.dense.weight")):
         # residual-branch outputs shrink with depth (GPT-2 / openai init), keeping the stream of order one
         layers = config.vision.layers if key.startswith("visual.") else config.text.layers
         std *= (2 * layers) ** -0.5
@@ -79,7 +81,7 @@ def _draw(config: Config, seed: int) -> dict:
             t = torch.zeros(shape)
         elif key.endswith("running_var"):
             t = torch.ones(shape)
-        elif re.search(r"(ln_\w+|bn\d|downsample\.1)\.weight$", key):
+        elif re.search(r"(ln_\w+|bn\d|downsample\.1|LayerNorm)\.weight$", key):
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen)  # norm gains near one
             if re.search(r"layer\d\.\d+\.bn3\.weight$", key):
                 # the residual branch's last norm shrinks with depth, as the transformers' output
@@ -177,7 +179,8 @@ def _slug(config: Config) -> str:
         import hashlib
         import json
         return "custom-" + hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-    prefix = "" if registry.get(name).family == "openai" else registry.get(name).family + "-"
+    family = registry.get(name).family
+    prefix = "" if family == "openai" or name.startswith(family) else family + "-"
     return prefix + re.sub(r"[^A-Za-z0-9]+", "-", name)
 
 
@@ -188,7 +191,7 @@ def _planned_draw(key: str, shape: tuple, config: Config, seed: int) -> np.ndarr
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     if key == "logit_scale":
         return np.array(math.log(100.0), np.float32)
-    if re.search(r"ln_\w+\.weight$", key):
+    if re.search(r"(ln_\w+|LayerNorm)\.weight$", key):
         return (1.0 + 0.1 * rng.standard_normal(shape, np.float32)).astype(np.float32)
     if key.endswith("bias"):
         return 0.02 * rng.standard_normal(shape, np.float32)

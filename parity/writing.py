@@ -249,6 +249,9 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if dtype not in (None, *DTYPES):
         raise CheckpointError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     target, fmt = target_of(path, to, layout, format)
+    if ck.config.text.kind not in getattr(target, "TEXT_KINDS", ("clip",)):
+        raise CheckpointError(f"the {target.NAME} layout holds CLIP's own text tower, not a {ck.config.text.kind.upper()} "
+                              "(Chinese-CLIP's): write openai or paddle")
     if ck.config.vision.kind not in target.KINDS:
         raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(target.KINDS)} image towers, "
                               f"not a {ck.config.vision.kind}")

@@ -21,9 +21,12 @@ def test_variants_lists_the_families_apart():
         lines.index(next(x for x in lines if x.startswith("open_clip ")))
     assert [line.split()[0] for line in lines[openai + 2:open_clip]] == [
         "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
-    assert [line.split()[0] for line in lines[open_clip + 2:]] == [
+    cn_clip = lines.index(next(x for x in lines if x.startswith("cn_clip ")))
+    assert [line.split()[0] for line in lines[open_clip + 2:cn_clip]] == [
         "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-32-quickgelu",
         "ViT-B-16-quickgelu", "ViT-L-14-quickgelu", "ViT-H-14-quickgelu", "ViT-bigG-14-quickgelu"]
+    assert [line.split()[0] for line in lines[cn_clip + 2:]] == [
+        "cn_clip/ViT-B-16", "cn_clip/ViT-L-14", "cn_clip/ViT-L-14-336", "cn_clip/ViT-H-14", "cn_clip/RN50"]
     row = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ")}
     assert row["ViT-L/14"] == ["768", "224", "24", "1024", "14", "16", "4096", "quick_gelu", "768/12/12/3072",
                                "quick_gelu"]
@@ -39,7 +42,7 @@ def test_layouts_lists_the_hub_first():
     assert rows[0] == ["openai", "torch", "vit+resnet", "all"]
     assert ["paddle", "paddle", "vit+resnet", "all"] in rows
     hf = next(line for line in result.output.splitlines() if line.startswith("hf "))
-    assert "15 of 20 (no ResNet)" in hf
+    assert "15 of 25 (no ResNet, no BERT)" in hf
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):

@@ -55,3 +55,11 @@ def test_a_vocabulary_file_is_read_and_checked(tmp_path):
         wordpiece.tokenize("a", 8, bad)
     with pytest.raises(ParityError, match="no \\[CLS\\] and \\[SEP\\]"):
         wordpiece.tokenize("a", 1, vocab)
+
+
+def test_parity_tokenize_picks_the_tokenizer_the_model_needs():
+    import parity
+
+    assert parity.tokenize("一张猫的照片", model="cn_clip/RN50").tolist() == wordpiece.tokenize("一张猫的照片").tolist()
+    assert parity.tokenize("a photo of a cat", model="ViT-B-32").tolist() == parity.tokenize("a photo of a cat").tolist()
+    assert parity.tokenize("a cat", model="cn_clip/ViT-B-16", context_length=16).shape == (1, 16)

@@ -22,6 +22,11 @@ def get(name: str) -> ModuleType:
         raise ConfigError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}") from None
 
 
+def holds(layout: ModuleType, config) -> bool:
+    """Whether `layout` has a place for this CLIP's towers (an image tower kind, a text tower kind)."""
+    return config.vision.kind in layout.KINDS and config.text.kind in getattr(layout, "TEXT_KINDS", ("clip",))
+
+
 def detect(keys) -> str:
     """The layout whose telltale keys the key set has; ConfigError for none, or for keys of two."""
     keys = set(keys)
@@ -65,4 +70,4 @@ def to_hub(state: Mapping, name: str, record: Record | None = None,
 
 
 __all__ = ["HUB", "LAYOUTS", "KeyMap", "Planned", "Record", "Row", "StateDictError", "check_keys", "detect", "get",
-           "shapes_of", "to_hub", "to_layout"]
+           "holds", "shapes_of", "to_hub", "to_layout"]

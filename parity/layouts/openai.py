@@ -17,12 +17,15 @@ from .rows import KeyMap, Row
 NAME, FRAMEWORK = "openai", "torch"
 FILES = "torch .pt (TorchScript release archive or state dict), safetensors"
 KINDS = ("vit", "resnet")
+TEXT_KINDS = ("clip", "bert")
 FORMAT = "pt"
 ARCHIVE_ENTRIES = ("input_resolution", "context_length", "vocab_size")  # the releases' three int buffers
 KEYMAP = KeyMap((Row("{p}", "{p}"),))  # the hub maps to itself
 
 
 def detect(keys) -> bool:
+    if "bert.embeddings.word_embeddings.weight" in keys:  # Chinese-CLIP: openai's image towers, a BERT
+        return any(k.endswith("attn.in_proj_weight") for k in keys) or "visual.bn1.running_mean" in keys
     return any(k.endswith("attn.in_proj_weight") for k in keys) and "token_embedding.weight" in keys
 
 
@@ -93,12 +96,35 @@ def tower_shapes(config: Config, towers=TOWERS) -> dict[str, tuple]:
     return {k: s for k, s in shapes(config).items() if set(towers_of(k)) & set(towers)}
 
 
+def _bert(t: TextConfig) -> dict[str, tuple]:
+    # Chinese-CLIP's text tower, under its own names (cn_clip's `bert.*`): a BERT without a pooler
+    w, m = t.width, t.mlp_width
+    s = {"bert.embeddings.word_embeddings.weight": (t.vocab_size, w),
+         "bert.embeddings.position_embeddings.weight": (t.positions, w),
+         "bert.embeddings.token_type_embeddings.weight": (t.types, w),
+         "bert.embeddings.LayerNorm.weight": (w,), "bert.embeddings.LayerNorm.bias": (w,)}
+    for i in range(t.layers):
+        p = f"bert.encoder.layer.{i}"
+        for x in ("query", "key", "value"):
+            s.update({f"{p}.attention.self.{x}.weight": (w, w), f"{p}.attention.self.{x}.bias": (w,)})
+        s.update({f"{p}.attention.output.dense.weight": (w, w), f"{p}.attention.output.dense.bias": (w,),
+                  f"{p}.attention.output.LayerNorm.weight": (w,), f"{p}.attention.output.LayerNorm.bias": (w,),
+                  f"{p}.intermediate.dense.weight": (m, w), f"{p}.intermediate.dense.bias": (m,),
+                  f"{p}.output.dense.weight": (w, m), f"{p}.output.dense.bias": (w,),
+                  f"{p}.output.LayerNorm.weight": (w,), f"{p}.output.LayerNorm.bias": (w,)})
+    return s
+
+
 def shapes(config: Config, archive_entries: bool = False) -> dict[str, tuple]:
-    """Every key of the hub state dict for `config`, with its shape (in openai/CLIP's order)."""
+    """Every key of the hub state dict for `config`, with its shape (in openai/CLIP's order; a BERT text
+    tower in Chinese-CLIP's)."""
     t = config.text
-    s = {"positional_embedding": (t.context_length, t.width), "text_projection": (t.width, config.embed_dim),
-         "logit_scale": ()}
+    s = {} if t.is_bert else {"positional_embedding": (t.context_length, t.width)}
+    s.update({"text_projection": (t.width, config.embed_dim), "logit_scale": ()})
     s.update(_vit(config.vision, config.embed_dim) if config.vision.is_vit else _resnet(config.vision, config.embed_dim))
+    if t.is_bert:
+        s.update(_bert(t))
+        return s
     for i in range(t.layers):
         s.update(_block(f"transformer.resblocks.{i}", t.width, t.mlp_width))
     s.update({"token_embedding.weight": (t.vocab_size, t.width), "ln_final.weight": (t.width,),
@@ -142,6 +168,8 @@ def rule(shapes: Config) -> Config:
     """openai/CLIP's `build_model` rule for what no tensor says: 64-wide heads, QuickGELU, LayerNorm eps
     1e-5, and an MLP 4x the width. Libraries ported from it (paddleclip, PASSL) build every CLIP so."""
     v, t = shapes.vision, shapes.text
+    if t.is_bert:
+        raise ConfigError("openai's rule builds CLIP's own text tower, not a BERT")
     extra = dict(mlp_width=4 * v.width, activation="quick_gelu", eps=1e-5) if v.is_vit else {}
     vision = replace(v, heads=(v.width if v.is_vit else 32 * v.width) // 64, **extra)
     text = replace(t, heads=t.width // 64, mlp_width=4 * t.width, activation="quick_gelu", eps=1e-5)
@@ -164,6 +192,13 @@ def infer(hub: Mapping[str, tuple]) -> Config:
         width = _shape(hub, "visual.layer1.0.conv1.weight")[0]
         grid = _grid(_shape(hub, "visual.attnpool.positional_embedding")[0], "visual.attnpool.positional_embedding")
         vision = VisionConfig("resnet", layers, width, grid * 32)  # the ResNet downsamples by 32
+    if "bert.embeddings.word_embeddings.weight" in hub:
+        vocab, text_width = _shape(hub, "bert.embeddings.word_embeddings.weight")  # [vocab, width]
+        text = TextConfig(text_width, _count(keys, "bert.encoder.layer."),
+                          _shape(hub, "bert.encoder.layer.0.intermediate.dense.weight")[0], None, vocab,
+                          kind="bert", positions=_shape(hub, "bert.embeddings.position_embeddings.weight")[0],
+                          types=_shape(hub, "bert.embeddings.token_type_embeddings.weight")[0])
+        return Config(_shape(hub, "text_projection")[1], vision, text)
     vocab, text_width = _shape(hub, "token_embedding.weight")  # [vocab, width]
     text = TextConfig(text_width, _count(keys, "transformer.resblocks."),
                       _shape(hub, "transformer.resblocks.0.mlp.c_fc.weight")[0],

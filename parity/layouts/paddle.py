@@ -12,6 +12,7 @@ from .rows import KeyMap, Row
 NAME, FRAMEWORK = "paddle", "paddle"
 FILES = "Paddle .pdparams (parity's record under 'parity@@extras'), or safetensors"
 KINDS = ("vit", "resnet")
+TEXT_KINDS = ("clip", "bert")
 FORMAT = "pdparams"
 
 ROWS = (
@@ -26,11 +27,17 @@ ROWS = (
     Row("{p}.num_batches_tracked", None),
     *(Row(name, None) for name in ARCHIVE_ENTRIES),
     Row("logit_scale", "logit_scale", "scalar"),
+    # a BERT text tower (Chinese-CLIP): its Linears transposed, embeddings and LayerNorms as they are
+    Row("bert.embeddings.{p}.weight", "bert.embeddings.{p}.weight"),
+    Row("bert.{p}.LayerNorm.weight", "bert.{p}.LayerNorm.weight"),
+    Row("bert.{p}.weight", "bert.{p}.weight", "linear"),
     Row("{p}", "{p}"),  # every other name is shared (validated against the expected shapes)
 )
 KEYMAP = KeyMap(ROWS)
 
 
 def detect(keys) -> bool:
-    return any(k.endswith("attn.q_proj.weight") and not k.startswith("visual.attnpool.") for k in keys) \
-        and "token_embedding.weight" in keys and "visual.attnpool.attn.q_proj.weight" not in keys
+    vit = any(k.endswith("attn.q_proj.weight") and not k.startswith("visual.attnpool.") for k in keys)
+    if "bert.embeddings.word_embeddings.weight" in keys:  # Chinese-CLIP's towers
+        return vit or "visual.bn1._mean" in keys
+    return vit and "token_embedding.weight" in keys and "visual.attnpool.attn.q_proj.weight" not in keys

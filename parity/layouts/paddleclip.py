@@ -21,7 +21,7 @@ ROWS = (
     Row("visual.attnpool.c_proj.bias", "visual.attnpool.attn.out_proj.bias"),
     Row("visual.attnpool.{x}_proj.weight", "visual.attnpool.attn.{x}_proj.weight", "linear"),
     Row("visual.attnpool.{x}_proj.bias", "visual.attnpool.attn.{x}_proj.bias"),
-    *(row for row in paddle.ROWS if not row.hub.startswith("visual.attnpool.")),
+    *(row for row in paddle.ROWS if not row.hub.startswith(("visual.attnpool.", "bert."))),  # no BERT there
 )
 KEYMAP = KeyMap(ROWS)
 

@@ -8,8 +8,9 @@ Paddle cannot compute in float16 on the CPU: load float32 weights.
 from __future__ import annotations
 
 import functools
+import math
 
-from ..config import Config, VisionConfig
+from ..config import Config, TextConfig, VisionConfig
 from ..frameworks import import_paddle
 
 paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
@@ -226,6 +227,108 @@ class VisionTransformer(nn.Layer):
         return paddle.matmul(self.ln_post(x[:, 0, :]), self.proj)
 
 
+class BertEmbeddings(nn.Layer):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(t.vocab_size, t.width)
+        self.position_embeddings = nn.Embedding(t.positions, t.width)
+        self.token_type_embeddings = nn.Embedding(t.types, t.width)
+        self.LayerNorm = nn.LayerNorm(t.width, epsilon=t.eps)
+
+    def forward(self, ids):
+        positions = paddle.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)  # [N, L]
+        # every token is of type 0: Chinese-CLIP encodes one sentence
+        return self.LayerNorm(self.word_embeddings(ids) + self.position_embeddings(positions) +
+                              self.token_type_embeddings(paddle.zeros_like(ids)))
+
+
+class BertSelfAttention(nn.Layer):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.heads = t.heads
+        self.query, self.key, self.value = (Linear(t.width, t.width) for _ in range(3))
+
+    def forward(self, x, mask):
+        n, length, width = x.shape
+
+        def split(y):  # [N, L, W] -> [N, heads, L, W / heads]
+            return y.reshape([n, length, self.heads, width // self.heads]).transpose([0, 2, 1, 3])
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = paddle.matmul(q, k, transpose_y=True) / math.sqrt(width // self.heads) + mask
+        out = paddle.matmul(F.softmax(scores, axis=-1), v)  # [N, heads, L, W / heads]
+        return out.transpose([0, 2, 1, 3]).reshape([n, length, width])
+
+
+class BertResidual(nn.Layer):
+    """dense, then the post-LayerNorm of the residual sum (BERT's SelfOutput and Output)."""
+
+    def __init__(self, width_in: int, t: TextConfig):
+        super().__init__()
+        self.dense = Linear(width_in, t.width)
+        self.LayerNorm = nn.LayerNorm(t.width, epsilon=t.eps)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Layer):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.self = BertSelfAttention(t)  # the checkpoint's name: attention.self.query, ...
+        self.output = BertResidual(t.width, t)
+
+    def forward(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Layer):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.dense = Linear(t.width, t.mlp_width)
+        self.act = ACTIVATIONS[t.activation]()
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Layer):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.attention = BertAttention(t)
+        self.intermediate = BertIntermediate(t)
+        self.output = BertResidual(t.mlp_width, t)
+
+    def forward(self, x, mask):
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Layer):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.layer = nn.LayerList([BertLayer(t) for _ in range(t.layers)])
+
+    def forward(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class Bert(nn.Layer):
+    """Chinese-CLIP's text tower: a BERT without a pooler, batch-first ([N, L, W])."""
+
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(t)
+        self.encoder = BertEncoder(t)
+
+    def forward(self, ids):
+        x = self.embeddings(ids)
+        # padding (id 0) masked out additively, with BERT's -10000 rather than -inf
+        mask = (1.0 - (ids != 0).astype(x.dtype))[:, None, None, :] * -10000.0  # [N, 1, 1, L]
+        return self.encoder(x, mask)
+
+
 def causal_mask(length: int):
     # additive mask: -inf above the diagonal, so token t attends to tokens <= t
     return paddle.triu(paddle.full([length, length], float("-inf")), diagonal=1)
@@ -245,7 +348,10 @@ class CLIP(nn.Layer):
             else:
                 self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
         self.context_length = t.context_length
-        if "text" in towers:
+        if "text" in towers and t.is_bert:
+            self.bert = Bert(t)
+            self.text_projection = self.create_parameter([t.width, config.embed_dim])
+        elif "text" in towers:
             self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
                                            causal_mask(t.context_length))
             self.token_embedding = nn.Embedding(t.vocab_size, t.width)
@@ -264,6 +370,8 @@ class CLIP(nn.Layer):
 
     @materialized_views
     def encode_text(self, text):
+        if self.config.text.is_bert:  # the [CLS] token's output is the text feature
+            return paddle.matmul(self.bert(text)[:, 0, :], self.text_projection)
         x = self.token_embedding(text).astype(self.dtype)  # [N, L, D]
         x = x + self.positional_embedding.astype(self.dtype)
         x = self.ln_final(self.transformer(x))

@@ -5,13 +5,14 @@ the harness uses to measure the float32 noise floor. Mirrors `paddle_clip.py` mo
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, VisionConfig
+from ..config import Config, TextConfig, VisionConfig
 
 
 class Bottleneck(nn.Module):
@@ -189,6 +190,116 @@ class VisionTransformer(nn.Module):
         return self.ln_post(x[:, 0, :]) @ self.proj
 
 
+class BertEmbeddings(nn.Module):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(t.vocab_size, t.width)
+        self.position_embeddings = nn.Embedding(t.positions, t.width)
+        self.token_type_embeddings = nn.Embedding(t.types, t.width)
+        self.LayerNorm = LayerNorm(t.width, eps=t.eps)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)[None].expand_as(ids)  # [N, L]
+        # every token is of type 0: Chinese-CLIP encodes one sentence
+        return self.LayerNorm(self.word_embeddings(ids) + self.position_embeddings(positions) +
+                              self.token_type_embeddings(torch.zeros_like(ids)))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.heads = t.heads
+        self.query, self.key, self.value = (nn.Linear(t.width, t.width) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, length, width = x.shape
+
+        def split(y):  # [N, L, W] -> [N, heads, L, W / heads]
+            return y.view(n, length, self.heads, width // self.heads).permute(0, 2, 1, 3)
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(width // self.heads) + mask
+        out = torch.matmul(scores.softmax(dim=-1), v)  # [N, heads, L, W / heads]
+        return out.permute(0, 2, 1, 3).reshape(n, length, width)
+
+
+class BertResidual(nn.Module):
+    """dense, then the post-LayerNorm of the residual sum (BERT's SelfOutput and Output)."""
+
+    def __init__(self, width_in: int, t: TextConfig):
+        super().__init__()
+        self.dense = nn.Linear(width_in, t.width)
+        self.LayerNorm = LayerNorm(t.width, eps=t.eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.self = BertSelfAttention(t)  # the checkpoint's name: attention.self.query, ...
+        self.output = BertResidual(t.width, t)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x, mask), x)
+
+
+class ErfGELU(nn.Module):
+    """GELU written out with erf, as BERT's own code (and Chinese-CLIP's) computes it: the same function as
+    nn.GELU, whose fused kernel rounds otherwise (2e-6 apart on a text feature)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.dense = nn.Linear(t.width, t.mlp_width)
+        self.act = ErfGELU() if t.activation == "gelu" else ACTIVATIONS[t.activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.attention = BertAttention(t)
+        self.intermediate = BertIntermediate(t)
+        self.output = BertResidual(t.mlp_width, t)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(t) for _ in range(t.layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class Bert(nn.Module):
+    """Chinese-CLIP's text tower: a BERT without a pooler, batch-first ([N, L, W])."""
+
+    def __init__(self, t: TextConfig):
+        super().__init__()
+        self.embeddings = BertEmbeddings(t)
+        self.encoder = BertEncoder(t)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(ids)
+        # padding (id 0) masked out additively, with BERT's -10000 rather than -inf
+        mask = (1.0 - (ids != 0).to(x.dtype))[:, None, None, :] * -10000.0  # [N, 1, 1, L]
+        return self.encoder(x, mask)
+
+
 def causal_mask(length: int) -> torch.Tensor:
     # additive mask: -inf above the diagonal, so token t attends to tokens <= t; made on the CPU even
     # when the model is built on the meta device (it is in no state dict)
@@ -209,7 +320,10 @@ class CLIP(nn.Module):
             else:
                 self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
         self.context_length = t.context_length
-        if "text" in towers:
+        if "text" in towers and t.is_bert:
+            self.bert = Bert(t)
+            self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
+        elif "text" in towers:
             self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
                                            causal_mask(t.context_length))
             self.token_embedding = nn.Embedding(t.vocab_size, t.width)
@@ -226,6 +340,8 @@ class CLIP(nn.Module):
         return self.visual(image.type(self.dtype))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        if self.config.text.is_bert:  # the [CLS] token's output is the text feature
+            return self.bert(text)[:, 0, :] @ self.text_projection
         x = self.token_embedding(text).type(self.dtype)  # [N, L, D]
         x = x + self.positional_embedding.type(self.dtype)
         x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
