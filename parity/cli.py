@@ -384,9 +384,9 @@ def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str
     """Convert a CLIP checkpoint between torch, Paddle and safetensors.
 
     SRC may be an official TorchScript release (.pt), a torch state dict (.pt/.pth/.bin, also wrapped in
-    'state_dict'/'model' or with a 'module.' prefix), a Paddle .pdparams, or a .safetensors file, in any
-    layout of `parity layouts`; the format and layout are read from the content, and no code in the file
-    is ever run. Converting needs no config (it moves tensors); a known one is written with them. The
+    'state_dict'/'model' or with a 'module.' prefix), a Paddle .pdparams, a .safetensors file, or a
+    Hugging Face, PaddleNLP or open_clip folder, in any layout of `parity layouts`; the format and layout
+    are read from the content, and no code in the file is ever run. Converting needs no config (it moves tensors); a known one is written with them. The
     output is written unnamed, read back and compared tensor by tensor, then given its name. Exit status
     0 on success, 2 on bad input (one line on stderr).
 
@@ -395,6 +395,8 @@ def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str
       parity convert RN50.pt --to paddle                # -> RN50.pdparams (float32)
       parity convert RN50.pdparams --to torch -o RN50-back.pt
       parity convert ViT-B-32.pt --to safetensors --layout paddle
+      parity convert CLIP-ViT-H-14-laion2B/ --to paddlenlp -o vit-h-14-paddlenlp
+      parity convert open_clip_model.safetensors --config ViT-bigG-14 --to paddle
     """
     from .conversion import convert as run
 
