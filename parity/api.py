@@ -38,7 +38,7 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
         from .inputs import CANONICAL_ZH, SAMPLES_ZH
         from .wordpiece import tokenize as wordpiece
         texts = [CANONICAL_ZH, *(SAMPLES_ZH.values() if captions else ())]
-        ids = wordpiece(texts, t.positions)
+        ids = wordpiece(texts, t.positions, ck.vocab_file)
         if int(ids.max()) >= t.vocab_size:
             raise ParityError(f"{ck.path}: its word embedding has {t.vocab_size} rows, but Chinese-CLIP's tokenizer "
                               f"gives ids up to {int(ids.max())}: the captions cannot be encoded for it")
@@ -76,8 +76,9 @@ def _framework(ck: Checkpoint) -> str:
 
 
 def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS):
-    """(hub plan, Paddle-layout plan (float32), config, label, sources, reference logit or None): each
-    tensor is read when a model of its tower is built, from files that `stack` holds open."""
+    """(hub plan, Paddle-layout plan (float32), config, label, sources, reference logit or None, a BERT's
+    vocabulary file or None): each tensor is read when a model of its tower is built, from files that
+    `stack` holds open."""
     a = stack.enter_context(opened(first, config=config))
     computable(a, captions="text" in towers)
     if second is None:
@@ -106,8 +107,9 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
     entry = registry.by_sha256(torch_ck.sha256)
     reference = entry.reference_logit if official and entry is not None else None
     # Paddle computes float32 on a CPU; float16 -> float32 is exact
+    vocab = torch_ck.vocab_file or paddle_ck.vocab_file
     return (torch_ck.plan_in(layouts.HUB.NAME), paddle_ck.plan_in(layouts.paddle.NAME, "float32"), torch_ck.config,
-            label, sources, reference)
+            label, sources, reference, vocab)
 
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
@@ -124,10 +126,10 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     True
     """
     with ExitStack() as stack:
-        torch_sd, paddle_sd, resolved, label, sources, reference = sides(stack, first, second, config, towers)
+        torch_sd, paddle_sd, resolved, label, sources, reference, vocab = sides(stack, first, second, config, towers)
         report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
                              photos=photos, layers=layers, reference=reference, noise_factor=noise_factor,
-                             towers=towers)
+                             towers=towers, vocab_file=vocab)
     report.sources = sources
     return report
 
@@ -168,7 +170,7 @@ def logits(path, framework: str = "torch", device: str = "auto", config=None,
     with opened(path, config=config) as ck:
         computable(ck, captions=False)
         image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length,
-                                       ck.config.text.is_bert)
+                                       ck.config.text.is_bert, ck.vocab_file)
         if framework == "torch":
             out = torch_side(ck.plan_in(layouts.HUB.NAME), ck.config, image, text, None, devices["torch"], towers,
                              noise=False).canonical

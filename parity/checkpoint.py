@@ -64,6 +64,13 @@ class Checkpoint:
         return registry.name_of(self.config)
 
     @property
+    def vocab_file(self) -> Path | None:
+        """The WordPiece vocabulary in the checkpoint's folder (`vocab.txt`), where it has one."""
+        if self.path is not None and self.path.is_dir() and (self.path / "vocab.txt").is_file():
+            return self.path / "vocab.txt"
+        return None
+
+    @property
     def official(self) -> bool:
         """The file is a registered release file: its SHA-256 is the release's, and so is its config."""
         entry = registry.by_sha256(self.sha256)
@@ -81,6 +88,11 @@ class Checkpoint:
             raise ConfigMissingError(
                 f"{self.path}: the config is ambiguous: its shapes fit {_fits(fits)}, which differ in "
                 f"{', '.join(differ)}, and the file carries no config; give a registered name or a config file")
+        if self.config_source != "unknown":  # a library's config file, short of what no such file says
+            raise ConfigMissingError(
+                f"{self.path}: {', '.join(self.config.missing())} is unknown: no tensor says it, nor the file's "
+                f"config ({self.config_source}), and no registered model of these shapes does; give a "
+                "registered name or a config file")
         raise ConfigMissingError(
             f"{self.path}: the config is unknown ({', '.join(self.config.missing())}): no tensor says it, the "
             "file carries no config, and its shapes match no registered model; give a registered name or a "
@@ -254,19 +266,25 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
         raise CheckpointError(f"{path}: a {carrier.CONFIG_FILE} beside tensors in the {layout.NAME} layout")
     if carrier is None and "config.json" in metadata and hasattr(layout, "config_from_json"):
         carrier = layout
-    if carrier is not None:
-        name = getattr(carrier, "CONFIG_FILE", "config.json")
-        try:
-            return carrier.config_from_json(metadata[name]), name
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
-    if not text:
-        return None, "unknown"
     try:
-        return Config.from_dict(text if isinstance(text, dict) else json.loads(text)), "the file's own record"
+        recorded = Config.from_dict(text if isinstance(text, dict) else json.loads(text)) if text else None
     except (ConfigError, ValueError) as e:
         raise CheckpointError(f"{path}: the config stored in the file is malformed ({e})") from None
+    if carrier is None:
+        return recorded, "the file's own record" if recorded else "unknown"
+    name = getattr(carrier, "CONFIG_FILE", "config.json")
+    try:
+        config = carrier.config_from_json(metadata[name])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if config.complete or recorded is None:
+        return config, name
+    # what no library config says (a BERT's context: its tokenizer's length) may be in parity's record
+    try:
+        return config.filled(recorded), f"{name}, {', '.join(config.missing())} from parity's record"
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: parity's record contradicts {name} ({e})") from None
 
 
 def resolve_config(shapes: Config, metadata: Config | None, given, path,
@@ -305,7 +323,26 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
             raise ConfigError(f"{path}: {e}") from None
         if found is None:
             found, source = config, named
+        elif not found.complete:
+            found, source = found.filled(config), f"{source}, {', '.join(found.missing())} {named}"
+    elif found is not None and not found.complete:
+        found, source = _from_registry(found, source)
     return found or shapes, source
+
+
+def _from_registry(config: Config, source: str) -> tuple[Config, str]:
+    """A file's config short of what no library config says (a BERT's context), completed by the
+    registry entries it agrees with, where they all complete it alike."""
+    filled = {}
+    for entry in registry.by_shapes(config.shapes()):
+        try:
+            filled.setdefault(config.filled(entry.config), []).append(entry.name)
+        except ConfigError:
+            continue
+    if len(filled) != 1:
+        return config, source
+    (complete, names), = filled.items()
+    return complete, f"{source}, {', '.join(config.missing())} from registry: {', '.join(names)}"
 
 
 def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:

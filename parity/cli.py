@@ -167,8 +167,10 @@ def layouts():
     for layout in layout_registry.LAYOUTS.values():
         covered = [e.name for e in registry.ENTRIES.values() if layout_registry.holds(layout, e.config)]
         lacks = [what for what, kinds, kind in (("ResNet", layout.KINDS, "resnet"),
-                                                ("BERT", getattr(layout, "TEXT_KINDS", ("clip",)), "bert"))
-                 if kind not in kinds]
+                                                ("BERT", getattr(layout, "TEXT_KINDS", ("clip",)), "bert"),
+                                                ("ResNet beside a BERT", getattr(layout, "BERT_KINDS", ("resnet",)),
+                                                 "resnet"))
+                 if kind not in kinds and not (what.startswith("ResNet ") and "resnet" not in layout.KINDS)]
         shown = (f"all {len(covered)}" if len(covered) == len(registry.ENTRIES) else
                  f"{len(covered)} of {len(registry.ENTRIES)} (no {', no '.join(lacks)})")
         click.echo(f"{layout.NAME:10} {layout.FRAMEWORK:9} {'+'.join(layout.KINDS):11} {shown:44} {layout.FILES}")

@@ -95,6 +95,14 @@ class Config:
             text = replace(text, context_length=None)
         return Config(self.embed_dim, replace(self.vision, heads=None, activation=None, eps=None), text)
 
+    def filled(self, other: "Config") -> "Config":
+        """This config, its unknown fields taken from `other` (which must agree with every known one:
+        ConfigError naming the first that does not)."""
+        other.check_shapes(self, "this config")
+        def tower(mine, theirs):
+            return replace(mine, **{f.name: getattr(theirs, f.name) for f in fields(mine) if getattr(mine, f.name) is None})
+        return Config(self.embed_dim, tower(self.vision, other.vision), tower(self.text, other.text))
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -220,13 +220,14 @@ def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
 
 def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float, rtol: float,
                     devices: dict[str, str] | None = None, noise_factor: float = NOISE_FACTOR,
-                    towers=layouts.HUB.TOWERS) -> dict:
+                    towers=layouts.HUB.TOWERS, vocab_file=None) -> dict:
     """Per module (same names in both models), on the canonical pair: max |delta|, cosine, bound, and the
     first module in execution order beyond its bound (its own float32 noise floor counts, as above).
     One tower of one framework is alive at a time. `devices`: each framework's device, as
     `select_device` gives them (default: the CPU)."""
     devices = devices or {"torch": "cpu", "paddle": "cpu"}
-    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.is_bert)
+    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.is_bert,
+                                   vocab_file)
     paddle = import_paddle()
     rows: dict[str, dict] = {}
     order: list[str] = []
@@ -390,7 +391,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
                 min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR,
-                towers=layouts.HUB.TOWERS) -> Report:
+                towers=layouts.HUB.TOWERS, vocab_file=None) -> Report:
     """Compare parity's torch model on `torch_sd` (the hub layout) with parity's Paddle model on
     `paddle_sd` (parity's Paddle layout) on identical inputs; returns the Report. Tensors are arrays, or
     plans (`Planned`) made as each tower is built: one tower of one framework is alive at a time.
@@ -398,14 +399,15 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     `towers`: ("image", "text") compares the logits too; one tower, its features only.
     `reference`: the reference table's canonical logit for official weights, checked against torch's
     logit within `atol` plus the table's rounding (half a unit in the 4th decimal).
+    `vocab_file`: a BERT's WordPiece vocabulary (a checkpoint folder's vocab.txt; else cn_clip's).
     Layer diagnosis runs with `layers` and whenever the outputs disagree.
     """
     start = time.perf_counter()
     towers = tuple(t for t in layouts.HUB.TOWERS if t in towers)
     devices = select_device(device)
     v, t_cfg = config.vision, config.text
-    image, text = canonical_inputs(v.image_size, t_cfg.context_length, t_cfg.is_bert)
-    shots = sample_set(v.image_size, t_cfg.context_length, bert=t_cfg.is_bert) if photos else None
+    image, text = canonical_inputs(v.image_size, t_cfg.context_length, t_cfg.is_bert, vocab_file)
+    shots = sample_set(v.image_size, t_cfg.context_length, bert=t_cfg.is_bert, vocab_file=vocab_file) if photos else None
     t = torch_side(torch_sd, config, image, text, shots, devices["torch"], towers)
     p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers)
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
@@ -413,7 +415,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     canonical = {"image": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) float32",
                  "text": f"text ones (1, {t_cfg.context_length}) int64" if not t_cfg.is_bert else
                  f"text \"{CANONICAL_ZH}\" tokenized (1, {t_cfg.context_length}) int64 (a BERT text tower: an "
-                 "all-ones text means nothing to it)"}
+                 f"all-ones text means nothing to it; vocabulary: {vocab_file or 'cn_clip'})"}
     report = Report(
         registry.name_of(config) or "custom", weights, config.to_dict(), device_names(devices), versions(), atol, rtol,
         noise_factor, {"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
@@ -432,7 +434,8 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
                                           max(torch_delta, paddle_delta) <= bound)
         passed = passed and report.reference.passed
     if layers or not passed:
-        report.layers = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor, towers)
+        report.layers = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor, towers,
+                                        vocab_file)
     report.passed = passed
     report.seconds = time.perf_counter() - start
     return report

@@ -37,13 +37,15 @@ SAMPLES_ZH = {
 CANONICAL_ZH = "一张照片"
 
 
-def canonical_inputs(resolution: int, context_length: int = 77, bert: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def canonical_inputs(resolution: int, context_length: int = 77, bert: bool = False,
+                     vocab_file=None) -> tuple[np.ndarray, np.ndarray]:
     """The reference table's pair: image = ones/2 of shape (1, 3, R, R) float32, text = ones (1, 77) int64;
-    for a BERT text tower (`bert`), the text is "一张照片" tokenized by Chinese-CLIP's tokenizer."""
+    for a BERT text tower (`bert`), the text is "一张照片" tokenized by Chinese-CLIP's tokenizer (over
+    `vocab_file`, else the installed cn_clip's vocabulary)."""
     image = np.full((1, 3, resolution, resolution), 0.5, dtype=np.float32)
     if bert:
         from .wordpiece import tokenize as wordpiece
-        return image, wordpiece(CANONICAL_ZH, context_length)
+        return image, wordpiece(CANONICAL_ZH, context_length, vocab_file)
     text = np.ones((1, context_length), dtype=np.int64)
     return image, text
 
@@ -109,7 +111,7 @@ class SampleSet:
 
 
 def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] | None = None,
-               bert: bool = False) -> SampleSet:
+               bert: bool = False, vocab_file=None) -> SampleSet:
     """The sample photographs preprocessed once at `resolution`, and their captions tokenized once (with
     `bert`: the Chinese captions, by Chinese-CLIP's tokenizer)."""
     from .tokenizer import tokenize
@@ -118,4 +120,5 @@ def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] |
     names = list(names or SAMPLES)
     captions = [(SAMPLES_ZH if bert else SAMPLES)[n] for n in names]
     images = np.stack([preprocess(sample_path(n), resolution) for n in names])
-    return SampleSet(names, captions, images, (wordpiece if bert else tokenize)(captions, context_length))
+    tokens = wordpiece(captions, context_length, vocab_file) if bert else tokenize(captions, context_length)
+    return SampleSet(names, captions, images, tokens)

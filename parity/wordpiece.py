@@ -79,9 +79,11 @@ class WordPiece:
     """A vocabulary (token -> id, from a vocab.txt: one token a line, the id its line number)."""
 
     def __init__(self, vocab_file):
+        from .formats.folders import read_small
+
         path = Path(vocab_file)
         try:
-            lines = path.read_text(encoding="utf-8").split("\n")
+            lines = read_small(path, "WordPiece vocabulary").decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as e:
             raise ParityError(f"{path}: cannot be read as a WordPiece vocabulary ({e})") from None
         if lines and lines[-1] == "":
@@ -127,8 +129,17 @@ def default_vocabulary() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(vocab_file: str) -> WordPiece:
+def _cached(vocab_file: str, stamp: tuple) -> WordPiece:
     return WordPiece(vocab_file)
+
+
+def _tokenizer(vocab_file: str) -> WordPiece:
+    # cached by the file's identity and state, so that a vocabulary changed on disk is read again
+    try:
+        st = Path(vocab_file).stat()
+    except OSError as e:
+        raise ParityError(f"{vocab_file}: cannot be read as a WordPiece vocabulary ({e})") from None
+    return _cached(vocab_file, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
 
 def tokenize(texts: str | Iterable[str], context_length: int = CONTEXT_LENGTH, vocab_file=None) -> np.ndarray:

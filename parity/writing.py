@@ -252,9 +252,10 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if ck.config.text.kind not in getattr(target, "TEXT_KINDS", ("clip",)):
         raise CheckpointError(f"the {target.NAME} layout holds CLIP's own text tower, not a {ck.config.text.kind.upper()} "
                               "(Chinese-CLIP's): write openai or paddle")
-    if ck.config.vision.kind not in target.KINDS:
-        raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(target.KINDS)} image towers, "
-                              f"not a {ck.config.vision.kind}")
+    kinds = getattr(target, "BERT_KINDS", target.KINDS) if ck.config.text.is_bert else target.KINDS
+    if ck.config.vision.kind not in kinds:
+        raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(kinds)} image towers"
+                              f"{' beside a BERT' if ck.config.text.is_bert else ''}, not a {ck.config.vision.kind}")
     fixed = getattr(target, "FIXED", None)
     if fixed is not None and ck.config.complete and fixed(ck.config.shapes()) != ck.config:
         raise CheckpointError(f"{target.LIBRARY} builds every CLIP with {target.FIXED_TEXT}, and this model "
@@ -321,6 +322,7 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
     if fmt == "pdparams" and text() is not None:
         files.append(("parity.json", lambda f: f.write(text().encode()), None))
     if hasattr(target, "extra_files"):
-        files += [(name, lambda f, data=data: f.write(data), None) for name, data in target.extra_files(config).items()]
+        files += [(name, lambda f, data=data: f.write(data), None)
+                  for name, data in target.extra_files(config, ck.vocab_file).items()]
     size = atomic_folder(path, files, force=force)
     return Saved(path, tensors, target.NAME, "folder", size)

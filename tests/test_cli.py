@@ -42,7 +42,9 @@ def test_layouts_lists_the_hub_first():
     assert rows[0] == ["openai", "torch", "vit+resnet", "all"]
     assert ["paddle", "paddle", "vit+resnet", "all"] in rows
     hf = next(line for line in result.output.splitlines() if line.startswith("hf "))
-    assert "15 of 25 (no ResNet, no BERT)" in hf
+    assert "19 of 25 (no ResNet)" in hf  # the 15 ViT CLIPs and Chinese-CLIP's four ViTs
+    paddlenlp = next(line for line in result.output.splitlines() if line.startswith("paddlenlp "))
+    assert "24 of 25 (no ResNet beside a BERT)" in paddlenlp
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):

@@ -27,15 +27,21 @@ INDEXES = {f"{name}.index.json": name for name in ("model.safetensors", "pytorch
 TEXT_LIMIT = 1 << 24
 
 
-def read_json(path: Path, what: str) -> dict:
-    """A small JSON object from a file, bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
+def read_small(path: Path, what: str) -> bytes:
+    """A small file's bytes (a config, a vocabulary), bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
     with open_source(path) as source:
         if source.size > TEXT_LIMIT:
             raise CheckpointError(f"{path}: a {what} of {source.size} bytes, more than the {TEXT_LIMIT} it may hold")
-        try:
-            data = json.loads(source.pread(0, source.size))
-        except (ValueError, RecursionError) as e:
-            raise CheckpointError(f"{path}: the {what} is not JSON ({type(e).__name__}: {e})") from None
+        return source.pread(0, source.size)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A small JSON object from a file, bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
+    text = read_small(path, what)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: the {what} is not JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: the {what} is not a JSON object")
     return data

@@ -24,7 +24,8 @@ def get(name: str) -> ModuleType:
 
 def holds(layout: ModuleType, config) -> bool:
     """Whether `layout` has a place for this CLIP's towers (an image tower kind, a text tower kind)."""
-    return config.vision.kind in layout.KINDS and config.text.kind in getattr(layout, "TEXT_KINDS", ("clip",))
+    kinds = getattr(layout, "BERT_KINDS", layout.KINDS) if config.text.is_bert else layout.KINDS
+    return config.vision.kind in kinds and config.text.kind in getattr(layout, "TEXT_KINDS", ("clip",))
 
 
 def detect(keys) -> str:

@@ -1,21 +1,25 @@
-"""Hugging Face transformers' `CLIPModel`: a folder of `config.json`, `model.safetensors` (also read:
-`pytorch_model.bin` and sharded indexes), and the tokenizer and image processor files that
-`CLIPProcessor.from_pretrained` reads offline. ViT only: transformers has no ResNet CLIP.
+"""Hugging Face transformers' `CLIPModel`, and its `ChineseCLIPModel` for a BERT text tower: a folder of
+`config.json`, `model.safetensors` (also read: `pytorch_model.bin` and sharded indexes), and the tokenizer
+and image processor files that `CLIPProcessor` / `ChineseCLIPProcessor.from_pretrained` read offline. ViT
+only: transformers has no ResNet CLIP.
 
 The towers are `vision_model.*` / `text_model.*`, with separate q/k/v projections, `mlp.fc1`/`fc2`,
 `layer_norm1`/`2`, the library's own spelling `pre_layrnorm`, and the projections as Linear weights:
-`visual_projection.weight` is the hub's `visual.proj` transposed.
+`visual_projection.weight` is the hub's `visual.proj` transposed. `ChineseCLIPModel` holds the same image
+tower, and Chinese-CLIP's BERT under `text_model.*` with cn_clip's own names (`bert.*` renamed).
 """
 from __future__ import annotations
 
 import json
 
 from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, real, section
+from . import chinese_clip
 from .rows import KeyMap, Row
 
 NAME, FRAMEWORK = "hf", "torch"
 FILES = "folder: config.json + model.safetensors (read too: pytorch_model.bin, shards), tokenizer and processor files"
 KINDS = ("vit",)
+TEXT_KINDS = ("clip", "bert")
 FORMAT = "folder"
 WEIGHTS = "model.safetensors"
 NO_RESNET = "transformers' CLIPModel has no ResNet image tower"
@@ -49,19 +53,23 @@ ROWS = (
     Row("text_projection", "text_projection.weight", "linear"),
     *(Row(name, None) for name in ("input_resolution", "context_length", "vocab_size")),
     Row("logit_scale", "logit_scale"),
+    Row("bert.{p}", "text_model.{p}"),  # ChineseCLIPModel's BERT: cn_clip's names under text_model (last: a catch-all)
 )
 KEYMAP = KeyMap(ROWS)
 
 
 def detect(keys) -> bool:
-    return "text_model.embeddings.token_embedding.weight" in keys and "visual_projection.weight" in keys
+    return "visual_projection.weight" in keys and ("text_model.embeddings.token_embedding.weight" in keys or
+                                                   "text_model.embeddings.word_embeddings.weight" in keys)
 
 
 # ---------------------------------------------------------------- config.json
 def config_to_json(config: Config) -> dict:
     """transformers' CLIPConfig for `config`. The text config keeps the ids of openai's released HF configs
     (bos 0, eos 2, pad 1): with eos 2, transformers pools the text at the highest token id (its legacy
-    path), exactly as openai/CLIP does, whatever the input."""
+    path), exactly as openai/CLIP does, whatever the input. A BERT text tower: a ChineseCLIPConfig."""
+    if config.text.is_bert:
+        return chinese_clip.config_to_json(config)
     v, t = config.vision, config.text
     return {
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
@@ -88,6 +96,8 @@ VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 
 
 def config_from_json(data: dict) -> Config:
     """The Config that transformers builds from this config.json (its defaults where a key is absent)."""
+    if chinese_clip.is_chinese_clip(data):
+        return chinese_clip.config_from_json(data)
     try:
         t, ti = section(data, "text_config", TEXT)
         v, vi = section(data, "vision_config", VISION)
@@ -107,10 +117,14 @@ def config_from_json(data: dict) -> Config:
     return config
 
 
-def extra_files(config: Config) -> dict[str, bytes]:
-    """The tokenizer and image processor files, made from the BPE vocabulary parity ships with."""
+def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
+    """The tokenizer and image processor files, made from the BPE vocabulary parity ships with; for a
+    Chinese-CLIP, BertTokenizer's from its WordPiece vocabulary (`vocab_file`, else cn_clip's)."""
     from ..tokenizer import hf_tokenizer_files
 
+    if config.text.is_bert:
+        return {**chinese_clip.tokenizer_files(config, vocab_file, "BertTokenizer"),
+                "preprocessor_config.json": chinese_clip.processor_file(config)}
     v = config.vision
     processor = {
         "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",

@@ -1,21 +1,27 @@
-"""PaddleNLP's `CLIPModel`: a folder of `config.json` and `model_state.pdparams` (also read: sharded
-indexes), with parity's record in `parity.json` beside them. ViT and ResNet.
+"""PaddleNLP's `CLIPModel`, and its `ChineseCLIPModel` for a BERT text tower: a folder of `config.json` and
+`model_state.pdparams` (also read: sharded indexes), with parity's record in `parity.json` beside them. ViT
+and ResNet; a ViT only beside a BERT.
 
 The towers are `vision_model.*` / `text_model.*`; transformer blocks are Paddle's
 `nn.TransformerEncoderLayer` (`self_attn.{q,k,v,out}_proj`, `linear1`/`linear2`, `norm1`/`norm2`), Linear
 weights are [in, out], positional embeddings are `nn.Embedding` (`.weight`), the projections are
 parameters [W, E], `logit_scale` has shape [1]. Its LayerNorms use Paddle's default eps (1e-5) whatever
-the config says, so only configs with eps 1e-5 can be written.
+the config says, so only configs with eps 1e-5 can be written. `ChineseCLIPModel` holds the same image
+tower and a PaddleNLP `BertModel` (`text_model.embeddings.*`, and `nn.TransformerEncoderLayer`s as above
+under `text_model.encoder.layers`), whose LayerNorms do take the config's eps.
 """
 from __future__ import annotations
 
 from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, section
+from . import chinese_clip
 from .openai import ARCHIVE_ENTRIES
 from .rows import KeyMap, Row
 
 NAME, FRAMEWORK = "paddlenlp", "paddle"
 FILES = "folder: config.json + model_state.pdparams (read too: shards), parity.json"
 KINDS = ("vit", "resnet")
+TEXT_KINDS = ("clip", "bert")
+BERT_KINDS = ("vit",)  # ChineseCLIPModel's image tower is a ViT
 FORMAT = "folder"
 WEIGHTS = "model_state.pdparams"
 EPS = 1e-5  # nn.LayerNorm's and nn.TransformerEncoderLayer's default, which PaddleNLP's CLIP always uses
@@ -36,6 +42,18 @@ def _blocks(hub: str, layout: str) -> tuple[Row, ...]:
     )
 
 
+def _bert(hub: str, layout: str) -> tuple[Row, ...]:
+    # cn_clip's BERT layers as Paddle's nn.TransformerEncoderLayer (post-LayerNorm): Linears [in, out]
+    linears = (("attention.self.query", "self_attn.q_proj"), ("attention.self.key", "self_attn.k_proj"),
+               ("attention.self.value", "self_attn.v_proj"), ("attention.output.dense", "self_attn.out_proj"),
+               ("intermediate.dense", "linear1"), ("output.dense", "linear2"))
+    return (*(row for theirs, ours in linears for row in (
+                Row(f"{hub}.{{i}}.{theirs}.weight", f"{layout}.{{i}}.{ours}.weight", "linear"),
+                Row(f"{hub}.{{i}}.{theirs}.bias", f"{layout}.{{i}}.{ours}.bias"))),
+            Row(f"{hub}.{{i}}.attention.output.LayerNorm.{{x}}", f"{layout}.{{i}}.norm1.{{x}}"),
+            Row(f"{hub}.{{i}}.output.LayerNorm.{{x}}", f"{layout}.{{i}}.norm2.{{x}}"))
+
+
 ROWS = (
     *_blocks("visual.transformer.resblocks", "vision_model.transformer.layers"),
     *_blocks("transformer.resblocks", "text_model.transformer.layers"),
@@ -53,18 +71,27 @@ ROWS = (
     Row("ln_final.{x}", "text_model.ln_final.{x}"),
     Row("logit_scale", "logit_scale", "scalar"),
     Row("text_projection", "text_projection"),
+    *_bert("bert.encoder.layer", "text_model.encoder.layers"),
+    Row("bert.embeddings.LayerNorm.{x}", "text_model.embeddings.layer_norm.{x}"),
+    Row("bert.embeddings.{p}", "text_model.embeddings.{p}"),  # word, position, token_type embeddings
 )
 KEYMAP = KeyMap(ROWS)
 
 
 def detect(keys) -> bool:
-    return "text_model.token_embedding.weight" in keys and "text_model.ln_final.weight" in keys
+    clip = "text_model.token_embedding.weight" in keys and "text_model.ln_final.weight" in keys
+    return clip or ("text_model.embeddings.word_embeddings.weight" in keys and "vision_projection" in keys)
 
 
 # ---------------------------------------------------------------- config.json
 def config_to_json(config: Config) -> dict:
     """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does)."""
     v, t = config.vision, config.text
+    if t.is_bert:
+        if v.eps != EPS:
+            raise ConfigError(f"PaddleNLP's ChineseCLIP computes its image tower's LayerNorms with eps {EPS}, "
+                              f"whatever its config says; this model's vision.eps is {v.eps}")
+        return chinese_clip.config_to_json(config, dtype_key="dtype")
     for name, eps in (("vision", v.eps), ("text", t.eps)):
         if eps is not None and eps != EPS:
             raise ConfigError(f"PaddleNLP's CLIP computes LayerNorm with eps {EPS}, whatever its config says; "
@@ -96,7 +123,9 @@ VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 
 
 def config_from_json(data: dict) -> Config:
     """The Config that PaddleNLP builds from this config.json (its defaults where a key is absent; eps is
-    always 1e-5, as its model computes)."""
+    always 1e-5, as its model computes; a ChineseCLIPConfig's BERT takes its own)."""
+    if chinese_clip.is_chinese_clip(data):
+        return chinese_clip.config_from_json(data, vision_eps=EPS)
     try:
         t, ti = section(data, "text_config", TEXT)
         v, vi = section(data, "vision_config", VISION)
@@ -119,3 +148,11 @@ def config_from_json(data: dict) -> Config:
         raise ConfigError(f"config.json is not a PaddleNLP CLIPConfig ({type(e).__name__}: {e})") from None
     config.validate()
     return config
+
+
+def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
+    """For a Chinese-CLIP, what `ChineseCLIPTokenizer` and `ChineseCLIPProcessor.from_pretrained` read."""
+    if not config.text.is_bert:
+        return {}
+    return {**chinese_clip.tokenizer_files(config, vocab_file, "ChineseCLIPTokenizer"),
+            "preprocessor_config.json": chinese_clip.processor_file(config)}
