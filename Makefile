@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile tests/oracles-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(PADDLE_EXTRA),dev,oracles]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(PADDLE_EXTRA),dev,oracles,export]"
 	# oracles whose declared dependencies would replace the CPU torch or clash with Paddle 3: exact locks
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r tests/oracles-nodeps.txt
 	# paddleclip's package is named `clip`, as openai-clip's is: installed apart, its model file loaded by path

@@ -3,9 +3,12 @@ contend for OpenMP threads). Prints one JSON object: {"image": {batch: [seconds.
 
     python benchmarks/forward.py torch RN50 --batches 1 8 --runs 5
     python benchmarks/forward.py paddle RN50 --batches 1 8 --runs 5
+    python benchmarks/forward.py paddle-inference RN50 --export DIR    # a `parity export` folder
+    python benchmarks/forward.py onnx RN50 --export DIR
 
 torch is openai/CLIP's own model (`clip/model.py`, float32); paddle is parity's Paddle model, both on the
-same synthetic weights and the same inputs.
+same synthetic weights and the same inputs; paddle-inference and onnx run an export of those weights in
+its runtime, as `parity export` configures it.
 """
 import argparse
 import json
@@ -17,10 +20,11 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("framework", choices=["torch", "paddle"])
+    parser.add_argument("framework", choices=["torch", "paddle", "paddle-inference", "onnx"])
     parser.add_argument("variant")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--export", help="the export folder (paddle-inference, onnx)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -30,10 +34,20 @@ def main() -> None:
     from parity.tokenizer import tokenize
 
     config = registry.get(args.variant).config
-    state = cached_state_dict(config, 0)
+    # an export runs without torch in its process, as a deployment does: torch's OpenMP and oneDNN beside
+    # Paddle's made the Paddle Inference image tower 5x slower
+    state = None if args.framework in ("paddle-inference", "onnx") else cached_state_dict(config, 0)
     rng = np.random.default_rng(0)
     captions = list(SAMPLES.values())
-    if args.framework == "torch":
+    if args.framework in ("paddle-inference", "onnx"):
+        from parity.export import runner
+
+        class Exported:  # the runtime's callables, as the frameworks' models are called
+            encode_image, encode_text = (runner(args.export, args.framework, t) for t in ("image", "text"))
+
+        model, to_tensor = Exported, (lambda a: a)
+        from contextlib import nullcontext as no_grad
+    elif args.framework == "torch":
         import torch
 
         from parity.official import build_official

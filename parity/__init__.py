@@ -6,9 +6,11 @@ from .checkpoint import Checkpoint, load  # noqa: E402
 from .config import Config, ConfigError, TextConfig, VisionConfig  # noqa: E402
 from .conversion import convert  # noqa: E402
 from .errors import CheckpointError, ParityError  # noqa: E402
+from .export import export, verify_export  # noqa: E402
 from .inputs import preprocess  # noqa: E402
 from .tokenizer import tokenize  # noqa: E402
 from .writing import save  # noqa: E402
 
 __all__ = ["__version__", "Checkpoint", "CheckpointError", "Config", "ConfigError", "ParityError", "TextConfig",
-           "VisionConfig", "convert", "load", "load_model", "logits", "preprocess", "save", "tokenize", "verify"]
+           "VisionConfig", "convert", "export", "load", "load_model", "logits", "preprocess", "save", "tokenize", "verify",
+           "verify_export"]

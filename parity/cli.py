@@ -453,3 +453,91 @@ def info(file: Path, config: str | None, as_json: bool, debug: bool):
         elif isinstance(value, dict):  # the config's fields: shown in --json
             continue
         echo(f"{key:11} {value}")
+
+
+EXPORT_TOWERS = {"both": ("image", "text"), "image": ("image",), "text": ("text",)}
+
+
+def _export_gate(f):
+    f = click.option("--atol", default=None, type=float, help=f"Absolute tolerance [default: {DEFAULT_ATOL}].")(f)
+    f = click.option("--rtol", default=None, type=float, help=f"Relative tolerance [default: {DEFAULT_RTOL}].")(f)
+    f = click.option("--noise-factor", default=None, type=float,
+                     help=f"Multiple of float32's noise floor a difference may be [default: {NOISE_FACTOR}].")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON on stdout.")(f)
+    return click.option("--debug", is_flag=True, help="Show the traceback of an error.")(f)
+
+
+def _export_result(report, as_json: bool):
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=1))
+    else:
+        echo(report.summary())
+        if report.changed_files:
+            echo(f"files changed since the export: {', '.join(report.changed_files)}")
+    sys.exit(0 if report.passed else 1)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["paddle-inference", "onnx"]), required=True,
+              help="paddle-inference: Paddle's static program (.json) and parameters (.pdiparams), for Paddle "
+                   "Inference, FastDeploy, Paddle Serving; onnx: one .onnx per tower, for onnxruntime.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="The folder to write.")
+@click.option("--tower", type=click.Choice(list(EXPORT_TOWERS)), default="both", show_default=True)
+@_config_option
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@_export_gate
+def export(checkpoint: Path, to: str, out: Path, tower: str, config: str | None, force: bool, atol, rtol,
+           noise_factor, as_json: bool, debug: bool):
+    """Export a checkpoint's towers for deployment, then prove the export computes what parity's torch
+    model computes.
+
+    Any layout parity reads. Each tower becomes a graph with a dynamic batch and the model's own
+    context, written with preprocess.json, the tokenizer's files and manifest.json (source and its
+    SHA-256, inputs and outputs, every file's SHA-256, the torch reference outputs, the result). Each
+    graph is loaded in its own runtime and run on the canonical pair and the photographs (a batch of 3,
+    then batches of 1), under verify's element-wise gate. Exit status 0 when it passes, 1 when not (the
+    folder is written either way, its manifest says which), 2 on bad input.
+
+    \b
+    Examples:
+      parity export ViT-B-32.pt --to paddle-inference -o clip-vit-b-32-pi
+      parity export RN50.pt --to onnx -o clip-rn50-onnx --tower image
+    """
+    from .export import export as run
+
+    options = {k: v for k, v in (("atol", atol), ("rtol", rtol), ("noise_factor", noise_factor)) if v is not None}
+    try:
+        report = run(checkpoint, to, out, towers=EXPORT_TOWERS[tower], config=config, force=force, **options)
+    except Exception as e:
+        _fail(e, debug)
+    _export_result(report, as_json)
+
+
+@main.command("verify-export")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@_config_option
+@_export_gate
+def verify_export(folder: Path, checkpoint: Path | None, config: str | None, atol, rtol, noise_factor,
+                  as_json: bool, debug: bool):
+    """Check an export folder again: load it in its runtime and hold it to parity's torch model on
+    CHECKPOINT, or, without one, to the reference outputs its manifest recorded at export time.
+
+    For a deployment pipeline's CI. Exit status 0 when every output is within the gate (the manifest's
+    tolerances unless given), 1 when not (e.g. a parameters file swapped for another model's), 2 for a
+    missing or unreadable file. Files whose SHA-256 differs from the manifest's are named.
+
+    \b
+    Examples:
+      parity verify-export clip-vit-b-32-pi
+      parity verify-export clip-vit-b-32-pi ViT-B-32.pt --json
+    """
+    from .export import verify_export as run
+
+    options = {k: v for k, v in (("atol", atol), ("rtol", rtol), ("noise_factor", noise_factor)) if v is not None}
+    try:
+        report = run(folder, checkpoint, config=config, **options)
+    except Exception as e:
+        _fail(e, debug)
+    _export_result(report, as_json)

@@ -1,4 +1,4 @@
-"""torch and Paddle, imported in one place: Paddle's import-time quirks, threads and devices.
+"""torch, Paddle and onnxruntime, imported in one place: Paddle's import-time quirks, threads and devices.
 
 Nothing else in parity imports `paddle` itself; torch is imported where it is used (reading and
 converting need neither framework).
@@ -29,6 +29,15 @@ def import_paddle():
         if set_threads is not None:
             set_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     return paddle
+
+
+def import_onnxruntime():
+    """onnxruntime (the `export` extra), or a ParityError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ParityError("ONNX needs onnxruntime, onnx and onnxscript: pip install 'parity[export]'") from None
+    return onnxruntime
 
 
 def select_device(device: str = "auto") -> dict[str, str]:

@@ -35,6 +35,19 @@ def _temp_name() -> str:
     return f".parity-{os.getpid()}-{secrets.token_hex(6)}.tmp"
 
 
+def staging_folder(parent) -> Path:
+    """A private new folder in `parent` for files that a library writes by name (an exporter), named as
+    parity's temporary files are, so that a run killed before removing it leaves it to `remove_stale`."""
+    for _ in range(8):
+        path = Path(parent) / _temp_name()
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise CheckpointError("could not create a temporary folder under a fresh name")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
