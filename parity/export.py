@@ -267,7 +267,7 @@ def _tokenizer_files(config, vocab_file) -> dict[str, bytes]:
         spec = {"kind": "bert-wordpiece", "vocabulary": "vocab.txt", "context_length": t.context_length,
                 "lower_case": True, "cls": vocab.vocab["[CLS]"], "sep": vocab.vocab["[SEP]"], "pad": 0,
                 "pooling": "[CLS]; padding (id 0) masked"}
-        return {"vocab.txt": vocab.path.read_bytes(), "tokenizer.json": json.dumps(spec, indent=2).encode()}
+        return {"vocab.txt": vocab.data, "tokenizer.json": json.dumps(spec, indent=2).encode()}
     from .tokenizer import default_tokenizer, default_vocabulary
 
     tok = default_tokenizer()

@@ -83,7 +83,8 @@ class WordPiece:
 
         path = Path(vocab_file)
         try:
-            lines = read_small(path, "WordPiece vocabulary").decode("utf-8").split("\n")
+            self.data = read_small(path, "WordPiece vocabulary")  # the file's bytes, read once
+            lines = self.data.decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as e:
             raise ParityError(f"{path}: cannot be read as a WordPiece vocabulary ({e})") from None
         if lines and lines[-1] == "":

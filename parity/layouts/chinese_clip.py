@@ -86,7 +86,7 @@ def tokenizer_files(config: Config, vocab_file, tokenizer_class: str) -> dict[st
                  "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                  "mask_token": "[MASK]"}
     specials = {k: tokenizer[k] for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")}
-    return {"vocab.txt": vocab.path.read_bytes(), "tokenizer_config.json": json.dumps(tokenizer, indent=2).encode(),
+    return {"vocab.txt": vocab.data, "tokenizer_config.json": json.dumps(tokenizer, indent=2).encode(),
             "special_tokens_map.json": json.dumps(specials, indent=2).encode()}
 
 
