@@ -30,6 +30,7 @@ from . import __version__, layouts
 from .errors import CheckpointError, OutputExistsError, ParityError
 from .formats.atomic import atomic_folder, staging_folder
 from .formats.folders import read_json
+from .formats.source import sha256
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, float64
 from .inputs import MEAN, STD, canonical_inputs, sample_set
 
@@ -60,7 +61,6 @@ def _paddle_graph(plan, config, tower: str, staging: Path) -> None:
     from .loading import paddle_model
 
     paddle = import_paddle()
-    model = paddle_model(plan, config, towers=(tower,))
 
     class Tower(paddle.nn.Layer):
         # paddle.jit matches arguments by name: forward's first parameter must be called `self`
@@ -71,8 +71,13 @@ def _paddle_graph(plan, config, tower: str, staging: Path) -> None:
         def forward(self, x):
             return self.clip.encode_image(x) if tower == "image" else self.clip.encode_text(x)
 
-    paddle.jit.save(Tower(model).eval(), str(staging / tower),
-                    input_spec=[InputSpec(_input_shape(config, tower), INPUT_DTYPES[tower], tower)])
+    # parameters are named from a process-wide counter, and a .pdiparams holds them in their names' order:
+    # fresh names make every export of one architecture name (and order) its parameters alike, whatever
+    # the process built before, so a parameters file fits any export of the same model
+    with paddle.utils.unique_name.guard():
+        model = paddle_model(plan, config, towers=(tower,))
+        paddle.jit.save(Tower(model).eval(), str(staging / tower),
+                        input_spec=[InputSpec(_input_shape(config, tower), INPUT_DTYPES[tower], tower)])
 
 
 def _onnx_graph(plan, config, tower: str, staging: Path) -> None:
@@ -143,7 +148,11 @@ def runner(folder: Path, fmt: str, tower: str):
                 handle = predictor.get_input_handle(predictor.get_input_names()[0])
                 handle.reshape(list(x.shape))
                 handle.copy_from_cpu(np.ascontiguousarray(x))
-                predictor.run()
+                try:
+                    predictor.run()
+                except Exception as e:  # a parameters file that loads but does not fit the program
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise ExportError(f"{folder}: the {tower} tower's files do not fit each other ({first})") from None
                 return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
             return run
         from .frameworks import import_onnxruntime
@@ -242,14 +251,6 @@ class ExportReport:
 
 
 # ---------------------------------------------------------------- the folder's other files
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _preprocess(config) -> dict:
     r = config.vision.image_size
     resize = ({"resize": [r, r], "center_crop": None} if config.text.is_bert else  # cn_clip: straight to R x R
@@ -328,7 +329,7 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
                                   time.perf_counter() - start)
             extra = {"preprocess.json": json.dumps(_preprocess(cfg), indent=2).encode(),
                      **_tokenizer_files(cfg, ck.vocab_file), REFERENCE: json.dumps(ref).encode()}
-            hashes = {name: _sha256(staging / name) for name in graphs}
+            hashes = {name: sha256(staging / name) for name in graphs}
             hashes.update({name: hashlib.sha256(data).hexdigest() for name, data in extra.items()})
             manifest = {
                 "parity_version": __version__, "format": to, "towers": towers,
@@ -354,14 +355,8 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
 
 
 def _same(expected: str):
-    def check(source):
-        digest = hashlib.sha256()
-        offset = 0
-        while offset < source.size:
-            chunk = source.pread(offset, min(CHUNK, source.size - offset))
-            digest.update(chunk)
-            offset += len(chunk)
-        if digest.hexdigest() != expected:
+    def check(source):  # the copy, read back through its own descriptor
+        if sha256(source) != expected:
             raise CheckpointError("a graph file changed while it was copied into the export")
     return check
 
@@ -438,7 +433,7 @@ def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = 
                               "checkpoint to compare with")
     results = check(folder, fmt, towers, ref, inputs, atol, rtol, noise_factor)
     changed = sorted(name for name, digest in manifest.get("files", {}).items()
-                     if not (folder / name).is_file() or _sha256(folder / name) != digest)
+                     if not (folder / name).is_file() or sha256(folder / name) != digest)
     return ExportReport(str(folder), fmt, towers, results, against,
                         {"atol": atol, "rtol": rtol, "noise_factor": noise_factor}, time.perf_counter() - start,
                         changed)
