@@ -98,6 +98,9 @@ class FileSource(Source):
     """A regular file, opened once; its size is fixed at opening and bounds every read."""
 
     def __init__(self, path, fd: int | None = None):
+        # first, before anything can raise: `close` (and so `__del__`, which runs on an object whose
+        # __init__ failed too) finds a descriptor that is not open yet, and does nothing
+        self.fd, self.own = -1, False
         super().__init__()
         self.name = str(path)
         self.own = fd is None
@@ -124,8 +127,8 @@ class FileSource(Source):
 
     def close(self) -> None:
         if self.own and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1  # marked closed first: a second close never closes a reused number
+            os.close(fd)
 
     def __del__(self):
         self.close()
