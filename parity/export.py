@@ -8,18 +8,32 @@ result of the check; `reference.json`: the torch outputs it compared with, and t
 floors; `report.md`: the check, for a reader. `verify_export` repeats the check later, against the
 checkpoint or, without it, against the recorded reference.
 
-The runtimes run on the CPU: Paddle Inference with IR optimisation, and oneDNN for the image tower only
-(see ONEDNN), onnxruntime's CPU provider. Exports are float32.
+A folder handed to `verify_export` is input to judge, not a party to trust: the gate is the caller's or
+parity's, never the manifest's; every field of the manifest is checked for its type, and its numbers
+against the checkpoint (or sane limits) before anything is built from them; its names are plain file
+names, opened in the folder without following links; and its graphs run in a child process whose
+memory is bounded, so a graph that asks for gigabytes fails alone. Every failure is an ExportError.
+
+The runtimes run on the CPU, in that child process (which never imports torch): Paddle Inference with IR
+optimisation, and oneDNN for the image tower only (see ONEDNN), onnxruntime's CPU provider. Exports are
+float32.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import stat
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +43,9 @@ import numpy as np
 from . import __version__, layouts
 from .errors import CheckpointError, OutputExistsError, ParityError
 from .formats.atomic import atomic_folder, staging_folder
-from .formats.folders import read_json
-from .formats.source import sha256
+from .formats import bounded_json
+from .formats.folders import refuse_overlap
+from .formats.source import FileSource, sha256
 from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, float64
 from .inputs import MEAN, STD, canonical_inputs, sample_set
 
@@ -118,14 +133,41 @@ WRITERS = {"paddle-inference": _paddle_graph, "onnx": _onnx_graph}
 
 
 # ---------------------------------------------------------------- running them
+def _graph_names(fmt: str, tower: str) -> list[str]:
+    return [f"{tower}.json", f"{tower}.pdiparams"] if fmt == "paddle-inference" else [f"{tower}.onnx"]
+
+
+def _regular(folder: Path, name: str) -> os.stat_result:
+    """The stat of `name` in `folder`, not following a link: ExportError where it is missing, a symbolic
+    link or not a regular file (a runtime handed a link or a FIFO would read outside the folder or hang)."""
+    try:
+        st = os.stat(folder / name, follow_symlinks=False)
+    except FileNotFoundError:
+        raise ExportError(f"{folder / name}: missing from the export") from None
+    except OSError as e:
+        raise ExportError(f"{folder / name}: cannot be read ({e.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ExportError(f"{folder / name}: a symbolic link; an export's files lie in its own folder")
+    if not stat.S_ISREG(st.st_mode):
+        raise ExportError(f"{folder / name}: not a regular file")
+    return st
+
+
 def runner(folder: Path, fmt: str, tower: str):
-    """A function from an input batch (numpy) to the tower's features, in the format's own runtime."""
+    """A function from an input batch (numpy) to the tower's features, in the format's own runtime, in
+    this process (`check` runs it in a child process of bounded memory; see `_Runtime`)."""
     folder = Path(folder)
-    files = [folder / f"{tower}.json", folder / f"{tower}.pdiparams"] if fmt == "paddle-inference" else \
-        [folder / f"{tower}.onnx"]
-    for f in files:
-        if not f.is_file():
-            raise ExportError(f"{f}: missing from the export")
+    names = _graph_names(fmt, tower)
+    for name in names:
+        _regular(folder, name)
+    files = [folder / name for name in names]
+
+    def failed(e: Exception, what: str) -> ExportError:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        error = ExportError(f"{folder}: {what} ({first})")
+        error.memory = _out_of_memory(e)
+        return error
+
     try:
         if fmt == "paddle-inference":
             from .frameworks import import_paddle
@@ -145,15 +187,14 @@ def runner(folder: Path, fmt: str, tower: str):
             predictor = inference.create_predictor(c)
 
             def run(x: np.ndarray) -> np.ndarray:
-                handle = predictor.get_input_handle(predictor.get_input_names()[0])
-                handle.reshape(list(x.shape))
-                handle.copy_from_cpu(np.ascontiguousarray(x))
                 try:
+                    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+                    handle.reshape(list(x.shape))
+                    handle.copy_from_cpu(np.ascontiguousarray(x))
                     predictor.run()
+                    return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
                 except Exception as e:  # a parameters file that loads but does not fit the program
-                    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise ExportError(f"{folder}: the {tower} tower's files do not fit each other ({first})") from None
-                return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+                    raise failed(e, f"the {tower} tower's files do not fit each other") from None
             return run
         from .frameworks import import_onnxruntime
 
@@ -163,12 +204,228 @@ def runner(folder: Path, fmt: str, tower: str):
         options.log_severity_level = 3
         session = ort.InferenceSession(str(files[0]), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: np.ascontiguousarray(x)})[0]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            try:  # another tower's graph, or one that wants another input, fails here: the folder's fault
+                return session.run(None, {name: np.ascontiguousarray(x)})[0]
+            except Exception as e:
+                raise failed(e, f"the onnx runtime cannot run the {tower} tower") from None
+        return run
     except ParityError:
         raise
     except Exception as e:  # the runtime's own error for a file it cannot read
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(f"{folder}: the {fmt} runtime cannot load the {tower} tower ({first})") from None
+        raise failed(e, f"the {fmt} runtime cannot load the {tower} tower") from None
+
+
+# A runtime's allocation failure, in the words each one uses (onnxruntime's arena, Paddle's allocator,
+# C++'s bad_alloc, Python's MemoryError)
+_ALLOCATION = re.compile(r"bad_alloc|failed to allocate|out of memory|cannot allocate|resourceexhausted|"
+                         r"memoryerror|std::length_error", re.IGNORECASE)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, MemoryError) or getattr(e, "memory", False) or _ALLOCATION.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+GiB, MiB = 1 << 30, 1 << 20
+# The runtime's memory is bounded by RLIMIT_DATA (what a process maps writable: its heap, its threads'
+# stacks; not the libraries' code, so Paddle's 0.7 GB of shared objects do not count, nor glibc's
+# reserved but unused arena space) to a fixed allowance, a multiple of the graph files' size and a
+# stack's worth per thread. Measured on 2 cores, the least bound under which a check passes (both towers,
+# batches 3 and 1): ViT-B/32 (579 MB of graphs) 0.6 to 0.8 GB in onnxruntime and in Paddle Inference;
+# RN50 (390 MB) 0.6 to 0.8 GB in onnxruntime, under 0.6 GB in Paddle; a tiny CLIP 0.2 GB (the children's
+# peak RSS: ViT-B/32 0.5 GB onnx, 0.7 GB Paddle). The bound given them (4.1 to 4.7 GiB) is 5x that;
+# Paddle's IR passes and oneDNN may keep a copy or two of the weights, and a CLIP's activations at batch
+# 3 are tens of MB, so no CLIP comes near it, while a graph that asks for gigabytes beyond its weights
+# fails at its first allocation past the bound (onnxruntime and Paddle both report it as an error),
+# long before it can take the machine. (Starved well below its need, Paddle once hung instead of
+# failing: the reply deadline below is for that.)
+MEMORY_ALLOWANCE = 3 * GiB
+MEMORY_PER_GRAPH_BYTE = 3
+MEMORY_PER_THREAD = 64 * MiB  # a thread's stack (8 MiB) and what its allocator arena may hold
+# How long the runtime may take to answer one request (load a tower and run a batch): a hung runtime
+# fails the check instead of hanging it. ViT-B/32's slowest request takes 10 s on 2 cores.
+REPLY_SECONDS, REPLY_SECONDS_PER_GIB = 300, 120
+# The runtime's reply line (a JSON header) is ours; its length is bounded all the same
+_LINE = 1 << 16
+
+
+def memory_bound(graph_bytes: int) -> int:
+    """The memory a runtime's process may map for graphs of `graph_bytes` bytes (see MEMORY_ALLOWANCE)."""
+    return MEMORY_ALLOWANCE + MEMORY_PER_GRAPH_BYTE * graph_bytes + MEMORY_PER_THREAD * _threads()
+
+
+class _Runtime:
+    """The folder's graphs in their runtime, in a child process: its memory bounded (`memory_bound`), so
+    that a graph that asks for more than a CLIP can need fails alone, and without torch (with torch
+    loaded in the same process, a Paddle predictor ran 5x slower). Inputs go down a pipe; the features
+    come back up another, exactly batch x width float32 values, where the graph gave that shape."""
+
+    def __init__(self, folder: Path, fmt: str, towers):
+        self.folder, self.fmt = Path(folder), fmt
+        graph_bytes = sum(_regular(self.folder, name).st_size for tower in towers for name in _graph_names(fmt, tower))
+        self.bound = memory_bound(graph_bytes)
+        self.deadline = REPLY_SECONDS + REPLY_SECONDS_PER_GIB * graph_bytes / GiB
+        self.hung = False
+        self.stderr = tempfile.TemporaryFile()
+        root = str(Path(__file__).resolve().parent.parent)  # where this parity is imported from
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", "from parity.export import _serve; _serve()"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        except OSError as e:
+            self.stderr.close()
+            raise ExportError(f"the {fmt} runtime's process cannot be started ({e.strerror})") from None
+        self._send({"folder": os.fsdecode(self.folder), "format": fmt, "bound": self.bound}, b"")
+
+    def _send(self, header: dict, data: bytes) -> bool:
+        try:
+            self.proc.stdin.write(json.dumps(header).encode() + b"\n")
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, ConnectionResetError):  # it died: `_died` says how
+            return False
+
+    def _exact(self, n: int) -> bytes | None:
+        data = self.proc.stdout.read(n) if n else b""
+        return data if len(data) == n else None
+
+    def run(self, tower: str, x: np.ndarray, width: int) -> np.ndarray | tuple:
+        """The tower's features for `x`: a [batch, width] float32 array, or, where the graph gave another
+        shape or type, (shape, dtype)."""
+        x = np.ascontiguousarray(x)
+        expect = [len(x), width]
+        header = {"tower": tower, "shape": list(x.shape), "dtype": str(x.dtype), "expect": expect}
+        reply = data = None
+        watchdog = threading.Timer(self.deadline, self._hang)
+        watchdog.start()
+        try:
+            if self._send(header, x.tobytes()):
+                line = self.proc.stdout.readline(_LINE)
+                try:
+                    reply = json.loads(line) if line.endswith(b"\n") else None
+                except ValueError:
+                    reply = None
+            if isinstance(reply, dict) and "error" not in reply and reply.get("shape") == expect and \
+                    reply.get("dtype") == "float32":
+                data = self._exact(4 * expect[0] * expect[1])
+                reply = reply if data is not None else None
+        finally:
+            watchdog.cancel()
+        if not isinstance(reply, dict):
+            raise self._died(tower)
+        if "error" in reply:
+            if reply.get("memory"):
+                raise self._memory(tower)
+            raise ExportError(str(reply["error"]))
+        if reply.get("shape") != expect or reply.get("dtype") != "float32":
+            return tuple(reply.get("shape") or ()), str(reply.get("dtype"))
+        return np.frombuffer(data, np.float32).reshape(expect)
+
+    def _hang(self) -> None:
+        self.hung = True
+        self.proc.kill()
+
+    def _memory(self, tower: str) -> ExportError:
+        return ExportError(f"{self.folder}: the {self.fmt} runtime ran out of its memory bound "
+                           f"({self.bound / GiB:.1f} GiB) on the {tower} tower: the graph asks for more than a "
+                           "CLIP needs")
+
+    def _died(self, tower: str) -> ExportError:
+        try:
+            status = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            status = self.proc.wait()
+        self.stderr.seek(max(0, self.stderr.seek(0, os.SEEK_END) - 4096))
+        said = self.stderr.read().decode(errors="replace")
+        if self.hung:
+            return ExportError(f"{self.folder}: the {self.fmt} runtime did not answer within {self.deadline:.0f} s on "
+                               f"the {tower} tower: stopped")
+        if _ALLOCATION.search(said):  # an allocation that failed where nothing could catch it
+            return self._memory(tower)
+        try:
+            how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        except ValueError:
+            how = f"killed by signal {-status}"
+        return ExportError(f"{self.folder}: the {self.fmt} runtime's process died ({how}) on the {tower} tower")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self._send({"quit": True}, b"")
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None and self.proc.poll() is None:  # an error or an interrupt: no more waiting
+            self.proc.kill()
+        self.close()
+
+
+def _serve() -> None:
+    """The runtime's process (see `_Runtime`): bound its memory, then answer requests until told to quit.
+    Its stdout is the reply channel; anything a library prints there goes to stderr instead."""
+    import resource
+
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    hello = json.loads(requests.readline())
+    bound = int(hello["bound"])
+    resource.setrlimit(resource.RLIMIT_DATA, (bound, bound))
+    folder, fmt = Path(hello["folder"]), hello["format"]
+    runs: dict = {}
+
+    def reply(header: dict, data: bytes = b"") -> None:
+        replies.write(json.dumps(header).encode() + b"\n")
+        replies.write(data)
+        replies.flush()
+
+    while line := requests.readline():
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        tower, shape = request["tower"], request["shape"]
+        buffer = bytearray(int(np.prod(shape, dtype=np.int64)) * np.dtype(request["dtype"]).itemsize)
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):  # the parent writes exactly this many bytes
+            n = requests.readinto(view[got:])
+            if not n:
+                return
+            got += n
+        x = np.frombuffer(buffer, request["dtype"]).reshape(shape)
+        try:
+            if tower not in runs:
+                runs.clear()  # one tower's predictor at a time, as in the parent before
+                gc.collect()
+                runs[tower] = runner(folder, fmt, tower)
+            out = np.asarray(runs[tower](x))
+        except Exception as e:  # noqa: BLE001 — every failure is reported, the parent words it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if not isinstance(e, ParityError):
+                first = f"{folder}: the {fmt} runtime failed on the {tower} tower ({first})"
+            reply({"error": first[:4000], "memory": _out_of_memory(e)})
+            continue
+        if list(out.shape) == request["expect"] and out.dtype == np.float32:
+            reply({"shape": list(out.shape), "dtype": "float32"}, np.ascontiguousarray(out).tobytes())
+        else:
+            reply({"shape": list(out.shape), "dtype": str(out.dtype)})
 
 
 # ---------------------------------------------------------------- the reference and the check
@@ -207,21 +464,33 @@ def _inputs(config, vocab_file=None) -> dict:
 def check(folder: Path, fmt: str, towers, ref: dict, inputs: dict, atol: float, rtol: float,
           noise_factor: float) -> dict:
     """Each tower's outputs in the runtime against the reference, by verify's gate: per input set, the
-    Difference; the photographs run as a batch of 3 and then one at a time (one export, two batch sizes)."""
+    Difference; the photographs run as a batch of 3 and then one at a time (one export, two batch sizes).
+    The runtime runs in a child process of bounded memory (`_Runtime`); features of another shape than
+    the reference's fail the gate."""
     results = {}
-    for tower in towers:
-        run = runner(folder, fmt, tower)
-        results[tower] = {}
-        for name, x in inputs[tower].items():
-            got = np.concatenate([run(x[:3])] + [run(x[i:i + 1]) for i in range(3, len(x))]) if len(x) > 3 else run(x)
-            want = ref[tower][name]
-            diff = Difference.between(np.asarray(want["features"]), got, atol, rtol, want["noise"], noise_factor)
-            if got.shape != np.asarray(want["features"]).shape:
-                diff.passed = False
-            results[tower][name] = asdict(diff)
-        del run
-        gc.collect()
+    with _Runtime(folder, fmt, towers) as runtime:
+        for tower in towers:
+            results[tower] = {}
+            for name, x in inputs[tower].items():
+                want = np.asarray(ref[tower][name]["features"], np.float64)
+                width = want.shape[-1] if want.ndim == 2 else 0
+                batches = [x[:3]] + [x[i:i + 1] for i in range(3, len(x))] if len(x) > 3 else [x]
+                got = [runtime.run(tower, b, width) for b in batches]
+                shapes = [g for g in got if isinstance(g, tuple)]
+                if shapes or want.shape != (len(x), width):
+                    shape, dtype = shapes[0] if shapes else ((len(x), width), "float32")
+                    diff = Difference(float("inf"), float("inf"), float("nan"), float("nan"),
+                                      f"shape: the graph gave {dtype} {list(shape)}", False)
+                else:
+                    diff = Difference.between(want, np.concatenate(got), atol, rtol, ref[tower][name]["noise"],
+                                              noise_factor)
+                results[tower][name] = asdict(diff)
     return results
+
+
+# what a check without the checkpoint compares with, and all that it can prove
+SELF_CHECK = ("the folder's own recorded reference (a pass proves only that the folder agrees with itself, not "
+              "with any checkpoint)")
 
 
 @dataclass
@@ -232,10 +501,11 @@ class ExportReport:
     format: str
     towers: list[str]
     results: dict
-    against: str  # "checkpoint <path>" or "the manifest's recorded reference"
-    gate: dict
+    against: str  # "checkpoint <path>" or SELF_CHECK
+    gate: dict  # the bounds the check applied: given, or parity's defaults (never a manifest's)
     seconds: float
     changed_files: list[str] = field(default_factory=list)  # files whose SHA-256 is not the manifest's
+    manifest_gate: dict | None = None  # the gate the manifest records, where it is not `gate`: a record only
 
     @property
     def passed(self) -> bool:
@@ -247,7 +517,16 @@ class ExportReport:
     def summary(self) -> str:
         parts = [f"{tower} {name} |Δ| {r['max_abs']:.2e} (bound {r['bound']:.1e}, {r['bound_kind']})"
                  for tower, rows in self.results.items() for name, r in rows.items()]
-        return f"{self.format} {self.folder}: {'PASS' if self.passed else 'FAIL'} — " + ", ".join(parts)
+        line = (f"{self.format} {self.folder}: {'PASS' if self.passed else 'FAIL'} against {self.against} — "
+                + ", ".join(parts))
+        if self.manifest_gate is not None:
+            line += (f"; the manifest's own gate ({_gate_text(self.manifest_gate)}) differs from this check's "
+                     f"({_gate_text(self.gate)}) and was not used")
+        return line
+
+
+def _gate_text(gate: dict) -> str:
+    return ", ".join(f"{k} {gate.get(k)!r}" for k in GATE)
 
 
 # ---------------------------------------------------------------- the folder's other files
@@ -303,6 +582,7 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
     if to not in FORMATS:
         raise ParityError(f"unknown export format {to!r}: use {' or '.join(FORMATS)}")
     out = Path(out)
+    refuse_overlap(out, checkpoint)  # before anything is written: the export never lands in or over its source
     towers = [t for t in TOWERS if t in towers]
     if not force and (out.exists() or out.is_symlink()):
         raise OutputExistsError(f"{out} already exists")
@@ -389,51 +669,237 @@ def _runtime(fmt: str) -> dict:
     return {"library": "onnxruntime", "providers": ["CPUExecutionProvider"], "threads": _threads()}
 
 
+# ---------------------------------------------------------------- reading a folder back
+GATE = ("atol", "rtol", "noise_factor")
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# What a manifest's config may ask of the inputs and outputs when no checkpoint vouches for it (the
+# inputs are built from these numbers before anything is compared). Every released CLIP fits with room:
+# images are 448 px at the most (RN50x64, EVA-02-L), contexts 77 (CLIP), 52 (Chinese-CLIP) or 64
+# (SigLIP), embed_dim 1,280 at the most (ViT-bigG); at these bounds the inputs are about 100 MB.
+LIMITS = {"vision.image_size": 1024, "text.context_length": 1024, "embed_dim": 8192}
+
+
+def _plain_name(name) -> bool:
+    """A file name that can only mean a file in the folder itself."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+            and name == name.strip())
+
+
+class _Folder:
+    """An export folder, opened once: its files are opened relative to that descriptor, by plain names
+    only, never through a symbolic link (a manifest names files; it must not be able to point parity,
+    and what it reports about their hashes, at files outside the folder)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ExportError(f"{self.path}: no such folder") from None
+        except NotADirectoryError:
+            raise ExportError(f"{self.path}: not a folder: an export is a folder") from None
+        except OSError as e:
+            raise ExportError(f"{self.path}: cannot be opened ({e.strerror})") from None
+
+    @contextlib.contextmanager
+    def open(self, name: str, missing: str | None = None):
+        """A FileSource for the plain name `name`; None where it is missing and `missing` is None, else
+        ExportError with `missing` as the reason."""
+        if not _plain_name(name):
+            raise ExportError(f"{self.path}: {name!r} is not a file name in the folder")
+        try:
+            fd = os.open(name, _OPEN, dir_fd=self.fd)
+        except FileNotFoundError:
+            fd = None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise ExportError(f"{self.path / name}: a symbolic link; an export's files lie in its own "
+                                  "folder") from None
+            raise ExportError(f"{self.path / name}: cannot be opened ({e.strerror})") from None
+        if fd is None:
+            if missing is not None:
+                raise ExportError(f"{self.path / name}: {missing}")
+            yield None
+            return
+        try:
+            with FileSource(self.path / name, fd) as source:  # fstat: a FIFO or a device is refused
+                yield source
+        finally:
+            os.close(fd)
+
+    def json(self, name: str, kind, missing: str) -> dict:
+        with self.open(name, missing) as source:
+            if source.size > kind.max_bytes:
+                raise ExportError(f"{source.name}: a {kind.what} of {source.size} bytes, more than the "
+                                  f"{kind.max_bytes} it may hold")
+            return bounded_json.loads(source.pread(0, source.size), kind, source.name)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class _Manifest:
+    format: str
+    towers: list
+    config: object
+    gate: dict  # the gate recorded at export
+    files: dict  # plain name -> SHA-256
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _manifest(folder: _Folder) -> _Manifest:
+    """The manifest's fields that a check uses, each of its type (ExportError naming the first that is
+    not): a malformed manifest is the folder's fault (exit 2), never a crash."""
+    from .config import Config
+
+    path = folder.path / MANIFEST
+    manifest = folder.json(MANIFEST, bounded_json.MANIFEST, "missing: not a parity export folder")
+
+    def bad(what: str) -> ExportError:
+        return ExportError(f"{path}: not a parity export manifest ({what})")
+
+    fmt, towers = manifest.get("format"), manifest.get("towers")
+    if fmt not in FORMATS:
+        raise bad(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+    if not isinstance(towers, list) or not towers or any(t not in TOWERS for t in towers) or \
+            len(set(towers)) != len(towers):
+        raise bad(f"towers {towers!r}: a list of {' and/or '.join(TOWERS)}")
+    towers = [t for t in TOWERS if t in towers]
+    if not isinstance(manifest.get("config"), dict):
+        raise bad("no config object")
+    try:
+        cfg = Config.from_dict(manifest["config"])
+    except ParityError as e:
+        raise bad(f"config: {e}") from None
+    if cfg.missing():
+        raise bad(f"config: {', '.join(cfg.missing())} unknown")
+    for key in ("inputs", "outputs"):
+        given = manifest.get(key)
+        want = {t: {"name": t, "shape": _input_shape(cfg, t), "dtype": INPUT_DTYPES[t]} for t in towers} \
+            if key == "inputs" else \
+            {t: {"name": "features", "shape": [None, cfg.embed_dim], "dtype": "float32"} for t in towers}
+        if not isinstance(given, dict) or any(given.get(t) != want[t] for t in towers):
+            raise bad(f"{key}: not those of its config's towers, {json.dumps(want)}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("files: not an object of file names and their SHA-256")
+    for name, digest in files.items():
+        if not _plain_name(name):
+            raise bad(f"files: {name!r} is not the name of a file in the folder")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise bad(f"files: {name!r} has no SHA-256")
+    verification = manifest.get("verification")
+    gate = verification.get("gate") if isinstance(verification, dict) else None
+    if not isinstance(gate, dict) or not all(_number(gate.get(k)) for k in GATE):
+        raise bad(f"verification.gate: not numbers {', '.join(GATE)}")
+    return _Manifest(fmt, towers, cfg, {k: gate[k] for k in GATE}, files)
+
+
+def _within_limits(cfg, path: Path) -> None:
+    """ExportError where a manifest's config asks for inputs or outputs larger than any CLIP's (LIMITS)."""
+    for name, limit in LIMITS.items():
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        if value > limit:
+            raise ExportError(f"{path}: not a parity export manifest ({name} {value}: more than the {limit} "
+                              "of any CLIP; give the checkpoint to check it against)")
+
+
+def _recorded(folder: _Folder, towers, inputs: dict, width: int) -> dict:
+    """The reference recorded at export, each input set's features of exactly [batch, width] finite
+    numbers and a noise floor: ExportError otherwise."""
+    path = folder.path / REFERENCE
+    ref = folder.json(REFERENCE, bounded_json.REFERENCE,
+                      f"missing: no recorded reference for {', '.join(towers)}; give the checkpoint to compare with")
+    out = {}
+    for tower in towers:
+        out[tower] = {}
+        for name, x in inputs[tower].items():
+            entry = ref.get(tower, {}).get(name) if isinstance(ref.get(tower), dict) else None
+            want = (len(x), width)
+            features = entry.get("features") if isinstance(entry, dict) else None
+            noise = entry.get("noise") if isinstance(entry, dict) else None
+            ok = (isinstance(features, list) and len(features) == want[0] and
+                  all(isinstance(row, list) and len(row) == width and all(map(_number, row)) for row in features))
+            if not ok or not _number(noise) or not 0 <= noise < float("inf"):
+                raise ExportError(f"{path}: not a recorded reference: {tower} {name} wants features of "
+                                  f"[{want[0]}, {want[1]}] numbers and a noise floor")
+            out[tower][name] = {"features": np.asarray(features, np.float64), "noise": float(noise)}
+    return out
+
+
+def _given_gate(atol, rtol, noise_factor) -> dict:
+    """The gate of a check: the bounds given, else parity's defaults; a manifest's never."""
+    gate = {"atol": DEFAULT_ATOL if atol is None else atol, "rtol": DEFAULT_RTOL if rtol is None else rtol,
+            "noise_factor": NOISE_FACTOR if noise_factor is None else noise_factor}
+    for name, value in gate.items():
+        if not _number(value) or not 0 <= value < float("inf"):
+            raise ExportError(f"the gate's {name} is {value!r}: a tolerance is a finite number, 0 or more")
+    return gate
+
+
+def _changed(folder: _Folder, files: dict) -> list[str]:
+    """The manifest's files whose SHA-256 is not the one it records (or that are missing), each read
+    through the folder's descriptor, by its plain name, not following links."""
+    changed = []
+    for name, digest in sorted(files.items()):
+        with folder.open(name) as source:
+            if source is None or sha256(source) != digest:
+                changed.append(name)
+    return changed
+
+
 def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = None, rtol: float | None = None,
                   noise_factor: float | None = None) -> ExportReport:
     """Load an export folder in its runtime and hold it, by verify's gate, to parity's torch model on
-    `checkpoint` (the outputs computed afresh), or without one to the reference its manifest recorded.
-    The gate's tolerances are the manifest's unless given. ExportError for a missing or unreadable file."""
+    `checkpoint` (the outputs computed afresh), or without one to the reference its manifest recorded,
+    which proves only that the folder agrees with itself.
+
+    The gate's bounds are those given, else parity's defaults: never the manifest's, which is the
+    folder's own claim (a folder that records a loose gate could pass anything). Where the manifest
+    records another gate, the report says so (`manifest_gate`). Nothing is built from the manifest's
+    numbers before they are checked: with a checkpoint, its config must be the manifest's; without,
+    the manifest's config must lie within LIMITS and the reference must have the shapes it says.
+    ExportError for a missing, unreadable or malformed file, or a runtime that fails on it."""
     from .api import computable
     from .checkpoint import opened
-    from .config import Config
 
     start = time.perf_counter()
-    folder = Path(folder)
-    if not (folder / MANIFEST).is_file():
-        raise ExportError(f"{folder}: no {MANIFEST}: not a parity export folder")
-    try:
-        manifest = read_json(folder / MANIFEST, "export manifest")
-        fmt, towers = manifest["format"], list(manifest["towers"])
-        cfg = Config.from_dict(manifest["config"])
-        gate = manifest["verification"]["gate"]
-        if fmt not in FORMATS or not towers or set(towers) - set(TOWERS):
-            raise ValueError(f"format {fmt!r}, towers {towers!r}")
-    except ParityError as e:
-        raise ExportError(str(e)) from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise ExportError(f"{folder / MANIFEST}: not a parity export manifest ({type(e).__name__}: {e})") from None
-    atol = gate["atol"] if atol is None else atol
-    rtol = gate["rtol"] if rtol is None else rtol
-    noise_factor = gate["noise_factor"] if noise_factor is None else noise_factor
-    vocab = folder / "vocab.txt" if cfg.text.is_bert and (folder / "vocab.txt").is_file() else None
-    inputs = _inputs(cfg, vocab)
-    if checkpoint is not None:
-        with opened(checkpoint, config=config or cfg) as ck:
-            computable(ck)
-            if ck.config != cfg:
-                raise ExportError(f"{checkpoint} holds another model than the export ({ck.config.describe()})")
-            ref = reference(ck.plan_in(layouts.HUB.NAME), cfg, inputs, towers)
-        against = f"checkpoint {checkpoint}"
-    else:
-        against = "the reference recorded at export"
-        ref = read_json(folder / REFERENCE, "export reference") if (folder / REFERENCE).is_file() else None
-        if not isinstance(ref, dict) or set(ref) != set(towers):
-            raise ExportError(f"{folder / REFERENCE}: no recorded reference for {', '.join(towers)}; give the "
-                              "checkpoint to compare with")
-    results = check(folder, fmt, towers, ref, inputs, atol, rtol, noise_factor)
-    changed = sorted(name for name, digest in manifest.get("files", {}).items()
-                     if not (folder / name).is_file() or sha256(folder / name) != digest)
-    return ExportReport(str(folder), fmt, towers, results, against,
-                        {"atol": atol, "rtol": rtol, "noise_factor": noise_factor}, time.perf_counter() - start,
-                        changed)
+    gate = _given_gate(atol, rtol, noise_factor)
+    with _Folder(folder) as opened_folder:
+        manifest = _manifest(opened_folder)
+        fmt, towers, cfg = manifest.format, manifest.towers, manifest.config
+        vocab = None
+        if cfg.text.is_bert:  # the BERT's vocabulary: the folder's, a regular file there, not a link
+            with opened_folder.open("vocab.txt") as source:
+                vocab = None if source is None else opened_folder.path / "vocab.txt"
+        if checkpoint is not None:
+            with opened(checkpoint, config=config) as ck:  # the checkpoint says what the model is
+                computable(ck)
+                if ck.config != cfg:
+                    raise ExportError(f"{checkpoint} holds another model than the export ({ck.config.describe()}; "
+                                      f"the export: {cfg.describe()})")
+                inputs = _inputs(cfg, vocab)
+                ref = reference(ck.plan_in(layouts.HUB.NAME), cfg, inputs, towers)
+            against = f"checkpoint {checkpoint}"
+        else:
+            _within_limits(cfg, opened_folder.path / MANIFEST)
+            inputs = _inputs(cfg, vocab)
+            ref = _recorded(opened_folder, towers, inputs, cfg.embed_dim)
+            against = SELF_CHECK
+        changed = _changed(opened_folder, manifest.files)
+        results = check(opened_folder.path, fmt, towers, ref, inputs, **gate)
+    return ExportReport(str(opened_folder.path), fmt, towers, results, against, gate, time.perf_counter() - start,
+                        changed, manifest.gate if manifest.gate != gate else None)
