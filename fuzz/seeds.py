@@ -132,8 +132,22 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "index.json": json.dumps({"metadata": {"total_size": 10}, "weight_map": {
             "logit_scale": "model-00001-of-00002.safetensors", "text_projection.weight": "model-00002-of-00002.safetensors"}}).encode(),
     }
+    record = {  # parity's records as it writes them, and the red team's
+        "paddle-rn50.json": json.dumps({"parity_version": "0.1.0", "model": "RN50", "source": {"file": "RN50.pt"},
+                                        "buffers": {k: {"dtype": "int64", "value": 224} for k in
+                                                    ("input_resolution", "context_length", "vocab_size")},
+                                        "dtypes": {"logit_scale": "float16", "visual.conv1.weight": "float16"},
+                                        "config": registry.get("RN50").config.to_dict()}).encode(),
+        "wide-dtype.json": b'{"buffers": {"vocab_size": {"dtype": "S1000000", "value": [0, 0]}}}',
+        "object-dtype.json": b'{"buffers": {"vocab_size": {"dtype": "O", "value": [[]]}}, "dtypes": {"a": "V8"}}',
+    }
+    json_docs = {**folder_json, **record, "manifest.json": json.dumps({"format": "onnx", "towers": ["image"],
+                                                                       "gate": {"atol": 1e-5}, "files": {"a": "0" * 64}}).encode(),
+                 "parity-config.json": json.dumps(registry.get("ViT-B/32").config.to_dict()).encode(),
+                 "open_clip-model-cfg.json": json.dumps(json.loads(folder_json["open_clip_config.json"])["model_cfg"]).encode(),
+                 "deep.json": b"[" * 40 + b"]" * 40, "many.json": b"[" + b"{}," * 2000 + b"{}]"}
     return {"torch_zip": torch_zip, "torchscript": _torchscript(), "pdparams": pdparams, "safetensors": safetensors,
-            "folder_json": folder_json}
+            "folder_json": folder_json, "json": json_docs, "record": record}
 
 
 def write(folder: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np  # noqa: F401  (imported before the instrumented modules, so not instrumented itself)
 
-TARGETS = ("torch_zip", "torchscript", "pdparams", "safetensors", "folder_json")
+TARGETS = ("torch_zip", "torchscript", "pdparams", "safetensors", "folder_json", "json", "record")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,16 +40,15 @@ def _walk(content, out: list):
 def _folder_json(data: bytes) -> None:
     """A folder's JSON files (config.json, open_clip_config.json, a sharded index), as the folder reader
     takes them."""
-    import json
     from parity.formats.folders import weight_map
     from parity.layouts import hf, open_clip, paddlenlp
     from parity.errors import ParityError
 
+    from parity.formats import bounded_json
+
     try:
-        value = json.loads(data)
-    except (ValueError, RecursionError):
-        return
-    if not isinstance(value, dict):
+        value = bounded_json.loads(data, bounded_json.CONFIG, "<config>")
+    except ParityError:
         return
     for step in (lambda: hf.config_from_json(value), lambda: paddlenlp.config_from_json(value),
                  lambda: open_clip.config_from_json(value), lambda: weight_map(value, "<index>")):
@@ -59,10 +58,78 @@ def _folder_json(data: bytes) -> None:
             pass
 
 
+def _shape(value) -> tuple[int, int]:
+    """(values, depth) of a parsed JSON value, counted as the reader's bounds count them: every value, and
+    the nesting of objects and arrays."""
+    count, deepest, stack = 0, 0, [(value, 0)]
+    while stack:
+        item, outer = stack.pop()  # outer: how many containers hold it
+        count += 1
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, outer + 1)
+            stack.extend((c, outer + 1) for c in (item.values() if isinstance(item, dict) else item))
+    return count, deepest
+
+
+def _json(data: bytes) -> None:
+    """The one JSON reader, under every kind's bounds: what it returns must lie within them (values and
+    depth counted again on the parsed result), and it refuses with a ParityError only."""
+    from parity.errors import ParityError
+    from parity.formats import bounded_json
+
+    for kind in (bounded_json.CONFIG, bounded_json.RECORD, bounded_json.INDEX, bounded_json.MANIFEST,
+                 bounded_json.SAFETENSORS_HEADER):
+        try:
+            value = bounded_json.loads(data, kind, "<json>")
+        except ParityError:
+            continue
+        values, depth = _shape(value)
+        if values > kind.max_values or depth > kind.max_depth or len(data) > kind.max_bytes:
+            raise AssertionError(f"{kind.what}: {values} values {depth} deep from {len(data)} bytes passed its bounds")
+    _config_file(data)
+
+
+def _config_file(data: bytes) -> None:
+    """What `--config FILE.json` does with a file's bytes once read: parity's own form, or open_clip's."""
+    from parity.config import Config
+    from parity.errors import ParityError
+    from parity.formats import bounded_json
+    from parity.layouts import open_clip
+
+    try:
+        value = bounded_json.loads(data, bounded_json.CONFIG, "<config>")
+        if "vision_cfg" in value or "model_cfg" in value:
+            open_clip.config_from_model_cfg(value.get("model_cfg", value))
+        else:
+            Config.from_dict(value.get("config", value))
+    except ParityError:
+        return
+
+
+def _record(data: bytes) -> None:
+    """parity's record as a checkpoint carries it (a string in a pickle, safetensors metadata, a zip
+    entry or parity.json): parsed, its dtypes and buffers built, checked against a CLIP's keys and shapes,
+    and its config read."""
+    from parity import checkpoint, layouts, registry
+    from parity.errors import ParityError
+
+    config = registry.get("RN50").config
+    try:
+        record = checkpoint.parse_record(data.decode("utf-8", "surrogateescape"), "<record>")
+        checkpoint._record(record, config, layouts.get("paddle"), "<record>")
+        checkpoint._metadata_config(record, {}, layouts.get("paddle"), "<record>")
+    except ParityError:
+        return
+
+
 def replay(target: str, data: bytes) -> None:
     """One input through `target`: returns, or raises ParityError; anything else is a bug in parity."""
     if target == "folder_json":
         return _folder_json(data)
+    if target == "json":
+        return _json(data)
+    if target == "record":
+        return _record(data)
     checkpoint, formats, ParityError = _modules()
     source = formats.BytesSource(data, f"<{target}>")
     try:

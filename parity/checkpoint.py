@@ -10,7 +10,6 @@ config the file already has, is an error naming the field.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import threading
 from collections import Counter
@@ -25,7 +24,7 @@ import numpy as np
 from . import layouts, registry
 from .config import Config, ConfigError, read_config_file
 from .errors import CheckpointError, ConfigMissingError
-from .formats import FORMAT_NAMES, RawCheckpoint, Stored
+from .formats import FORMAT_NAMES, RawCheckpoint, Stored, bounded_json
 from .formats.folders import open_input
 from .formats.pdparams import EXTRAS_KEY
 from .layouts import Planned, Record, StateDictError, check_keys
@@ -57,6 +56,7 @@ class Checkpoint:
     provenance: dict = field(default_factory=dict)  # source file, its SHA-256, parity version of the writer
     unwrapped: list[str] = field(default_factory=list)  # wrappers and prefixes stripped on reading
     notes: list[str] = field(default_factory=list)
+    library_config: dict | None = None  # a folder's config.json as read, for what only its library reads
 
     @property
     def name(self) -> str | None:
@@ -208,14 +208,10 @@ def _tensors(content: dict, path, notes: list[str]) -> tuple[dict, dict | None]:
 
 
 def parse_record(value, path) -> dict:
-    """parity's record (a JSON object in a string), or CheckpointError."""
-    try:
-        record = json.loads(value)
-        if not isinstance(record, dict):
-            raise ValueError("not an object")
-        return record
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: parity's record ({EXTRAS_KEY}) is not a JSON object ({e})") from None
+    """parity's record (a JSON object in a string), through the bounded JSON reader, or CheckpointError."""
+    if not isinstance(value, (str, bytes)):
+        raise CheckpointError(f"{path}: parity's record ({EXTRAS_KEY}) is a {type(value).__name__}, not JSON text")
+    return bounded_json.loads(value, bounded_json.RECORD, path)
 
 
 def _strip_prefixes(tensors: dict, unwrapped: list[str]) -> dict:
@@ -235,15 +231,16 @@ def _record(data: dict | None, config: Config, layout, path) -> Record | None:
         return None
     try:
         record = Record.from_dict(data)
-        for dtype in record.dtypes.values():
-            np.dtype(dtype)
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: parity's record is malformed ({e})") from None
     expected = layouts.HUB.shapes(config, archive_entries=True)
     wrong = sorted(k for k in list(record.buffers) + list(record.dtypes)
                    if k not in expected or (k in record.buffers and layout.KEYMAP.hub_row(k)[0].layout is not None))
     if wrong:
         raise CheckpointError(f"{path}: parity's record names keys this CLIP does not have: {', '.join(wrong[:8])}")
+    misshaped = sorted(k for k, v in record.buffers.items() if tuple(v.shape) != tuple(expected[k]))
+    if misshaped:
+        raise CheckpointError(f"{path}: parity's record holds buffers of the wrong shape: {', '.join(misshaped[:8])}")
     return record
 
 
@@ -268,8 +265,10 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
         carrier = layout
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
     try:
-        recorded = Config.from_dict(text if isinstance(text, dict) else json.loads(text)) if text else None
-    except (ConfigError, ValueError) as e:
+        if text and not isinstance(text, dict):
+            text = bounded_json.loads(text, bounded_json.CONFIG, path)
+        recorded = Config.from_dict(text) if text else None
+    except (ConfigError, CheckpointError) as e:
         raise CheckpointError(f"{path}: the config stored in the file is malformed ({e})") from None
     if carrier is None:
         return recorded, "the file's own record" if recorded else "unknown"
@@ -289,11 +288,12 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
 
 def resolve_config(shapes: Config, metadata: Config | None, given, path,
                    metadata_source: str = "the file's own record", sha256=None,
-                   family: str | None = None) -> tuple[Config, str]:
+                   family: str | None = None, fixed: tuple | None = None) -> tuple[Config, str]:
     """The config of a checkpoint whose tensors say `shapes`: its metadata's, else the registry's (the
     entry these shapes name; where they fit entries of different configs, the one of the `family`
     (name, what says it) that the file says it is of, or the one whose release file this is by
     `sha256()`, which is called only then),
+    else, for a layout whose library builds every CLIP by one rule, `fixed` (rule, what says it),
     else the given one; a given config must agree with whichever was found."""
     found, source = None, "unknown"
     if metadata is not None:
@@ -313,6 +313,14 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
                 found, source = release.config, f"registry: {release.name} (by its SHA-256)"
             else:
                 source = f"ambiguous: the shapes fit {_fits(fits)}"
+        if found is None and fixed is not None:  # a layout whose library builds every CLIP by one rule
+            try:
+                ruled = fixed[0](shapes)
+                ruled.validate()
+                ruled.check_shapes(shapes)
+                found, source = ruled, fixed[1]
+            except ConfigError:
+                pass  # shapes its library cannot build (heads of 64 that do not divide the width, ...)
     if given is not None:
         config, named = given_config(given)
         try:
@@ -385,15 +393,20 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
             family = ("openai", "openai/CLIP's archive entries")
         elif getattr(layout, "FIXED", None) is not None:
             family = ("openai", f"the {name} layout, whose library builds openai's CLIP only")
-        resolved, source = resolve_config(shapes, stored, config, path, stored_from, sha256, family)
+        fixed = None
+        if getattr(layout, "FIXED", None) is not None:
+            fixed = (layout.FIXED, f"the {name} layout: {layout.LIBRARY} builds every CLIP with {layout.FIXED_TEXT}")
+        resolved, source = resolve_config(shapes, stored, config, path, stored_from, sha256, family, fixed)
     except (StateDictError, ConfigError) as e:
         message = str(e)
         raise type(e)(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
     provenance = {k: v for k, v in (record or {}).items() if k not in ("buffers", "dtypes", "config")}
     provenance.update({k[len(META_PREFIX):]: v for k, v in raw.metadata.items()
                        if k.startswith(META_PREFIX) and k not in (META_PREFIX + "extras", META_PREFIX + "config")})
+    library_config = raw.metadata.get("config.json")
     return Checkpoint(tensors, name, resolved, source, raw.format, Path(path), None,
-                      _record(record, resolved, layout, path), provenance, unwrapped, notes)
+                      _record(record, resolved, layout, path), provenance, unwrapped, notes,
+                      library_config if isinstance(library_config, dict) else None)
 
 
 def load(path, layout: str | None = None, config=None) -> Checkpoint:

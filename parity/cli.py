@@ -412,6 +412,8 @@ def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str
     stages.close()
     for line in result.warnings:
         echo(f"warning: {line}", err=True)
+    if result.config_warning:
+        echo(f"warning: {result.config_warning}; verify and logits on it will need --config NAME|FILE.json", err=True)
     for line in result.source.notes:
         echo(f"note: {line}", err=True)
     echo(result.summary())
@@ -459,10 +461,15 @@ EXPORT_TOWERS = {"both": ("image", "text"), "image": ("image",), "text": ("text"
 
 
 def _export_gate(f):
-    f = click.option("--atol", default=None, type=float, help=f"Absolute tolerance [default: {DEFAULT_ATOL}].")(f)
-    f = click.option("--rtol", default=None, type=float, help=f"Relative tolerance [default: {DEFAULT_RTOL}].")(f)
+    # the gate is the command line's or parity's: an export folder's manifest records one, never sets it
+    never = "never the export manifest's"
+    f = click.option("--atol", default=None, type=float,
+                     help=f"Absolute tolerance [default: parity's, {DEFAULT_ATOL}; {never}].")(f)
+    f = click.option("--rtol", default=None, type=float,
+                     help=f"Relative tolerance [default: parity's, {DEFAULT_RTOL}; {never}].")(f)
     f = click.option("--noise-factor", default=None, type=float,
-                     help=f"Multiple of float32's noise floor a difference may be [default: {NOISE_FACTOR}].")(f)
+                     help="Multiple of float32's noise floor a difference may be [default: parity's, "
+                          f"{NOISE_FACTOR}; {never}].")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON on stdout.")(f)
     return click.option("--debug", is_flag=True, help="Show the traceback of an error.")(f)
 
@@ -495,9 +502,10 @@ def export(checkpoint: Path, to: str, out: Path, tower: str, config: str | None,
     Any layout parity reads. Each tower becomes a graph with a dynamic batch and the model's own
     context, written with preprocess.json, the tokenizer's files and manifest.json (source and its
     SHA-256, inputs and outputs, every file's SHA-256, the torch reference outputs, the result). Each
-    graph is loaded in its own runtime and run on the canonical pair and the photographs (a batch of 3,
-    then batches of 1), under verify's element-wise gate. Exit status 0 when it passes, 1 when not (the
-    folder is written either way, its manifest says which), 2 on bad input.
+    graph is loaded in its own runtime (a process of its own, its memory bounded) and run on the
+    canonical pair and the photographs (a batch of 3, then batches of 1), under verify's element-wise
+    gate: the tolerances given, else parity's; the manifest records them. Exit status 0 when it passes,
+    1 when not (the folder is written either way, its manifest says which), 2 on bad input.
 
     \b
     Examples:
@@ -524,9 +532,13 @@ def verify_export(folder: Path, checkpoint: Path | None, config: str | None, ato
     """Check an export folder again: load it in its runtime and hold it to parity's torch model on
     CHECKPOINT, or, without one, to the reference outputs its manifest recorded at export time.
 
-    For a deployment pipeline's CI. Exit status 0 when every output is within the gate (the manifest's
-    tolerances unless given), 1 when not (e.g. a parameters file swapped for another model's), 2 for a
-    missing or unreadable file. Files whose SHA-256 differs from the manifest's are named.
+    For a deployment pipeline's CI. Exit status 0 when every output is within the gate, 1 when not
+    (e.g. a parameters file swapped for another model's), 2 for a missing, unreadable or malformed file
+    or a graph its runtime cannot run within a CLIP's memory. The gate is the tolerances given, else
+    parity's: never the manifest's, which is the folder's own claim (where it records another, the
+    result says so). Without CHECKPOINT the check proves only that the folder agrees with itself, not
+    with any model: give the checkpoint to prove what it computes. Files whose SHA-256 differs from the
+    manifest's are named.
 
     \b
     Examples:

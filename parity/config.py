@@ -7,12 +7,12 @@ naming the field.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ParityError
+from .formats import bounded_json
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 
@@ -210,11 +210,9 @@ def read_config_file(path: Path) -> Config:
     config_fields, with null for what is unknown), or such an object under a "config" key; or open_clip's
     own: a model config (model_configs/NAME.json) or a hub folder's open_clip_config.json."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot be read as a JSON config ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file holds a JSON object")
+        data = bounded_json.read(path, bounded_json.CONFIG)
+    except ParityError as e:  # a FIFO, a device, too large, too many values, too deep, not JSON
+        raise ConfigError(str(e)) from None
     try:
         if "vision_cfg" in data or "model_cfg" in data:
             from .layouts import open_clip

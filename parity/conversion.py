@@ -16,8 +16,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .checkpoint import Checkpoint, _array, from_raw, given_config
-from .errors import NonFiniteError, OutputExistsError, SameFileError
-from .formats.folders import open_input
+from .errors import NonFiniteError, OutputExistsError
+from .formats.folders import open_input, refuse_overlap
 from .writing import FORMATS, Saved, save, target_of
 
 
@@ -27,6 +27,7 @@ class Converted:
     saved: Saved
     seconds: float
     warnings: list[str]
+    config_warning: str | None = None  # the output carries no config: computing with it will need one given
 
     def summary(self) -> str:
         """One line: model, tensors, bytes, dtype mix, seconds, output path (and what was unwrapped)."""
@@ -79,7 +80,7 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
     """Convert a checkpoint file to layout `to` (or the legacy torch / paddle / safetensors); the library
     behind `parity convert`. No config is needed to move tensors; a known one is written with them.
 
-    Refuses to write over its input (`force` or not) and over an existing output (without `force`);
+    Refuses an output that is, contains or lies inside its input (`force` or not), and an existing output (without `force`);
     NaN/Inf in a tensor is a warning, or an error with `strict`. `stage` is told each step as it starts.
     """
     start, stage = time.perf_counter(), stage or (lambda _: None)
@@ -89,12 +90,7 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
     try:  # on success the source stays open: what was written can be made again (Saved.tensors)
         target, fmt = target_of(Path(out) if out is not None else Path(src), to, layout, None)
         out = Path(out) if out is not None else default_output(Path(src), fmt, target.NAME)
-        try:
-            same = os.path.samestat(os.stat(out), source.stat)  # through links, hard links and "."
-        except OSError:
-            same = False
-        if same:
-            raise SameFileError(f"{out}: is the input file; parity never writes over its input")
+        refuse_overlap(out, src)  # the input, inside it or around it: refused, `force` or not
         if os.path.lexists(out) and not force:
             raise OutputExistsError(f"{out} already exists")
         stage(f"reading {Path(src).name}")
@@ -104,7 +100,7 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
             digest = pool.submit(source.sha256, (), stop)
             try:
                 ck = from_raw(raw, Path(src), config, digest.result)
-                warnings = []
+                warnings, config_warning = [], None
                 bad = nonfinite(ck.state_dict)
                 if bad:
                     message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
@@ -112,8 +108,9 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
                         raise NonFiniteError(message)
                     warnings.append(message)
                 if not ck.config.complete:
-                    warnings.append(f"{src}: the config is unknown ({', '.join(ck.config.missing())}); the tensors "
-                                    "were moved, and no config was written with them")
+                    config_warning = (f"{src}: the config is unknown ({', '.join(ck.config.missing())}); the "
+                                      "tensors were moved, and no config was written with them: computing with "
+                                      "the output will need it given (a registered name or a JSON file)")
                 stage(f"writing and checking {out.name}")
                 # the output is named only if the source still is the file that was read
                 saved = save(ck, out, to, layout=layout, format=fmt, dtype=dtype, force=force, digest=digest,
@@ -124,4 +121,4 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
     except BaseException:
         source.close()
         raise
-    return Converted(ck, saved, time.perf_counter() - start, warnings)
+    return Converted(ck, saved, time.perf_counter() - start, warnings, config_warning)

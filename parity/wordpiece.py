@@ -21,6 +21,7 @@ from .errors import ParityError
 
 CONTEXT_LENGTH = 52
 MAX_WORD = 200  # characters: a longer word is [UNK]
+MAX_TOKENS = 1 << 18  # lines of a vocab.txt: BERT's largest WordPiece vocabularies hold about 120,000
 # CJK ideographs (the Unified Ideographs blocks and their extensions, and the compatibility ones); kana,
 # hangul and CJK punctuation are not in them, and are tokenized as other letters and punctuation are
 _CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
@@ -84,6 +85,11 @@ class WordPiece:
         path = Path(vocab_file)
         try:
             self.data = read_small(path, "WordPiece vocabulary")  # the file's bytes, read once
+            # counted before anything is built: a dict of millions of short tokens is 100s of MB
+            count = self.data.count(b"\n") + (not self.data.endswith(b"\n"))
+            if count > MAX_TOKENS:
+                raise ParityError(f"{path}: a WordPiece vocabulary of {count} lines, more than the {MAX_TOKENS} "
+                                  "tokens a BERT vocabulary has at the most")
             lines = self.data.decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as e:
             raise ParityError(f"{path}: cannot be read as a WordPiece vocabulary ({e})") from None

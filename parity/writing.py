@@ -264,6 +264,8 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
                               "paddlenlp, hf)")
     wrap = getattr(target, "WRAP", None) if fmt == "pdparams" else None
     tensors, record = _target(ck, target, fmt, dtype)
+    if record is None and fmt == "pt":  # the hub needs no record for its tensors, but the config travels too
+        record = Record()
 
     @cache  # the record as JSON text, made once, when the source's hash is known
     def text() -> str | None:
@@ -276,7 +278,7 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
             if fmt == "pdparams":
                 pdparams.write(f, tensors, text, wrap)
             elif fmt == "pt":
-                torch_zip.write(f, tensors)
+                torch_zip.write(f, tensors, text)
             else:
                 safetensors.write(f, tensors, _metadata(ck, target.NAME, text()))
 
@@ -299,7 +301,9 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
     file is), parity's record where the weights file has no room for it, and the layout's other files."""
     config = ck.require_config()
     config_name = getattr(target, "CONFIG_FILE", "config.json")
-    config_json = json.dumps(target.config_to_json(config), indent=2).encode()
+    # a folder written in its own layout keeps what only its library reads (hf's text token ids)
+    source_json = ck.library_config if ck.layout == target.NAME else None
+    config_json = json.dumps(target.config_to_json(config, source_json), indent=2).encode()
     if target.WEIGHTS.endswith(".safetensors"):
         def weights(f):
             with tensors.streaming():

@@ -4,7 +4,8 @@ as single files. A hub folder may hold open_clip's files beside transformers' (t
 open_clip's are read then, and a note says which were not.
 
 A folder is opened as an `Input` beside a single file's: each file is opened once and read through its
-own descriptor, bounded by its size; `config.json` and an index are read whole (at most 16 MiB each).
+own descriptor, bounded by its size; `config.json`, parity's record and an index are read whole by the
+one bounded JSON reader (`bounded_json`), each within what its kind can need.
 The folder's digest is the SHA-256 over each file's name and SHA-256, in name order.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 
 from ..errors import CheckpointError
+from . import bounded_json
 from .source import FileSource, open_source, sha256, user_stat
 
 # weight files a folder may hold, in the order their libraries prefer them
@@ -28,23 +30,11 @@ TEXT_LIMIT = 1 << 24
 
 
 def read_small(path: Path, what: str) -> bytes:
-    """A small file's bytes (a config, a vocabulary), bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
+    """A small file's bytes (a vocabulary), bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
     with open_source(path) as source:
         if source.size > TEXT_LIMIT:
             raise CheckpointError(f"{path}: a {what} of {source.size} bytes, more than the {TEXT_LIMIT} it may hold")
         return source.pread(0, source.size)
-
-
-def read_json(path: Path, what: str) -> dict:
-    """A small JSON object from a file, bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
-    text = read_small(path, what)
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise CheckpointError(f"{path}: the {what} is not JSON ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: the {what} is not a JSON object")
-    return data
 
 
 def weight_map(index: dict, where) -> dict[str, str]:
@@ -103,9 +93,9 @@ class FolderInput:
             raise CheckpointError(f"{self.path}: a folder without config.json or {OPEN_CLIP_CONFIG} and its weights: "
                                   "not a Hugging Face, PaddleNLP or open_clip checkpoint folder (for a single file, "
                                   "give the file)")
-        self.config_json = read_json(self.path / self.config_name, self.config_name)
+        self.config_json = bounded_json.read(self.path / self.config_name, bounded_json.CONFIG)
         record = self.path / "parity.json"  # parity's record, where the weights file has no room for it
-        self.record_json = read_json(record, "parity record") if record.is_file() else None
+        self.record_json = bounded_json.read(record, bounded_json.RECORD) if os.path.lexists(record) else None
         self.names = self._weights()
         self.files: list[FileSource] = []
         try:
@@ -122,7 +112,7 @@ class FolderInput:
         index = next((n for n in self.indexes if (self.path / n).is_file()), None)
         if index is None:
             raise CheckpointError(f"{self.path}: no weights: none of {', '.join(self.weight_names)} nor a sharded index")
-        self.weight_map = weight_map(read_json(self.path / index, index), self.path / index)
+        self.weight_map = weight_map(bounded_json.read(self.path / index, bounded_json.INDEX), self.path / index)
         shards = sorted(set(self.weight_map.values()))
         for shard in shards:
             if not (self.path / shard).is_file():
@@ -193,3 +183,41 @@ def open_input(path) -> FileInput | FolderInput:
     if stat.S_ISDIR(user_stat(path).st_mode):
         return FolderInput(path)
     return FileInput(path)
+
+
+
+def _stats(paths) -> list[os.stat_result]:
+    """The stat of each path that exists."""
+    out = []
+    for p in paths:
+        try:
+            out.append(os.stat(p))
+        except OSError:
+            continue
+    return out
+
+
+def refuse_overlap(out, *inputs) -> None:
+    """SameFileError where the output `out` is an input, lies inside one (writing there changes the input)
+    or contains one (a folder holding it, which replacing would delete): by name, link, hard link or bind
+    mount, compared by device and inode along each path. Whether or not the output may replace what is
+    there, an input is never touched."""
+    from ..errors import SameFileError
+
+    out = Path(out)
+    real = Path(os.path.realpath(out))
+    found = _stats([real])
+    above = _stats(real.parents)
+    for given in inputs:
+        src = Path(given)
+        try:
+            src_stat = os.stat(src)
+        except OSError:
+            continue  # an input that is not there: its reader says so
+        if found and os.path.samestat(found[0], src_stat):
+            what = "folder" if stat.S_ISDIR(src_stat.st_mode) else "file"
+            raise SameFileError(f"{out}: is the input {what} ({src}); parity never writes over its input")
+        if any(os.path.samestat(s, src_stat) for s in above):
+            raise SameFileError(f"{out}: lies inside the input folder {src}; parity never writes into its input")
+        if found and any(os.path.samestat(found[0], s) for s in _stats(Path(os.path.realpath(src)).parents)):
+            raise SameFileError(f"{out}: contains the input {src}; replacing it would delete the input")

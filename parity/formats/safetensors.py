@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import CheckpointError
+from . import bounded_json
 from .source import Source, Stored
 from .torch_zip import made, spec
 
@@ -29,13 +30,7 @@ def _header(source: Source) -> tuple[int, dict]:
     (n,) = struct.unpack("<Q", source.pread(0, 8))
     if n > min(HEADER_LIMIT, source.size - 8):
         raise CheckpointError(f"safetensors header of {n} bytes does not fit the file: truncated or corrupt")
-    try:
-        header = json.loads(source.pread(8, n))
-    except (ValueError, RecursionError) as e:  # json's errors are ValueErrors (UnicodeDecodeError too)
-        raise CheckpointError(f"safetensors header is not JSON ({type(e).__name__})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError("safetensors header is not a JSON object")
-    return 8 + n, header
+    return 8 + n, bounded_json.loads(source.pread(8, n), bounded_json.SAFETENSORS_HEADER, source.name)
 
 
 def _ints(value, what: str, name: str) -> list[int]:

@@ -20,18 +20,19 @@ import zipfile
 import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from ..errors import CheckpointError
-from . import unpickler
+from . import bounded_json, unpickler
 from .source import Source, Stored, contiguous
 
 STORAGES = {"FloatStorage": "float32", "HalfStorage": "float16", "DoubleStorage": "float64",
             "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
             "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool"}
 _LOCAL_HEADER = 30
+RECORD_ENTRY = "parity.json"  # parity's record (config, source, dtypes) beside data.pkl in a zip it writes
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,14 @@ def read(source: Source):
         script = True
     if any(s.bf16 for s in unpickling.storages.values()):
         notes.append("bfloat16 storages are widened exactly to float32 when read")
-    return RawCheckpoint("torchscript" if script else "torch", content, notes=notes,
+    metadata = {}
+    if f"{prefix}{RECORD_ENTRY}" in archive.entries:  # parity's record, bounded as every record is
+        data = archive.read(f"{prefix}{RECORD_ENTRY}", limit=bounded_json.RECORD.max_bytes)
+        try:
+            metadata["parity.extras"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"entry {prefix}{RECORD_ENTRY} (parity's record) is not UTF-8 text") from None
+    return RawCheckpoint("torchscript" if script else "torch", content, metadata=metadata, notes=notes,
                          entries=[(e.name, e.start, e.length, e.crc) for e in archive.entries.values() if not e.deflated])
 
 
@@ -371,9 +379,11 @@ def made(tensors: Mapping[str, np.ndarray], key: str, dtype: np.dtype, shape: tu
     return value
 
 
-def write(f, tensors: Mapping[str, np.ndarray]) -> None:
+def write(f, tensors: Mapping[str, np.ndarray], record: Callable[[], str | None] | None = None) -> None:
     """A plain torch state dict (as `torch.save` of an OrderedDict writes it), written without torch, one
-    tensor at a time; `build_model` and `torch.load(weights_only=True)` read it."""
+    tensor at a time; `build_model` and `torch.load(weights_only=True)` read it. `record` (called once the
+    tensors are written) gives parity's record, stored as one more entry, RECORD_ENTRY: torch reads the
+    entries it knows by name and never lists the others, so the file loads in torch unchanged."""
     specs = [(k, *spec(tensors, k)) for k in tensors]
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         _entry(archive, f, "archive/data.pkl", torch_pickle(specs))
@@ -382,4 +392,7 @@ def write(f, tensors: Mapping[str, np.ndarray]) -> None:
         _entry(archive, f, "archive/byteorder", sys.byteorder.encode())
         for i, (key, dtype, shape) in enumerate(specs):
             _entry(archive, f, f"archive/data/{i}", _bytes(made(tensors, key, dtype, shape)))
+        text = record() if record is not None else None
+        if text is not None:
+            _entry(archive, f, f"archive/{RECORD_ENTRY}", text.encode("utf-8"))
         _entry(archive, f, "archive/version", b"3\n")

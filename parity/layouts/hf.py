@@ -64,14 +64,28 @@ def detect(keys) -> bool:
 
 
 # ---------------------------------------------------------------- config.json
-def config_to_json(config: Config) -> dict:
-    """transformers' CLIPConfig for `config`. The text config keeps the ids of openai's released HF configs
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def keep_token_ids(made: dict, source: dict | None) -> dict:
+    """`made` with the text token ids of `source` (the config.json of a folder of the same layout), where
+    it has them: a folder converted to its own layout keeps what its library read (eos 2 or 49407)."""
+    theirs = source.get("text_config") if isinstance(source, dict) else None
+    if isinstance(theirs, dict) and "text_config" in made:
+        made["text_config"].update({k: theirs[k] for k in TOKEN_IDS if k in theirs})
+    return made
+
+
+def config_to_json(config: Config, source: dict | None = None) -> dict:
+    """transformers' CLIPConfig for `config`. The text config has the ids of openai's released HF configs
     (bos 0, eos 2, pad 1): with eos 2, transformers pools the text at the highest token id (its legacy
-    path), exactly as openai/CLIP does, whatever the input. A BERT text tower: a ChineseCLIPConfig."""
+    path), exactly as openai/CLIP does, whatever the input (with 49407, at the first end-of-text token,
+    which is the same where the text has one). `source`: the config.json of a folder in this layout that
+    the model was read from, whose token ids are kept. A BERT text tower: a ChineseCLIPConfig."""
     if config.text.is_bert:
         return chinese_clip.config_to_json(config)
     v, t = config.vision, config.text
-    return {
+    return keep_token_ids({
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
         "logit_scale_init_value": 2.6592, "initializer_factor": 1.0, "torch_dtype": "float32",
         "text_config": {"model_type": "clip_text_model", "hidden_size": t.width, "intermediate_size": t.mlp_width,
@@ -83,7 +97,7 @@ def config_to_json(config: Config) -> dict:
                           "num_attention_heads": v.heads, "num_hidden_layers": v.layers, "image_size": v.image_size,
                           "patch_size": v.patch_size, "num_channels": 3, "hidden_act": v.activation,
                           "layer_norm_eps": v.eps, "projection_dim": config.embed_dim},
-    }
+    }, source)
 
 
 # transformers' own defaults (CLIPTextConfig(), CLIPVisionConfig()), for keys a config.json leaves out

@@ -118,8 +118,9 @@ def config_from_json(data: dict) -> Config:
         raise ConfigError(f"{CONFIG_FILE}: {e}") from None
 
 
-def config_to_json(config: Config) -> dict:
-    """open_clip_config.json for `config`: open_clip's own model config, and CLIP's preprocessing."""
+def config_to_json(config: Config, source: dict | None = None) -> dict:
+    """open_clip_config.json for `config`: open_clip's own model config, and CLIP's preprocessing (`source`,
+    a folder's own file, adds nothing: open_clip's config holds no more than the Config says)."""
     v, t = config.vision, config.text
     if v.eps != 1e-5 or t.eps != 1e-5 or v.activation != t.activation or v.width % v.heads:
         raise ConfigError(f"open_clip's config has no place for this model ({config.describe()}): it fixes "

@@ -13,7 +13,7 @@ under `text_model.encoder.layers`), whose LayerNorms do take the config's eps.
 from __future__ import annotations
 
 from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, section
-from . import chinese_clip
+from . import chinese_clip, hf
 from .openai import ARCHIVE_ENTRIES
 from .rows import KeyMap, Row
 
@@ -84,8 +84,9 @@ def detect(keys) -> bool:
 
 
 # ---------------------------------------------------------------- config.json
-def config_to_json(config: Config) -> dict:
-    """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does)."""
+def config_to_json(config: Config, source: dict | None = None) -> dict:
+    """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does;
+    `source`, a PaddleNLP folder's config.json the model was read from, keeps its own)."""
     v, t = config.vision, config.text
     if t.is_bert:
         if v.eps != EPS:
@@ -103,7 +104,7 @@ def config_to_json(config: Config) -> dict:
                        "hidden_act": v.activation})
     else:
         vision["num_hidden_layers"] = list(v.layers)  # a list: PaddleNLP builds openai's ModifiedResNet
-    return {
+    return hf.keep_token_ids({
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
         "logit_scale_init_value": 2.6592, "initializer_factor": 1.0, "dtype": "float32",
         "text_config": {"model_type": "clip_text_model", "hidden_size": t.width, "intermediate_size": t.mlp_width,
@@ -112,7 +113,7 @@ def config_to_json(config: Config) -> dict:
                         "hidden_act": t.activation, "layer_norm_eps": EPS, "projection_dim": config.embed_dim,
                         "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1},
         "vision_config": vision,
-    }
+    }, source)
 
 
 TEXT = {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "num_hidden_layers": 12,

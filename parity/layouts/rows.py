@@ -221,11 +221,45 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Record":
-        return cls({k: np.asarray(v["value"], dtype=v["dtype"]) for k, v in d.get("buffers", {}).items()},
-                   dict(d.get("dtypes", {})))
+        """From `to_dict`'s form, as read from a file (already bounded by the JSON reader): every dtype one
+        of the numeric ones parity writes (a dtype such as "S1000000000" or "O" would make numpy allocate
+        from the file's say-so, or hold objects), every value numbers in nested lists; ValueError otherwise."""
+        buffers, dtypes = d.get("buffers", {}), d.get("dtypes", {})
+        if not isinstance(buffers, Mapping) or not isinstance(dtypes, Mapping):
+            raise ValueError("buffers and dtypes are JSON objects")
+        out = {}
+        for key, entry in buffers.items():
+            if not isinstance(entry, Mapping) or set(entry) != {"dtype", "value"}:
+                raise ValueError(f"buffer {key!r} is not {{'dtype': ..., 'value': ...}}")
+            out[key] = np.asarray(_numbers(entry["value"], key), dtype=record_dtype(entry["dtype"], key))
+        return cls(out, {key: str(record_dtype(value, key)) for key, value in dtypes.items()})
 
     def __bool__(self) -> bool:
         return bool(self.buffers or self.dtypes)
+
+
+# the dtypes a record may name: the numeric ones parity writes (a hub tensor's, or a hub-only buffer's)
+RECORD_DTYPES = frozenset(("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                           "float16", "float32", "float64"))
+
+
+def record_dtype(name, key) -> np.dtype:
+    """A dtype named in a record: one of RECORD_DTYPES, else ValueError naming the key."""
+    if not isinstance(name, str) or name not in RECORD_DTYPES:
+        raise ValueError(f"{key!r} has dtype {str(name)[:40]!r}, not one of the numeric dtypes parity writes")
+    return np.dtype(name)
+
+
+def _numbers(value, key):
+    """A record buffer's value: a number, or nested lists of numbers (no strings, objects or nulls)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif type(item) not in (int, float, bool):
+            raise ValueError(f"buffer {key!r} holds a {type(item).__name__}, not a number")
+    return value
 
 
 def _part(array, transform: str, index: int) -> np.ndarray:
