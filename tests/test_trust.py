@@ -234,6 +234,22 @@ def _close(got, want, what):
     assert got.shape == want.shape and excess.max() <= 0, (what, float(np.abs(got - want).max()))
 
 
+def _converted_computes(src: Path, to: str, want: tuple, tmp_path: Path) -> None:
+    """`src` converted to a torch .pt (no warning: its config travels), then `logits` in both frameworks
+    and `verify`, without --config: the library's features `want` (image, text) within 1e-4."""
+    out = tmp_path / "converted.pt"
+    result = run("convert", src, "--to", to, "-o", out)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert parity.load(out).config_source == "the file's own record"
+    for framework in ("torch", "paddle"):
+        result = run("logits", out, "--framework", framework, "--json")
+        assert result.exit_code == 0, result.output
+        for got, expected, name in zip(_features(json.loads(result.output)), want, ("image", "text")):
+            _close(got, expected, f"{framework} {name}")
+    result = run("verify", out, "--report-dir", tmp_path / "r")
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
 def test_a_paddlenlp_model_converted_to_torch_verifies_without_a_config(tmp_path):
     """PaddleNLP's own CLIPModel with 2 heads at width 64 (openai's rule says 1), saved by PaddleNLP."""
     warnings.simplefilter("ignore")
@@ -254,15 +270,7 @@ def test_a_paddlenlp_model_converted_to_torch_verifies_without_a_config(tmp_path
     with paddle.no_grad():
         want = (model.get_image_features(pixel_values=paddle.to_tensor(image)).numpy()[0].astype(np.float64),
                 model.get_text_features(input_ids=paddle.to_tensor(text)).numpy()[0].astype(np.float64))
-    result = run("convert", tmp_path / "nlp", "--to", "torch", "-o", tmp_path / "nlp.pt")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
-    for framework in ("torch", "paddle"):
-        result = run("logits", tmp_path / "nlp.pt", "--framework", framework, "--json")
-        assert result.exit_code == 0, result.output
-        for got, expected, name in zip(_features(json.loads(result.output)), want, ("image", "text")):
-            _close(got, expected, f"{framework} {name}")
-    result = run("verify", tmp_path / "nlp.pt", "--report-dir", tmp_path / "r")
-    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    _converted_computes(tmp_path / "nlp", "torch", want, tmp_path)
 
 
 def test_a_passl_model_converted_to_torch_verifies_without_a_config(tmp_path):
@@ -293,16 +301,7 @@ def test_a_passl_model_converted_to_torch_verifies_without_a_config(tmp_path):
     with paddle.no_grad():
         want = (model.model.encode_image(paddle.to_tensor(image)).numpy()[0].astype(np.float64),
                 model.model.encode_text(paddle.to_tensor(text)).numpy()[0].astype(np.float64))
-    result = run("convert", tmp_path / "passl.pdparams", "--to", "openai", "-o", tmp_path / "passl.pt")
-    assert result.exit_code == 0 and "warning" not in result.output, result.output
-    assert parity.load(tmp_path / "passl.pt").config_source == "the file's own record"
-    for framework in ("torch", "paddle"):
-        result = run("logits", tmp_path / "passl.pt", "--framework", framework, "--json")
-        assert result.exit_code == 0, result.output
-        for got, expected, name in zip(_features(json.loads(result.output)), want, ("image", "text")):
-            _close(got, expected, f"{framework} {name}")
-    result = run("verify", tmp_path / "passl.pt", "--report-dir", tmp_path / "r")
-    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    _converted_computes(tmp_path / "passl.pdparams", "openai", want, tmp_path)
 
 
 def test_the_hf_layout_keeps_a_folders_own_eos_and_writes_2_otherwise(hf_folder, tmp_path):
