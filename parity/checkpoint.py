@@ -258,10 +258,15 @@ def given_config(value) -> tuple[Config, str]:
 
 def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple[Config | None, str]:
     """The config a file carries: a folder's config file (as its library reads it), else parity's record."""
-    carrier = next((m for m in layouts.LAYOUTS.values() if getattr(m, "CONFIG_FILE", None) in metadata), None)
+    # a folder's config file, as the folder reader parsed it (a dict); a file's own metadata holds strings
+    # only, whatever their names, and is never taken for a library's config
+    def parsed(name):
+        return isinstance(metadata.get(name), dict)
+
+    carrier = next((m for m in layouts.LAYOUTS.values() if parsed(getattr(m, "CONFIG_FILE", None))), None)
     if carrier is not None and layout is not layouts.HUB:  # open_clip's folder holds openai's key names
         raise CheckpointError(f"{path}: a {carrier.CONFIG_FILE} beside tensors in the {layout.NAME} layout")
-    if carrier is None and "config.json" in metadata and hasattr(layout, "config_from_json"):
+    if carrier is None and parsed("config.json") and hasattr(layout, "config_from_json"):
         carrier = layout
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
     try:

@@ -509,7 +509,9 @@ class ExportReport:
 
     @property
     def passed(self) -> bool:
-        return all(r["passed"] for tower in self.results.values() for r in tower.values())
+        """Every output within the gate, and every file the one the manifest records (a changed file is not
+        what was verified: a preprocess.json or tokenizer file changed since would deploy something else)."""
+        return not self.changed_files and all(r["passed"] for tower in self.results.values() for r in tower.values())
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -582,7 +584,8 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
     if to not in FORMATS:
         raise ParityError(f"unknown export format {to!r}: use {' or '.join(FORMATS)}")
     out = Path(out)
-    refuse_overlap(out, checkpoint)  # before anything is written: the export never lands in or over its source
+    # before anything is written: the export never lands in or over its source or its config file
+    refuse_overlap(out, checkpoint, config if isinstance(config, (str, os.PathLike)) else None)
     towers = [t for t in TOWERS if t in towers]
     if not force and (out.exists() or out.is_symlink()):
         raise OutputExistsError(f"{out} already exists")
@@ -678,6 +681,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # images are 448 px at the most (RN50x64, EVA-02-L), contexts 77 (CLIP), 52 (Chinese-CLIP) or 64
 # (SigLIP), embed_dim 1,280 at the most (ViT-bigG); at these bounds the inputs are about 100 MB.
 LIMITS = {"vision.image_size": 1024, "text.context_length": 1024, "embed_dim": 8192}
+# The most a recorded float32 noise floor may be, as a fraction of its features' largest magnitude: the
+# gate widens to noise_factor times it, so a reference that recorded a huge one would pass anything.
+# float32's own is 1e-7 to 1e-4 of the features' scale (RN50's photographs, the noisiest measured).
+RECORDED_NOISE = 1e-3
 
 
 def _plain_name(name) -> bool:
@@ -836,7 +843,13 @@ def _recorded(folder: _Folder, towers, inputs: dict, width: int) -> dict:
             if not ok or not _number(noise) or not 0 <= noise < float("inf"):
                 raise ExportError(f"{path}: not a recorded reference: {tower} {name} wants features of "
                                   f"[{want[0]}, {want[1]}] numbers and a noise floor")
-            out[tower][name] = {"features": np.asarray(features, np.float64), "noise": float(noise)}
+            features = np.asarray(features, np.float64)
+            scale = float(np.abs(features).max()) if features.size else 0.0
+            if not np.isfinite(scale) or noise > RECORDED_NOISE * scale:
+                raise ExportError(f"{path}: not a recorded reference: {tower} {name} records a float32 noise floor "
+                                  f"of {noise:.3g}, more than {RECORDED_NOISE:g} of its features' scale "
+                                  f"({scale:.3g}); float32's own is far smaller, and it would widen the gate")
+            out[tower][name] = {"features": features, "noise": float(noise)}
     return out
 
 
@@ -881,6 +894,11 @@ def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = 
     with _Folder(folder) as opened_folder:
         manifest = _manifest(opened_folder)
         fmt, towers, cfg = manifest.format, manifest.towers, manifest.config
+        unlisted = [t for t in TOWERS if t not in towers and any(
+            os.path.lexists(opened_folder.path / name) for name in _graph_names(fmt, t))]
+        if unlisted:  # a graph the check would never run: the folder is not what its manifest says
+            raise ExportError(f"{opened_folder.path}: holds the {' and '.join(unlisted)} tower's graph, which its "
+                              f"manifest does not list ({', '.join(towers)} only)")
         vocab = None
         if cfg.text.is_bert:  # the BERT's vocabulary: the folder's, a regular file there, not a link
             with opened_folder.open("vocab.txt") as source:

@@ -212,10 +212,13 @@ def test_a_failed_write_leaves_nothing(place, named, naming):
 def test_the_stale_folder_of_a_dead_run_is_still_removed(place, named):
     parent, _ = place
     dead = parent / ".parity-999999999-0123456789ab.tmp"  # no process has that id
-    dead.mkdir()
+    dead.mkdir(0o700)  # private, as parity makes its staging folders
     (dead / "x.bin").write_bytes(b"x")
+    # named alike but not private: a user's (a copy, say), never taken for a leftover
+    kept = parent / ".parity-999999999-ba9876543210.tmp"
+    kept.mkdir(0o755)
     atomic.atomic_folder(parent / "out", files())
-    assert os.listdir(parent) == ["out"]
+    assert sorted(os.listdir(parent)) == sorted(["out", kept.name])
 
 
 # ---------------------------------------------------------------- FileSource whose opening failed

@@ -245,6 +245,45 @@ def test_the_recorded_reference_must_have_the_manifests_shapes(tiny, tmp_path):
         one_line(run("verify-export", folder), "reference.json: not a recorded reference")
 
 
+def test_a_recorded_noise_floor_cannot_widen_the_gate(tiny, tmp_path):
+    """The gate widens to noise_factor x the reference's noise floor: a folder that records a huge one,
+    with another model's text graph, must not pass even against itself."""
+    folder = copy(tiny["onnx"], tmp_path / "noisy")
+    put(folder, "text.onnx", (tiny["B-onnx"] / "image.onnx").read_bytes())  # not A's text tower
+    ref = json.loads((tiny["onnx"] / "reference.json").read_text())
+    for rows in ref.values():
+        for entry in rows.values():
+            entry["noise"] = 1e300
+    put(folder, "reference.json", json.dumps(ref).encode())
+    write_manifest(folder, manifest(folder))
+    one_line(run("verify-export", folder), "reference.json", "noise floor of 1e+300", "would widen the gate")
+
+
+def test_every_graph_in_the_folder_is_checked(tiny, tmp_path):
+    """A manifest that lists the image tower only, beside a text graph that is not the model's: the check
+    would never run it, so the folder is refused for holding what its manifest does not say."""
+    folder = copy(tiny["onnx"], tmp_path / "unlisted")
+    put(folder, "text.onnx", (tiny["B-onnx"] / "image.onnx").read_bytes())
+    m = manifest(folder)
+    m["towers"] = ["image"]
+    for key in ("inputs", "outputs"):
+        m[key].pop("text")
+    m["files"].pop("text.onnx")
+    write_manifest(folder, m)
+    for args in ((folder, tiny["A"], "--config", tiny["config"]), (folder,)):
+        one_line(run("verify-export", *args), "holds the text tower's graph, which its manifest does not list")
+
+
+def test_a_file_changed_since_the_export_fails_the_check(tiny, tmp_path):
+    folder = copy(tiny["onnx"], tmp_path / "changed")
+    pre = json.loads((folder / "preprocess.json").read_text())
+    pre["mean"] = [0.0, 0.0, 0.0]  # deploys other inputs than those verified
+    put(folder, "preprocess.json", json.dumps(pre).encode())
+    result = run("verify-export", folder, tiny["A"], "--config", tiny["config"])
+    assert result.exit_code == 1 and "FAIL" in result.output, result.output
+    assert "files changed since the export: preprocess.json" in result.output
+
+
 # ---------------------------------------------------------------- 3. names stay inside the folder
 def test_manifest_file_names_never_leave_the_folder(tiny, tmp_path):
     outside = tmp_path / "secret"

@@ -79,6 +79,36 @@ def test_2_an_output_inside_the_input_folder_or_the_input_itself_is_refused(hf_f
     assert tree(src) == before
 
 
+def test_2_force_never_replaces_the_config_file_the_links_of_an_input_folder_or_a_stale_looking_input(
+        tiny_pt, hf_folder, tmp_path):
+    config = tmp_path / "cfg" / "tiny.json"
+    config.parent.mkdir()
+    shutil.copy(tiny_pt.parent / "tiny.json", config)
+    refused(run("convert", tiny_pt, "--to", "hf", "-o", config.parent, "--force", "--config", config),
+            "contains the input")
+    refused(run("convert", tiny_pt, "--to", "paddle", "-o", config, "--force", "--config", config), "is the input")
+    assert config.read_bytes() == (tiny_pt.parent / "tiny.json").read_bytes()
+    # a Hugging Face cache: the snapshot folder's files are links into blobs/, which must survive too
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    shutil.copytree(hf_folder, blobs)
+    snapshot.mkdir(parents=True)
+    for f in blobs.iterdir():
+        os.symlink(os.path.relpath(f, snapshot), snapshot / f.name)
+    before = tree(blobs)
+    refused(run("convert", snapshot, "--to", "paddlenlp", "-o", blobs, "--force"), "contains the input")
+    assert tree(blobs) == before
+    # an input named as parity names a dead run's temporary file or folder is an input, not a leftover
+    stale_dir = tmp_path / ".parity-999999-aaaaaaaaaaaa.tmp"
+    stale_dir.mkdir()
+    shutil.copy(tiny_pt, stale_dir / "model.pt")
+    stale_file = tmp_path / ".parity-999999-bbbbbbbbbbbb.tmp"
+    shutil.copy(tiny_pt, stale_file)
+    config = tiny_pt.parent / "tiny.json"
+    for src, out in ((stale_dir / "model.pt", tmp_path / "a.pdparams"), (stale_file, tmp_path / "b.pdparams")):
+        assert run("convert", src, "--to", "paddle", "-o", out, "--config", config).exit_code == 0
+        assert src.is_file() and digest(src) == digest(tiny_pt)
+
+
 # ---------------------------------------------------------------- 3. a record allocates nothing from its say-so
 def _with_record(hf_folder: Path, tmp_path: Path, record: dict) -> Path:
     """A PaddleNLP folder whose parity.json is `record`."""
@@ -97,7 +127,7 @@ def test_3_a_record_names_only_numeric_dtypes(hf_folder, tmp_path, dtype):
     one_line(err, str(folder), "not one of the numeric dtypes")
     assert rss < 600 * MB, rss  # "S1000000000" made numpy allocate 2 GB from 1.7 KB
     folder2 = _with_record(hf_folder, tmp_path / "b", {"dtypes": {"logit_scale": dtype}})
-    refused(run("info", folder2), "not one of the numeric dtypes")
+    refused(run("info", folder2), "not one of the floating dtypes")
 
 
 def test_3_a_record_in_safetensors_metadata_and_its_buffers_shapes_are_checked(tiny_pt, tmp_path):
@@ -109,10 +139,35 @@ def test_3_a_record_in_safetensors_metadata_and_its_buffers_shapes_are_checked(t
     for extras in ({"buffers": {"vocab_size": {"dtype": "S1000000000", "value": [0, 0]}}},
                    {"buffers": {"vocab_size": {"dtype": "int64", "value": [1, 2, 3]}}},  # a scalar, as a list
                    {"buffers": {"vocab_size": {"dtype": "int64", "value": ["1"]}}},
+                   {"buffers": {"vocab_size": {"dtype": "int64", "value": 10 ** 30}}},  # OverflowError
+                   {"buffers": {"vocab_size": {"dtype": "uint8", "value": -1}}},
+                   {"buffers": {"vocab_size": {"dtype": "int64", "value": float("inf")}}},
+                   {"dtypes": {"visual.proj": "bool"}},  # a cast back to bool or int8 would ruin a weight
+                   {"dtypes": {"visual.conv1.weight": "int8"}},
                    {"buffers": []}):
         bad = tmp_path / "bad.safetensors"
         bad.unlink(missing_ok=True)
         save_file(tensors, bad, {"format": "np", "parity.extras": json.dumps(extras)})
+        result = run("info", bad)
+        refused(result, bad)
+        assert "internal error" not in result.output
+
+
+def test_3_a_record_entry_in_a_torch_zip_is_bounded_and_checked(tiny_pt, tmp_path):
+    import zipfile
+
+    out = tmp_path / "x.pt"
+    parity.convert(tiny_pt, "torch", out, config=tiny_pt.parent / "tiny.json")
+    with zipfile.ZipFile(out) as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+    for name, body in (("overflow", b'{"buffers": {"vocab_size": {"dtype": "int64", "value": 1e400}}}'),
+                       ("not utf-8", b"\xff\xfe{}"), ("a list", b"[1, 2]"),
+                       ("many", b'{"x": [' + b"0," * 200_000 + b"0]}"),
+                       ("contradicting", json.dumps({"config": {**hostile.tiny_config().to_dict(), "embed_dim": 64}}).encode())):
+        bad = tmp_path / f"{name}.pt"
+        with zipfile.ZipFile(bad, "w") as z:
+            for info, data in entries:
+                z.writestr(info, body if info.filename.endswith("/parity.json") else data)
         result = run("info", bad)
         refused(result, bad)
         assert "internal error" not in result.output
@@ -177,6 +232,33 @@ def test_9_small_json_of_many_objects_is_refused_in_bounded_memory(hf_folder, tm
     assert status == 2, err
     one_line(err, name, "JSON values")
     assert rss < 500 * MB, rss  # 5M {} in a 15 MB index took 468 MB
+
+
+@pytest.mark.parametrize("index", [{"weight_map": {}}, {"weight_map": {"logit_scale": "a" * 300}},
+                                   {"weight_map": {"logit_scale": "x\u0000y"}}])
+def test_9_an_index_that_names_nothing_or_no_file_name_is_refused(hf_folder, tmp_path, index):
+    folder = tmp_path / "f"
+    shutil.copytree(hf_folder, folder)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    for command in ("info", "convert"):
+        result = run(command, folder, *(["--to", "paddle", "-o", tmp_path / "x.pdparams"] if command == "convert" else []))
+        refused(result, "model.safetensors.index.json")
+        assert "internal error" not in result.output
+
+
+def test_a_library_config_name_in_a_files_own_metadata_is_not_a_config(tiny_pt, hf_folder, tmp_path):
+    """Only a folder's config file is a library config; a single file's metadata holds strings by any name."""
+    from safetensors.numpy import load_file, save_file
+
+    hub = tmp_path / "x.safetensors"
+    parity.convert(tiny_pt, "safetensors", hub, layout="openai", config=tiny_pt.parent / "tiny.json")
+    for key, src in (("config.json", hf_folder / "model.safetensors"), ("open_clip_config.json", hub)):
+        bad = tmp_path / f"{key}.safetensors"
+        save_file(load_file(src), bad, {"format": "pt", key: json.dumps({"text_config": {"hidden_size": 8}})})
+        result = run("info", bad, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["config from"] != key
 
 
 def test_9_a_vocabulary_of_millions_of_tokens_is_counted_before_it_is_read(tmp_path):

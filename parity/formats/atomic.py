@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ..errors import CheckpointError, OutputExistsError
-from .source import FileSource, Source
+from .source import FileSource, Source, holds_input
 
 TEMP = re.compile(r"\.parity-(\d+)-[0-9a-f]{12}\.tmp")
 NAMED = os.environ.get("PARITY_TMPFILE") == "named"  # test and diagnosis switch: the fallback path
@@ -77,7 +77,8 @@ def _exists(name: str, folder: int) -> bool:
 def remove_stale(folder: int) -> list[str]:
     """Remove the temporary files and folders that parity processes which no longer run left in `folder`
     (a descriptor); returns their names. Only regular files and folders of this user, named as parity
-    names them (a folder is removed without following any symlink in it)."""
+    names them and private as parity makes them (a file 0600, a folder 0700), and never an input of this
+    process or a folder holding one (a folder is removed without following any symlink in it)."""
     removed = []
     for name in os.listdir(folder):
         m = TEMP.fullmatch(name)
@@ -92,8 +93,10 @@ def remove_stale(folder: int) -> list[str]:
             continue  # someone else's process runs under that id
         try:
             info = os.stat(name, dir_fd=folder, follow_symlinks=False)
-            if info.st_uid != os.getuid():
-                continue
+            if info.st_uid != os.getuid() or holds_input(f"/proc/self/fd/{folder}/{name}", info):
+                continue  # another user's, or named as parity names its files but what this run reads
+            if stat.S_IMODE(info.st_mode) != (0o600 if stat.S_ISREG(info.st_mode) else 0o700):
+                continue  # parity makes them private (0600, a folder 0700) until named: a copied file is not
             if stat.S_ISREG(info.st_mode):
                 os.unlink(name, dir_fd=folder)
                 removed.append(name)

@@ -17,9 +17,9 @@ import stat
 import threading
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, printable
 from . import bounded_json
-from .source import FileSource, open_source, sha256, user_stat
+from .source import FileSource, mark_input, open_source, sha256, user_stat
 
 # weight files a folder may hold, in the order their libraries prefer them
 WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model_state.pdparams")
@@ -42,9 +42,12 @@ def weight_map(index: dict, where) -> dict[str, str]:
     mapping = index.get("weight_map")
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise CheckpointError(f"{where}: no weight_map of tensor names to shard files")
+    if not mapping:
+        raise CheckpointError(f"{where}: the index names no tensors")
     for shard in set(mapping.values()):
-        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
-            raise CheckpointError(f"{where}: shard {shard!r} is not a file name in the folder")
+        if "/" in shard or "\\" in shard or "\0" in shard or shard in ("", ".", "..") or \
+                len(os.fsencode(shard)) > 255:
+            raise CheckpointError(f"{where}: shard {printable(shard[:80])!r} is not a file name in the folder")
     return mapping
 
 
@@ -81,6 +84,7 @@ class FolderInput:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.stat = os.stat(self.path)
+        mark_input(self.path, self.stat)
         self.notes: list[str] = []
         if (self.path / OPEN_CLIP_CONFIG).is_file() and any((self.path / n).is_file() for n in OPEN_CLIP_WEIGHTS):
             self.config_name, self.weight_names, self.indexes = OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, {}
@@ -115,8 +119,12 @@ class FolderInput:
         self.weight_map = weight_map(bounded_json.read(self.path / index, bounded_json.INDEX), self.path / index)
         shards = sorted(set(self.weight_map.values()))
         for shard in shards:
-            if not (self.path / shard).is_file():
-                raise CheckpointError(f"{self.path}: shard {shard} is missing (named by {index})")
+            try:
+                if not stat.S_ISREG(os.stat(self.path / shard).st_mode):
+                    raise CheckpointError(f"{self.path}: shard {shard} is not a file (named by {index})")
+            except OSError as e:
+                what = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})"
+                raise CheckpointError(f"{self.path}: shard {shard} {what} (named by {index})") from None
         return shards
 
     def read(self):
@@ -197,18 +205,37 @@ def _stats(paths) -> list[os.stat_result]:
     return out
 
 
+def _with_link_targets(inputs) -> list[Path]:
+    """The inputs, and for an input folder the targets of the links in it: a Hugging Face cache's
+    snapshot folder links each file into `blobs/`, which an output must not replace either."""
+    out = []
+    for given in inputs:
+        if given is None:
+            continue
+        out.append(Path(given))
+        try:
+            if not stat.S_ISDIR(os.stat(given).st_mode):
+                continue
+            with os.scandir(given) as entries:
+                out += [Path(os.path.realpath(e.path)) for e in entries if e.is_symlink()]
+        except OSError:
+            continue  # an input that cannot be listed: its reader says so
+    return out
+
+
 def refuse_overlap(out, *inputs) -> None:
-    """SameFileError where the output `out` is an input, lies inside one (writing there changes the input)
-    or contains one (a folder holding it, which replacing would delete): by name, link, hard link or bind
-    mount, compared by device and inode along each path. Whether or not the output may replace what is
-    there, an input is never touched."""
+    """SameFileError where the output `out` is an input (a checkpoint, a config file; None is skipped), lies
+    inside one (writing there changes the input) or contains one (a folder holding it, which replacing
+    would delete; for an input folder, the files its links point to count too): by name, link, hard link
+    or bind mount, compared by device and inode along each path. Whether or not the output may replace
+    what is there, an input is never touched."""
     from ..errors import SameFileError
 
     out = Path(out)
     real = Path(os.path.realpath(out))
     found = _stats([real])
     above = _stats(real.parents)
-    for given in inputs:
+    for given in _with_link_targets(inputs):
         src = Path(given)
         try:
             src_stat = os.stat(src)

@@ -150,12 +150,34 @@ def user_stat(path: Path) -> os.stat_result:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
 
 
+# what this process reads (inputs by device and inode, and by their real paths): the clean-up of stale
+# temporary entries never removes one of them, nor a folder that holds one, whatever its name
+_INPUTS: set[tuple[int, int]] = set()
+_INPUT_PATHS: set[str] = set()
+
+
+def mark_input(path, info: os.stat_result) -> None:
+    """Record `path` (a file or folder this process reads) as an input, which nothing may remove."""
+    _INPUTS.add((info.st_dev, info.st_ino))
+    _INPUT_PATHS.add(os.path.realpath(path))
+
+
+def holds_input(path, info: os.stat_result) -> bool:
+    """Whether `path` is an input, or a folder that holds one (see `mark_input`)."""
+    if (info.st_dev, info.st_ino) in _INPUTS:
+        return True
+    real = os.path.realpath(path)
+    return stat.S_ISDIR(info.st_mode) and any(p.startswith(real + os.sep) for p in _INPUT_PATHS)
+
+
 def open_source(path) -> FileSource:
     """A FileSource for a path given by a user: CheckpointError, naming it, for anything but a regular file."""
     path = Path(path)
     if not stat.S_ISREG(user_stat(path).st_mode):
         raise CheckpointError(f"{path}: not a file")
-    return FileSource(path)
+    source = FileSource(path)
+    mark_input(path, source.stat)
+    return source
 
 
 class _Window(io.RawIOBase):

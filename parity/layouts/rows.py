@@ -231,8 +231,12 @@ class Record:
         for key, entry in buffers.items():
             if not isinstance(entry, Mapping) or set(entry) != {"dtype", "value"}:
                 raise ValueError(f"buffer {key!r} is not {{'dtype': ..., 'value': ...}}")
-            out[key] = np.asarray(_numbers(entry["value"], key), dtype=record_dtype(entry["dtype"], key))
-        return cls(out, {key: str(record_dtype(value, key)) for key, value in dtypes.items()})
+            try:
+                out[key] = np.asarray(_numbers(entry["value"], key), dtype=record_dtype(entry["dtype"], key))
+            except OverflowError:  # 10**30, or inf (1e400), as an int64; -1 as a uint8
+                raise ValueError(f"buffer {key!r} holds a value out of range for {entry['dtype']}") from None
+        # a dtype before a cast: parity casts floating tensors only, so it names a floating dtype
+        return cls(out, {key: str(record_dtype(value, key, FLOAT_DTYPES)) for key, value in dtypes.items()})
 
     def __bool__(self) -> bool:
         return bool(self.buffers or self.dtypes)
@@ -243,10 +247,14 @@ RECORD_DTYPES = frozenset(("bool", "int8", "int16", "int32", "int64", "uint8", "
                            "float16", "float32", "float64"))
 
 
-def record_dtype(name, key) -> np.dtype:
-    """A dtype named in a record: one of RECORD_DTYPES, else ValueError naming the key."""
-    if not isinstance(name, str) or name not in RECORD_DTYPES:
-        raise ValueError(f"{key!r} has dtype {str(name)[:40]!r}, not one of the numeric dtypes parity writes")
+FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
+
+
+def record_dtype(name, key, allowed: frozenset = RECORD_DTYPES) -> np.dtype:
+    """A dtype named in a record: one of `allowed`, else ValueError naming the key."""
+    if not isinstance(name, str) or name not in allowed:
+        what = "floating" if allowed is FLOAT_DTYPES else "numeric"
+        raise ValueError(f"{key!r} has dtype {str(name)[:40]!r}, not one of the {what} dtypes parity writes")
     return np.dtype(name)
 
 
