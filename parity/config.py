@@ -15,6 +15,11 @@ from .errors import ParityError
 from .formats import bounded_json
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+# the fields that may be None: unknown until given (heads, activation, eps, a BERT's context), or another
+# tower kind's (a ResNet has no patch or MLP width, a CLIP text tower no positions or token types)
+OPTIONAL = frozenset(f"{tower}.{name}" for tower, names in (
+    ("vision", ("patch_size", "mlp_width", "heads", "activation", "eps")),
+    ("text", ("context_length", "heads", "activation", "eps", "positions", "types"))) for name in names)
 
 
 class ConfigError(ParityError):
@@ -127,6 +132,8 @@ class Config:
         sizes = {"embed_dim": self.embed_dim, **{f"vision.{f.name}": getattr(v, f.name) for f in fields(v)},
                  **{f"text.{f.name}": getattr(t, f.name) for f in fields(t)}}
         for name, value in sizes.items():
+            if value is None and name not in OPTIONAL:
+                raise ConfigError(f"{name} is null: every CLIP has one")
             if name.endswith(("kind", "activation", "eps")) or value is None:
                 continue
             values = value if isinstance(value, tuple) else (value,)

@@ -201,6 +201,16 @@ def test_4_a_large_or_deep_config_file_is_refused_in_bounded_memory(tiny_pt, tmp
         assert rss < 500 * MB, (path, rss)
 
 
+def test_4_a_config_file_with_a_required_size_null_is_one_line(tiny_pt, tmp_path):
+    """A size every CLIP has, given as null (found by the record fuzzer: exit 3 in validate)."""
+    for tower, field in (("vision", "width"), ("text", "layers"), (None, "embed_dim")):
+        data = hostile.tiny_config().to_dict()
+        (data[tower] if tower else data)[field] = None
+        path = tmp_path / f"{field}.json"
+        path.write_text(json.dumps(data))
+        refused(run("info", tiny_pt, "--config", path), str(path), "is null")
+
+
 # ---------------------------------------------------------------- 9. JSON and vocabularies that expand
 def test_9_the_json_reader_bounds_values_and_depth_before_parsing():
     from parity.formats import bounded_json
