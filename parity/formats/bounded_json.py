@@ -50,7 +50,7 @@ SAFETENSORS_HEADER = Kind("safetensors header", 100 * MiB, 4_000_000, 4)
 # a JSON string, escapes included (the scan removes strings, so that brackets and commas inside them do
 # not count); a malformed document is counted generously and then refused by the parser, which stops at
 # its first error, so nothing past it is ever built
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _OPEN, _CLOSE = np.frombuffer(b"{[", np.uint8), np.frombuffer(b"}]", np.uint8)
 
 
