@@ -393,14 +393,13 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
         # openai/CLIP's model alone keeps input_resolution, context_length and vocab_size in its state dict
         # (the release archives), and a layout whose library builds every CLIP by openai's rule (PASSL)
         # holds no other: such a file is of the openai family, whatever else shares its shapes
-        family = None
+        family, fixed, rule = None, None, getattr(layout, "FIXED", None)
         if all(k in tensors for k in layouts.HUB.ARCHIVE_ENTRIES):
             family = ("openai", "openai/CLIP's archive entries")
-        elif getattr(layout, "FIXED", None) is not None:
+        elif rule is not None:
             family = ("openai", f"the {name} layout, whose library builds openai's CLIP only")
-        fixed = None
-        if getattr(layout, "FIXED", None) is not None:
-            fixed = (layout.FIXED, f"the {name} layout: {layout.LIBRARY} builds every CLIP with {layout.FIXED_TEXT}")
+        if rule is not None:  # what its library computes from shapes no registry entry names
+            fixed = (rule, f"the {name} layout: {layout.LIBRARY} builds every CLIP with {layout.FIXED_TEXT}")
         resolved, source = resolve_config(shapes, stored, config, path, stored_from, sha256, family, fixed)
     except (StateDictError, ConfigError) as e:
         message = str(e)

@@ -80,8 +80,9 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
     """Convert a checkpoint file to layout `to` (or the legacy torch / paddle / safetensors); the library
     behind `parity convert`. No config is needed to move tensors; a known one is written with them.
 
-    Refuses an output that is, contains or lies inside its input (`force` or not), and an existing output (without `force`);
-    NaN/Inf in a tensor is a warning, or an error with `strict`. `stage` is told each step as it starts.
+    Refuses an output that is, contains or lies inside its input or config file (`force` or not), and an
+    existing output (without `force`); NaN/Inf in a tensor is a warning, or an error with `strict`.
+    `stage` is told each step as it starts.
     """
     start, stage = time.perf_counter(), stage or (lambda _: None)
     if config is not None:
