@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from collections import Counter
 from contextlib import contextmanager
@@ -65,8 +66,9 @@ class Checkpoint:
 
     @property
     def vocab_file(self) -> Path | None:
-        """The WordPiece vocabulary in the checkpoint's folder (`vocab.txt`), where it has one."""
-        if self.path is not None and self.path.is_dir() and (self.path / "vocab.txt").is_file():
+        """The WordPiece vocabulary in the checkpoint's folder (`vocab.txt`), where it has one: any entry of
+        that name (a FIFO or a link to a device is refused when read, never passed over for another)."""
+        if self.path is not None and self.path.is_dir() and os.path.lexists(self.path / "vocab.txt"):
             return self.path / "vocab.txt"
         return None
 

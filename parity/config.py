@@ -143,6 +143,8 @@ class Config:
             raise ConfigError(f"vision.kind is {v.kind!r}: use 'vit' or 'resnet'")
         if t.kind not in ("clip", "bert"):
             raise ConfigError(f"text.kind is {t.kind!r}: use 'clip' or 'bert'")
+        if not t.is_bert and t.context_length is None:  # CLIP's own text tower: its positional embedding says it
+            raise ConfigError("text.context_length is null: a CLIP text tower has one")
         if t.is_bert != (t.positions is not None and t.types is not None):
             raise ConfigError("text.positions and text.types: a BERT text tower has both, a CLIP one neither")
         if t.is_bert and t.context_length is not None and t.context_length > t.positions:

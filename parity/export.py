@@ -25,6 +25,7 @@ import errno
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -137,34 +138,38 @@ def _graph_names(fmt: str, tower: str) -> list[str]:
     return [f"{tower}.json", f"{tower}.pdiparams"] if fmt == "paddle-inference" else [f"{tower}.onnx"]
 
 
-def _regular(folder: Path, name: str) -> os.stat_result:
+def _regular(folder: Path, name: str, shown: Path | None = None) -> os.stat_result:
     """The stat of `name` in `folder`, not following a link: ExportError where it is missing, a symbolic
-    link or not a regular file (a runtime handed a link or a FIFO would read outside the folder or hang)."""
+    link or not a regular file (a runtime handed a link or a FIFO would read outside the folder or hang).
+    `shown`: the folder as messages name it (the runtime's process works inside it)."""
+    shown = shown or folder
     try:
         st = os.stat(folder / name, follow_symlinks=False)
     except FileNotFoundError:
-        raise ExportError(f"{folder / name}: missing from the export") from None
+        raise ExportError(f"{shown / name}: missing from the export") from None
     except OSError as e:
-        raise ExportError(f"{folder / name}: cannot be read ({e.strerror})") from None
+        raise ExportError(f"{shown / name}: cannot be read ({e.strerror})") from None
     if stat.S_ISLNK(st.st_mode):
-        raise ExportError(f"{folder / name}: a symbolic link; an export's files lie in its own folder")
+        raise ExportError(f"{shown / name}: a symbolic link; an export's files lie in its own folder")
     if not stat.S_ISREG(st.st_mode):
-        raise ExportError(f"{folder / name}: not a regular file")
+        raise ExportError(f"{shown / name}: not a regular file")
     return st
 
 
-def runner(folder: Path, fmt: str, tower: str):
+def runner(folder: Path, fmt: str, tower: str, shown: Path | None = None):
     """A function from an input batch (numpy) to the tower's features, in the format's own runtime, in
-    this process (`check` runs it in a child process of bounded memory; see `_Runtime`)."""
+    this process (`check` runs it in a child process of bounded memory; see `_Runtime`). `shown`: the
+    folder as messages name it, where `folder` is the working folder (".")."""
     folder = Path(folder)
+    shown = shown or folder
     names = _graph_names(fmt, tower)
     for name in names:
-        _regular(folder, name)
+        _regular(folder, name, shown)
     files = [folder / name for name in names]
 
     def failed(e: Exception, what: str) -> ExportError:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        error = ExportError(f"{folder}: {what} ({first})")
+        error = ExportError(f"{shown}: {what} ({first})")
         error.memory = _out_of_memory(e)
         return error
 
@@ -254,6 +259,11 @@ REPLY_SECONDS, REPLY_SECONDS_PER_GIB = 300, 120
 _LINE = 1 << 16
 
 
+def _stored(st: os.stat_result) -> int:
+    """The bytes a file holds: its size, or what its blocks hold where that is less (a sparse file)."""
+    return min(st.st_size, st.st_blocks * 512)
+
+
 def memory_bound(graph_bytes: int) -> int:
     """The memory a runtime's process may map for graphs of `graph_bytes` bytes (see MEMORY_ALLOWANCE)."""
     return MEMORY_ALLOWANCE + MEMORY_PER_GRAPH_BYTE * graph_bytes + MEMORY_PER_THREAD * _threads()
@@ -267,7 +277,8 @@ class _Runtime:
 
     def __init__(self, folder: Path, fmt: str, towers):
         self.folder, self.fmt = Path(folder), fmt
-        graph_bytes = sum(_regular(self.folder, name).st_size for tower in towers for name in _graph_names(fmt, tower))
+        # what the files hold on disk: a sparse file's apparent size (10 TB from `truncate`) says nothing
+        graph_bytes = sum(_stored(_regular(self.folder, name)) for tower in towers for name in _graph_names(fmt, tower))
         self.bound = memory_bound(graph_bytes)
         self.deadline = REPLY_SECONDS + REPLY_SECONDS_PER_GIB * graph_bytes / GiB
         self.hung = False
@@ -390,6 +401,9 @@ def _serve() -> None:
     bound = int(hello["bound"])
     resource.setrlimit(resource.RLIMIT_DATA, (bound, bound))
     folder, fmt = Path(hello["folder"]), hello["format"]
+    # the runtimes take paths as str, and cannot open a folder named in bytes that are not UTF-8: they
+    # are given the graphs' plain names inside it, the working folder
+    os.chdir(folder)
     runs: dict = {}
 
     def reply(header: dict, data: bytes = b"") -> None:
@@ -414,7 +428,7 @@ def _serve() -> None:
             if tower not in runs:
                 runs.clear()  # one tower's predictor at a time, as in the parent before
                 gc.collect()
-                runs[tower] = runner(folder, fmt, tower)
+                runs[tower] = runner(Path("."), fmt, tower, folder)
             out = np.asarray(runs[tower](x))
         except Exception as e:  # noqa: BLE001 — every failure is reported, the parent words it
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -628,7 +642,9 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
             }
             files = [(name, _copy(staging / name), _same(hashes[name])) for name in graphs]
             files += [(name, lambda f, d=data: f.write(d), None) for name, data in extra.items()]
-            files.append((REPORT, lambda f: f.write(_markdown(report, manifest).encode()), None))
+            # a source named in bytes that are not UTF-8 is written as its escapes (the manifest's JSON escapes it too)
+            files.append((REPORT, lambda f: f.write(_markdown(report, manifest).encode("utf-8", "backslashreplace")),
+                          None))
             files.append((MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()), None))
             atomic_folder(out, files, force=force)
         finally:
@@ -681,10 +697,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # images are 448 px at the most (RN50x64, EVA-02-L), contexts 77 (CLIP), 52 (Chinese-CLIP) or 64
 # (SigLIP), embed_dim 1,280 at the most (ViT-bigG); at these bounds the inputs are about 100 MB.
 LIMITS = {"vision.image_size": 1024, "text.context_length": 1024, "embed_dim": 8192}
-# The most a recorded float32 noise floor may be, as a fraction of its features' largest magnitude: the
-# gate widens to noise_factor times it, so a reference that recorded a huge one would pass anything.
-# float32's own is 1e-7 to 1e-4 of the features' scale (RN50's photographs, the noisiest measured).
-RECORDED_NOISE = 1e-3
+# The most a recorded float32 noise floor may be, as a fraction of its features' median magnitude (a
+# median, so that one column made huge cannot raise it): the gate widens to noise_factor times it, so a
+# reference that recorded a huge one would pass anything. float32's own, measured on synthetic weights:
+# 2e-6 to 1.1e-4 of the median (RN50's photographs the noisiest), ViT-B/32 and a tiny CLIP 3e-6 at most.
+RECORDED_NOISE = 1e-2
 
 
 def _plain_name(name) -> bool:
@@ -844,10 +861,12 @@ def _recorded(folder: _Folder, towers, inputs: dict, width: int) -> dict:
                 raise ExportError(f"{path}: not a recorded reference: {tower} {name} wants features of "
                                   f"[{want[0]}, {want[1]}] numbers and a noise floor")
             features = np.asarray(features, np.float64)
-            scale = float(np.abs(features).max()) if features.size else 0.0
-            if not np.isfinite(scale) or noise > RECORDED_NOISE * scale:
+            if not np.isfinite(features).all():
+                raise ExportError(f"{path}: not a recorded reference: {tower} {name} holds a number that is not finite")
+            scale = float(np.median(np.abs(features))) if features.size else 0.0
+            if noise > RECORDED_NOISE * scale:
                 raise ExportError(f"{path}: not a recorded reference: {tower} {name} records a float32 noise floor "
-                                  f"of {noise:.3g}, more than {RECORDED_NOISE:g} of its features' scale "
+                                  f"of {noise:.3g}, more than {RECORDED_NOISE:g} of its features' median magnitude "
                                   f"({scale:.3g}); float32's own is far smaller, and it would widen the gate")
             out[tower][name] = {"features": features, "noise": float(noise)}
     return out
@@ -863,12 +882,30 @@ def _given_gate(atol, rtol, noise_factor) -> dict:
     return gate
 
 
-def _changed(folder: _Folder, files: dict) -> list[str]:
+def folder_bytes(cfg) -> int:
+    """The most an export of `cfg` may hold in files: its float32 weights twice over (a graph's weights,
+    and room for what a runtime's format adds) and 256 MiB for programs, vocabularies and references.
+    A file past it is no export of this model, and is refused before it is hashed or loaded."""
+    weights = sum(math.prod(shape) for shape in layouts.HUB.shapes(cfg).values()) * 4
+    return 2 * weights + 256 * MiB
+
+
+def _changed(folder: _Folder, manifest, limit: int) -> list[str]:
     """The manifest's files whose SHA-256 is not the one it records (or that are missing), each read
-    through the folder's descriptor, by its plain name, not following links."""
-    changed = []
-    for name, digest in sorted(files.items()):
+    through the folder's descriptor, by its plain name, not following links. Every graph the check runs
+    must be among them, and no file may be larger than `limit` (apparent or stored)."""
+    unrecorded = [n for t in manifest.towers for n in _graph_names(manifest.format, t) if n not in manifest.files]
+    if unrecorded:
+        raise ExportError(f"{folder.path / MANIFEST}: not a parity export manifest (it records no SHA-256 for "
+                          f"{', '.join(unrecorded)})")
+    changed, total = [], 0
+    for name, digest in sorted(manifest.files.items()):
         with folder.open(name) as source:
+            if source is not None:
+                total += source.size
+                if total > limit:
+                    raise ExportError(f"{source.name}: the export's files take more than the {limit} bytes an "
+                                      "export of its model can hold")
             if source is None or sha256(source) != digest:
                 changed.append(name)
     return changed
@@ -917,7 +954,7 @@ def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = 
             inputs = _inputs(cfg, vocab)
             ref = _recorded(opened_folder, towers, inputs, cfg.embed_dim)
             against = SELF_CHECK
-        changed = _changed(opened_folder, manifest.files)
+        changed = _changed(opened_folder, manifest, folder_bytes(cfg))
         results = check(opened_folder.path, fmt, towers, ref, inputs, **gate)
     return ExportReport(str(opened_folder.path), fmt, towers, results, against, gate, time.perf_counter() - start,
                         changed, manifest.gate if manifest.gate != gate else None)

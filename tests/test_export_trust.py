@@ -259,6 +259,49 @@ def test_a_recorded_noise_floor_cannot_widen_the_gate(tiny, tmp_path):
     one_line(run("verify-export", folder), "reference.json", "noise floor of 1e+300", "would widen the gate")
 
 
+def test_a_noise_floor_raised_by_one_huge_column_cannot_widen_the_gate(tiny, tmp_path):
+    """One column made 1000 in the reference, noise 1.0 recorded (1e-3 of the largest value), and graphs
+    that give that constant whatever the input: the cap is on the features' median magnitude."""
+    folder = copy(tiny["onnx"], tmp_path / "spike")
+    ref = json.loads((tiny["onnx"] / "reference.json").read_text())
+    for rows in ref.values():
+        for entry in rows.values():
+            for row in entry["features"]:
+                row[0] = 1000.0
+            entry["noise"] = 1.0
+    put(folder, "reference.json", json.dumps(ref).encode())
+    write_manifest(folder, manifest(folder))
+    one_line(run("verify-export", folder), "reference.json", "median magnitude")
+
+
+def test_a_sparse_graph_file_cannot_raise_the_runtimes_bounds(tiny, tmp_path):
+    """A graph file made 10 TB by `truncate` (sparse: nothing stored) is no export of this model: refused
+    before it is hashed or loaded, and never counted for the runtime's memory bound or deadline."""
+    folder = copy(tiny["onnx"], tmp_path / "sparse")
+    put(folder, "image.onnx", (tiny["onnx"] / "image.onnx").read_bytes())
+    with open(folder / "image.onnx", "r+b") as f:
+        f.truncate(10 << 40)
+    write_manifest(folder, manifest(folder), rehash=False)
+    start = time.perf_counter()
+    one_line(run("verify-export", folder), "more than the", "bytes an export of its model can hold")
+    assert time.perf_counter() - start < 60
+    m = manifest(folder)  # nor left out of the manifest, where nothing would hash it
+    m["files"].pop("image.onnx")
+    write_manifest(folder, m, rehash=False)
+    one_line(run("verify-export", folder), "records no SHA-256 for image.onnx")
+
+
+def test_a_checkpoint_named_in_bytes_that_are_not_utf8_exports(tiny, tmp_path):
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/m\xff.pt"))
+    os.link(tiny["A"], odd)
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/out\xff"))  # and the export's own folder so named
+    result = run("export", odd, "--to", "onnx", "-o", out, "--tower", "image", "--config", tiny["config"])
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+    assert "m\\udcff.pt" in (out / "report.md").read_text()
+    result = run("verify-export", out)  # the runtimes are given plain names inside it
+    assert result.exit_code == 0 and "PASS" in result.output, result.output
+
+
 def test_every_graph_in_the_folder_is_checked(tiny, tmp_path):
     """A manifest that lists the image tower only, beside a text graph that is not the model's: the check
     would never run it, so the folder is refused for holding what its manifest does not say."""
@@ -314,9 +357,6 @@ def test_a_symbolic_link_in_the_folder_is_refused_not_followed(tiny, tmp_path):
     fifo = copy(tiny["onnx"], tmp_path / "fifo")
     (fifo / "text.onnx").unlink()
     os.mkfifo(fifo / "text.onnx")
-    m = manifest(fifo)
-    m["files"].pop("text.onnx")  # not hashed: the runtime's own files are checked as well
-    write_manifest(fifo, m, rehash=False)
     done = subprocess.run([PARITY, "verify-export", str(fifo)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     one_line(done.stderr, "text.onnx: not a regular file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import warnings
@@ -109,6 +110,26 @@ def test_2_force_never_replaces_the_config_file_the_links_of_an_input_folder_or_
         assert src.is_file() and digest(src) == digest(tiny_pt)
 
 
+def test_2_force_never_replaces_the_folder_of_a_linked_input_nor_a_fifo_or_device(tiny_pt, tmp_path):
+    # a Hugging Face cache's snapshot: the input named is a link in snapshots/rev, pointing into blobs/
+    (tmp_path / "blobs").mkdir()
+    shutil.copy(tiny_pt, tmp_path / "blobs" / "abc")
+    rev = tmp_path / "snapshots" / "rev"
+    rev.mkdir(parents=True)
+    os.symlink("../../blobs/abc", rev / "model.pt")
+    config = tiny_pt.parent / "tiny.json"
+    refused(run("convert", rev / "model.pt", "--to", "hf", "-o", rev, "--force", "--config", config),
+            "contains the input")
+    assert (rev / "model.pt").is_symlink() and digest(rev / "model.pt") == digest(tiny_pt)
+    # an output that is a FIFO (or /dev/stdout, a device): never replaced, never written into
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for extra in ([], ["--force"]):
+        refused(run("convert", tiny_pt, "--to", "torch", "-o", fifo, "--config", config, *extra),
+                "not a regular file or folder")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
 # ---------------------------------------------------------------- 3. a record allocates nothing from its say-so
 def _with_record(hf_folder: Path, tmp_path: Path, record: dict) -> Path:
     """A PaddleNLP folder whose parity.json is `record`."""
@@ -203,7 +224,7 @@ def test_4_a_large_or_deep_config_file_is_refused_in_bounded_memory(tiny_pt, tmp
 
 def test_4_a_config_file_with_a_required_size_null_is_one_line(tiny_pt, tmp_path):
     """A size every CLIP has, given as null (found by the record fuzzer: exit 3 in validate)."""
-    for tower, field in (("vision", "width"), ("text", "layers"), (None, "embed_dim")):
+    for tower, field in (("vision", "width"), ("text", "layers"), (None, "embed_dim"), ("text", "context_length")):
         data = hostile.tiny_config().to_dict()
         (data[tower] if tower else data)[field] = None
         path = tmp_path / f"{field}.json"

@@ -235,6 +235,9 @@ def refuse_overlap(out, *inputs) -> None:
     real = Path(os.path.realpath(out))
     found = _stats([real])
     above = _stats(real.parents)
+    if found and not (stat.S_ISREG(found[0].st_mode) or stat.S_ISDIR(found[0].st_mode)):
+        # /dev/stdout, a FIFO, a device: replacing the entry (as root, in /dev) would not write there
+        raise CheckpointError(f"{out}: not a regular file or folder; parity writes files and folders only")
     for given in _with_link_targets(inputs):
         src = Path(given)
         try:
@@ -246,5 +249,7 @@ def refuse_overlap(out, *inputs) -> None:
             raise SameFileError(f"{out}: is the input {what} ({src}); parity never writes over its input")
         if any(os.path.samestat(s, src_stat) for s in above):
             raise SameFileError(f"{out}: lies inside the input folder {src}; parity never writes into its input")
-        if found and any(os.path.samestat(found[0], s) for s in _stats(Path(os.path.realpath(src)).parents)):
+        # above the input as given (a link's own folder) and above what it points to
+        around = _stats([*Path(os.path.abspath(src)).parents, *Path(os.path.realpath(src)).parents])
+        if found and any(os.path.samestat(found[0], s) for s in around):
             raise SameFileError(f"{out}: contains the input {src}; replacing it would delete the input")
