@@ -300,10 +300,16 @@ def _writing(proc: subprocess.Popen, folder: Path, timeout: float = 60.0) -> Non
     raise AssertionError("the conversion never started writing")
 
 
+def _interruptible():
+    # as a terminal starts a command: SIGINT at its default. A suite run as a background job inherits
+    # SIGINT ignored (POSIX), and a Python started so keeps ignoring it, as nohup'd programs should
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _convert(source: Path, out: Path, env=None, prefix=()):
     return subprocess.Popen([*prefix, PARITY, "convert", str(source), "--to", "paddle", "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})}, preexec_fn=_interruptible)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
