@@ -754,10 +754,7 @@ class _Folder:
 
     def json(self, name: str, kind, missing: str) -> dict:
         with self.open(name, missing) as source:
-            if source.size > kind.max_bytes:
-                raise ExportError(f"{source.name}: a {kind.what} of {source.size} bytes, more than the "
-                                  f"{kind.max_bytes} it may hold")
-            return bounded_json.loads(source.pread(0, source.size), kind, source.name)
+            return bounded_json.read_source(source, kind)
 
     def close(self) -> None:
         os.close(self.fd)

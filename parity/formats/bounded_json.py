@@ -96,13 +96,18 @@ def loads(data: bytes | str, kind: Kind, name) -> dict:
 def read(path, kind: Kind) -> dict:
     """A JSON object from the file at `path`: a regular file (a FIFO or a device is refused, never waited
     on), read through one descriptor, bounded by its size and `kind`; CheckpointError naming it."""
-    path = Path(path)
-    with open_source(path) as source:
-        if source.size > kind.max_bytes:
-            raise CheckpointError(f"{path}: a {kind.what} of {source.size} bytes, more than the {kind.max_bytes} "
-                                  "it may hold")
-        data = source.pread(0, source.size)
-    return loads(data, kind, path)
+    with open_source(Path(path)) as source:
+        return read_source(source, kind)
 
 
-__all__ = ["CONFIG", "INDEX", "MANIFEST", "RECORD", "REFERENCE", "SAFETENSORS_HEADER", "Kind", "loads", "read"]
+def read_source(source, kind: Kind) -> dict:
+    """A JSON object from an opened `Source` (a file opened relative to a folder's descriptor, say): its
+    size checked against `kind` before a byte is read; CheckpointError naming it."""
+    if source.size > kind.max_bytes:
+        raise CheckpointError(f"{source.name}: a {kind.what} of {source.size} bytes, more than the "
+                              f"{kind.max_bytes} it may hold")
+    return loads(source.pread(0, source.size), kind, source.name)
+
+
+__all__ = ["CONFIG", "INDEX", "MANIFEST", "RECORD", "REFERENCE", "SAFETENSORS_HEADER", "Kind", "loads", "read",
+           "read_source"]

@@ -17,7 +17,7 @@ import stat
 import threading
 from pathlib import Path
 
-from ..errors import CheckpointError, printable
+from ..errors import CheckpointError, SameFileError, printable
 from . import bounded_json
 from .source import FileSource, mark_input, open_source, sha256, user_stat
 
@@ -193,7 +193,6 @@ def open_input(path) -> FileInput | FolderInput:
     return FileInput(path)
 
 
-
 def _stats(paths) -> list[os.stat_result]:
     """The stat of each path that exists."""
     out = []
@@ -229,8 +228,6 @@ def refuse_overlap(out, *inputs) -> None:
     would delete; for an input folder, the files its links point to count too): by name, link, hard link
     or bind mount, compared by device and inode along each path. Whether or not the output may replace
     what is there, an input is never touched."""
-    from ..errors import SameFileError
-
     out = Path(out)
     real = Path(os.path.realpath(out))
     found = _stats([real])
