@@ -82,7 +82,7 @@ def machine() -> dict:
 
 
 def release_archive(variant: str) -> Path:
-    return Path(python_json(f"import json; from parity.synthetic import release_archive; "
+    return Path(python_json(f"import json; from parity.testing.synthetic import release_archive; "
                             f"print(json.dumps(str(release_archive({variant!r}))))"))
 
 
@@ -200,7 +200,7 @@ def bench_big(work: Path, env: dict, model: str = BIG) -> dict:
     folder = work / "big"
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "open_clip_model.safetensors"
-    made = measure([PYTHON, "-c", f"from parity.synthetic import write_safetensors; write_safetensors({model!r}, "
+    made = measure([PYTHON, "-c", f"from parity.testing.synthetic import write_safetensors; write_safetensors({model!r}, "
                                   f"{str(source)!r})"], env)
     result = {"model": model, "source_bytes": source.stat().st_size, "write_seconds": made["seconds"]}
     print(f"  wrote {source.name}: {_gib(result['source_bytes'])} in {made['seconds']:.0f} s", flush=True)
@@ -461,7 +461,7 @@ def main() -> None:
 
 
 def write_reports(data: dict, folder: Path) -> None:
-    from parity.formats.atomic import write_bytes
+    from parity.io.formats.atomic import write_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("bench.json", json.dumps(data, indent=1)), ("bench.md", markdown(data))):

@@ -28,10 +28,11 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    from parity import layouts, registry
-    from parity.inputs import SAMPLES
-    from parity.synthetic import cached_state_dict
-    from parity.tokenizer import tokenize
+    from parity import layouts
+    from parity.config import registry
+    from parity.harness.inputs import SAMPLES
+    from parity.testing.synthetic import cached_state_dict
+    from parity.text.bpe import tokenize
 
     config = registry.get(args.variant).config
     # an export runs without torch in its process, as a deployment does: torch's OpenMP and oneDNN beside
@@ -40,7 +41,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     captions = list(SAMPLES.values())
     if args.framework in ("paddle-inference", "onnx"):
-        from parity.export import runner
+        from parity.exporter.core import runner
 
         class Exported:  # the runtime's callables, as the frameworks' models are called
             encode_image, encode_text = (runner(args.export, args.framework, t) for t in ("image", "text"))
@@ -50,12 +51,12 @@ def main() -> None:
     elif args.framework == "torch":
         import torch
 
-        from parity.official import build_official
+        from parity.testing.official import build_official
         model = build_official({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in state.items()})
         no_grad, to_tensor = torch.no_grad, torch.from_numpy
     else:
-        from parity.frameworks import import_paddle
-        from parity.loading import paddle_model
+        from parity.models.frameworks import import_paddle
+        from parity.models.build import paddle_model
         paddle = import_paddle()
         model = paddle_model(layouts.to_layout({k: v.numpy() for k, v in state.items()}, "paddle")[0], config)
         no_grad, to_tensor = paddle.no_grad, paddle.to_tensor

@@ -89,7 +89,7 @@ def report(results: list[dict], seconds: int, folder: Path) -> Path:
               "the safetensors reader mutates its JSON header with the length made right, so inputs get past "
               "the container checks; a quarter of the mutations stay plain byte mutations. Failing inputs are "
               "kept under tests/fuzz_regressions/ and replayed by the test suite.", ""]
-    from parity.formats.atomic import write_bytes
+    from parity.io.formats.atomic import write_bytes
 
     path = folder / "fuzz.md"
     write_bytes(path, "\n".join(lines).encode())

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 import hostile_files as hostile  # noqa: E402
-from parity.config import Config, TextConfig, VisionConfig  # noqa: E402
+from parity.config.schema import Config, TextConfig, VisionConfig  # noqa: E402
 
 # a CLIP of a few kB: every key of the layout, so the seeds reach shape inference and the key checks
 MICRO = Config(4, VisionConfig("vit", 1, 8, 4, 2, 32, 2, "quick_gelu", 1e-5),
@@ -26,13 +26,13 @@ MICRO = Config(4, VisionConfig("vit", 1, 8, 4, 2, 32, 2, "quick_gelu", 1e-5),
 
 
 def _micro_state():
-    from parity.synthetic import _draw, release_dtype
+    from parity.testing.synthetic import _draw, release_dtype
     import torch
     return {k: v.to(getattr(torch, release_dtype(k))) for k, v in _draw(MICRO, 0).items()}
 
 
 def _parity_files(state_np: dict) -> dict[str, bytes]:
-    from parity.formats import pdparams, safetensors, torch_zip
+    from parity.io.formats import pdparams, safetensors, torch_zip
     from parity.layouts import to_layout
 
     out = {}
@@ -75,7 +75,7 @@ def _torchscript() -> dict[str, bytes]:
 
 def _paddle_save(state_np: dict) -> bytes | None:
     try:
-        from parity.frameworks import import_paddle
+        from parity.models.frameworks import import_paddle
         paddle = import_paddle()
     except ImportError:
         return None
@@ -124,7 +124,8 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "library.safetensors": st_save({k: v.contiguous() for k, v in mixed.items()}, {"format": "pt"}),
         "aliased.safetensors": hostile.aliased_safetensors(4, 64), "inf-shape.safetensors": hostile.infinite_shape(),
     }
-    from parity import layouts, registry
+    from parity import layouts
+    from parity.config import registry
     folder_json = {
         "hf-config.json": json.dumps(layouts.hf.config_to_json(registry.get("ViT-B/32").config)).encode(),
         "paddlenlp-rn50-config.json": json.dumps(layouts.paddlenlp.config_to_json(registry.get("RN50").config)).encode(),

@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _modules():
-    from parity import checkpoint, formats
+    from parity.io import checkpoint, formats
     from parity.errors import ParityError
     return checkpoint, formats, ParityError
 
 
 def _walk(content, out: list):
-    from parity.formats import Stored
+    from parity.io.formats import Stored
     if isinstance(content, dict):
         for v in content.values():
             _walk(v, out)
@@ -40,11 +40,11 @@ def _walk(content, out: list):
 def _folder_json(data: bytes) -> None:
     """A folder's JSON files (config.json, open_clip_config.json, a sharded index), as the folder reader
     takes them."""
-    from parity.formats.folders import weight_map
+    from parity.io.formats.folders import weight_map
     from parity.layouts import hf, open_clip, paddlenlp
     from parity.errors import ParityError
 
-    from parity.formats import bounded_json
+    from parity.io.formats import bounded_json
 
     try:
         value = bounded_json.loads(data, bounded_json.CONFIG, "<config>")
@@ -75,7 +75,7 @@ def _json(data: bytes) -> None:
     """The one JSON reader, under every kind's bounds: what it returns must lie within them (values and
     depth counted again on the parsed result), and it refuses with a ParityError only."""
     from parity.errors import ParityError
-    from parity.formats import bounded_json
+    from parity.io.formats import bounded_json
 
     for kind in (bounded_json.CONFIG, bounded_json.RECORD, bounded_json.INDEX, bounded_json.MANIFEST,
                  bounded_json.SAFETENSORS_HEADER):
@@ -91,9 +91,9 @@ def _json(data: bytes) -> None:
 
 def _config_file(data: bytes) -> None:
     """What `--config FILE.json` does with a file's bytes once read: parity's own form, or open_clip's."""
-    from parity.config import Config
+    from parity.config.schema import Config
     from parity.errors import ParityError
-    from parity.formats import bounded_json
+    from parity.io.formats import bounded_json
     from parity.layouts import open_clip
 
     try:
@@ -110,7 +110,9 @@ def _record(data: bytes) -> None:
     """parity's record as a checkpoint carries it (a string in a pickle, safetensors metadata, a zip
     entry or parity.json): parsed, its dtypes and buffers built, checked against a CLIP's keys and shapes,
     and its config read."""
-    from parity import checkpoint, layouts, registry
+    from parity.io import checkpoint
+    from parity import layouts
+    from parity.config import registry
     from parity.errors import ParityError
 
     config = registry.get("RN50").config
@@ -230,7 +232,7 @@ def main(argv: list[str]) -> None:
     with atheris.instrument_imports(include=["parity", "zipfile"]):
         _modules()
         import zipfile  # noqa: F401
-        import parity.formats.folders  # noqa: F401
+        import parity.io.formats.folders  # noqa: F401
         import parity.layouts  # noqa: F401
 
     def one_input(data: bytes) -> None:

@@ -2,14 +2,14 @@
 __version__ = "0.1.0"
 
 from .api import load_model, logits, verify  # noqa: E402
-from .checkpoint import Checkpoint, load  # noqa: E402
-from .config import Config, ConfigError, TextConfig, VisionConfig  # noqa: E402
-from .conversion import convert  # noqa: E402
+from .io.checkpoint import Checkpoint, load  # noqa: E402
+from .config.schema import Config, ConfigError, TextConfig, VisionConfig  # noqa: E402
+from .io.convert import convert  # noqa: E402
 from .errors import CheckpointError, ParityError  # noqa: E402
-from .export import export, verify_export  # noqa: E402
-from .inputs import preprocess  # noqa: E402
-from .tokenizer import tokenize  # noqa: E402
-from .writing import save  # noqa: E402
+from .exporter.core import export, verify_export  # noqa: E402
+from .harness.inputs import preprocess  # noqa: E402
+from .text.bpe import tokenize  # noqa: E402
+from .io.save import save  # noqa: E402
 
 __all__ = ["__version__", "Checkpoint", "CheckpointError", "Config", "ConfigError", "ParityError", "TextConfig",
            "VisionConfig", "convert", "export", "load", "load_model", "logits", "preprocess", "save", "tokenize", "verify",

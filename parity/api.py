@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import layouts, registry
-from .checkpoint import Checkpoint, opened
+from . import layouts
+from .config import registry
+from .io.checkpoint import Checkpoint, opened
 from .errors import ParityError
-from .frameworks import device_names, select_device
-from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, paddle_side, torch_side, verify_pair
-from .inputs import SAMPLES, canonical_inputs
-from .loading import paddle_model, torch_model
-from .report import Report
-from .tokenizer import VOCAB_SIZE, tokenize
+from .models.frameworks import device_names, select_device
+from .harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, paddle_side, torch_side, verify_pair
+from .harness.inputs import SAMPLES, canonical_inputs
+from .models.build import paddle_model, torch_model
+from .harness.report import Report
+from .text.bpe import VOCAB_SIZE, tokenize
 
 FRAMEWORKS = ("torch", "paddle")
 MAX_CONTEXT = 1024  # positions: attention memory grows with the square (a 2 MB file can claim 100,000)
@@ -35,8 +36,8 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
     if t.vocab_size < 2:
         raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows: no text can be encoded")
     if t.is_bert:  # Chinese captions, WordPiece ids: each must have a row, and the context must hold them
-        from .inputs import CANONICAL_ZH, SAMPLES_ZH
-        from .wordpiece import tokenize as wordpiece
+        from .harness.inputs import CANONICAL_ZH, SAMPLES_ZH
+        from .text.wordpiece import tokenize as wordpiece
         texts = [CANONICAL_ZH, *(SAMPLES_ZH.values() if captions else ())]
         ids = wordpiece(texts, t.positions, ck.vocab_file)
         if int(ids.max()) >= t.vocab_size:

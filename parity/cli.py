@@ -13,10 +13,10 @@ import numpy as np
 
 from . import __version__
 from .errors import ParityError, printable
-from .harness import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
+from .harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from . import layouts as layout_registry
-from . import registry
-from .config import ConfigError
+from .config import registry
+from .config.schema import ConfigError
 
 
 class UserError(click.ClickException):
@@ -251,7 +251,7 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
       parity verify open_clip_model.safetensors --config ViT-bigG-14 --tower text
     """
     from .api import verify as run
-    from .report import write_variant
+    from .harness.report import write_variant
 
     try:
         report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers,
@@ -328,9 +328,9 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
       parity verify-all --variant RN50 --variant ViT-B/32
     """
     from .api import verify as verify_file
-    from .harness import verify_state_dict
-    from .report import markdown_table, write_variant, write_verify_all
-    from .synthetic import cached_state_dict
+    from .harness.run import verify_state_dict
+    from .harness.report import markdown_table, write_variant, write_verify_all
+    from .testing.synthetic import cached_state_dict
 
     try:
         entries = [registry.get(n) for n in names] if names else registry.family("openai")
@@ -400,7 +400,7 @@ def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str
       parity convert CLIP-ViT-H-14-laion2B/ --to paddlenlp -o vit-h-14-paddlenlp
       parity convert open_clip_model.safetensors --config ViT-bigG-14 --to paddle
     """
-    from .conversion import convert as run
+    from .io.convert import convert as run
 
     stages = _Stages(2, sys.stderr.isatty() and _size(src) > 50_000_000)
     try:
@@ -436,7 +436,7 @@ def info(file: Path, config: str | None, as_json: bool, debug: bool):
     """
     import json
 
-    from .checkpoint import describe
+    from .io.checkpoint import describe
 
     try:
         fields = describe(file, config)
@@ -512,7 +512,7 @@ def export(checkpoint: Path, to: str, out: Path, tower: str, config: str | None,
       parity export ViT-B-32.pt --to paddle-inference -o clip-vit-b-32-pi
       parity export RN50.pt --to onnx -o clip-rn50-onnx --tower image
     """
-    from .export import export as run
+    from .exporter.core import export as run
 
     options = {k: v for k, v in (("atol", atol), ("rtol", rtol), ("noise_factor", noise_factor)) if v is not None}
     try:
@@ -545,7 +545,7 @@ def verify_export(folder: Path, checkpoint: Path | None, config: str | None, ato
       parity verify-export clip-vit-b-32-pi
       parity verify-export clip-vit-b-32-pi ViT-B-32.pt --json
     """
-    from .export import verify_export as run
+    from .exporter.core import verify_export as run
 
     options = {k: v for k, v in (("atol", atol), ("rtol", rtol), ("noise_factor", noise_factor)) if v is not None}
     try:

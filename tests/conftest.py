@@ -3,7 +3,8 @@ import gc
 import numpy as np
 import pytest
 
-from parity import layouts, registry
+from parity import layouts
+from parity.config import registry
 
 FAST = ("RN50", "ViT-B/32")
 ALL = tuple(e.name for e in registry.family("openai"))  # open_clip's: tests of their own

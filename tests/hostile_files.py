@@ -13,7 +13,7 @@ import zipfile
 import zlib
 
 
-from parity.config import Config, TextConfig, VisionConfig
+from parity.config.schema import Config, TextConfig, VisionConfig
 
 ESCAPES = "\x1b]0;OWNED\x07\x1b[2J"  # retitles and clears a terminal that prints it raw
 
@@ -26,7 +26,7 @@ def tiny_config(vocab: int = 49408) -> Config:
 
 def tiny_state(vocab: int = 49408, seed: int = 0) -> dict:
     """Its official-layout state dict as torch tensors, in the release's dtype mix."""
-    from parity.synthetic import make_state_dict
+    from parity.testing.synthetic import make_state_dict
 
     return make_state_dict(tiny_config(vocab), seed)
 
@@ -131,7 +131,7 @@ def deep_pt(depth: int = 300_000) -> bytes:
 
 def _torch_pickle(storage_key: str, numel: int, size: tuple, stride: tuple, dtype: str = "FloatStorage") -> bytes:
     """data.pkl of {'w': one tensor} over one storage, as torch writes it (protocol 2)."""
-    from parity.formats.torch_zip import _global, _int, _ints, _text
+    from parity.io.formats.torch_zip import _global, _int, _ints, _text
 
     storage = (pickle.MARK + _text("storage") + _global("torch", dtype) + _text(storage_key) + _text("cpu")
                + _int(numel) + pickle.TUPLE + pickle.BINPERSID)

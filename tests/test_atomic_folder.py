@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from parity.errors import CheckpointError, OutputExistsError
-from parity.formats import atomic
-from parity.formats.source import FileSource
+from parity.io.formats import atomic
+from parity.io.formats.source import FileSource
 
 MODES = [pytest.param(False, id="unnamed-tmpfile"), pytest.param(True, id="named-fallback")]
 

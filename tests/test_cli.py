@@ -82,7 +82,7 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
 
 
 def test_convert_prints_one_summary_line(tmp_path):
-    from parity.synthetic import release_archive
+    from parity.testing.synthetic import release_archive
     result = CliRunner().invoke(main, ["convert", str(release_archive("RN50")), "--to", "paddle",
                                        "-o", str(tmp_path / "RN50.pdparams")])
     assert result.exit_code == 0, result.output
@@ -93,8 +93,8 @@ def test_convert_prints_one_summary_line(tmp_path):
 def test_info_describes_a_file(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from parity import registry
-    from parity.synthetic import release_archive
+    from parity.config import registry
+    from parity.testing.synthetic import release_archive
     archive = release_archive("RN50")
     result = CliRunner().invoke(main, ["info", str(archive), "--json"])
     assert result.exit_code == 0, result.output
@@ -130,18 +130,18 @@ def test_progress_bar_draws_on_stderr_and_clears(capsys):
 
 def test_exit_statuses_tell_bad_input_from_a_bug_in_parity(tmp_path, monkeypatch):
     """2: bad input (one line, the fix); 3: anything bad input does not explain, a bug; 1 stays 'disagree'."""
-    from parity.synthetic import release_archive
+    from parity.testing.synthetic import release_archive
     (tmp_path / "afile").write_text("")
     result = CliRunner().invoke(main, ["verify", str(release_archive("RN50")), "--report-dir",
                                        str(tmp_path / "afile" / "reports")])
     assert result.exit_code == 2 and "cannot hold the reports" in result.output, result.output
 
-    import parity.conversion
+    import parity.io.convert
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(parity.conversion, "nonfinite", broken)
+    monkeypatch.setattr(parity.io.convert, "nonfinite", broken)
     result = CliRunner().invoke(main, ["convert", str(release_archive("RN50")), "--to", "paddle",
                                        "-o", str(tmp_path / "x.pdparams")])
     assert result.exit_code == 3, result.output
@@ -156,7 +156,7 @@ def test_library_messages_name_no_cli_flag_and_the_cli_adds_them(tmp_path):
 
     import parity
     from parity.errors import ParityError
-    from parity.synthetic import release_archive
+    from parity.testing.synthetic import release_archive
     (tmp_path / "x.pdparams").write_bytes(b"there")
     custom = tmp_path / "custom.pt"
     import torch

@@ -15,15 +15,16 @@ import pytest
 from click.testing import CliRunner
 
 import parity
-from parity import layouts, registry
+from parity import layouts
+from parity.config import registry
 from parity.cli import main
 from parity.errors import ParityError
-from parity.frameworks import import_paddle
-from parity.harness import Outputs, float64, run_paddle, run_torch
-from parity.inputs import canonical_inputs, sample_set
-from parity.loading import paddle_model, torch_model
-from parity.synthetic import cached_state_dict
-from parity.writing import same_bits
+from parity.models.frameworks import import_paddle
+from parity.harness.run import Outputs, float64, run_paddle, run_torch
+from parity.harness.inputs import canonical_inputs, sample_set
+from parity.models.build import paddle_model, torch_model
+from parity.testing.synthetic import cached_state_dict
+from parity.io.save import same_bits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "stubs"))
 import torchvision_stub  # noqa: E402
@@ -323,8 +324,8 @@ def test_hf_chinese_clip_has_the_hf_layouts_keys_for_the_large_models(name):
 
 
 def test_a_chinese_clip_config_json_is_read_as_the_libraries_read_it(tmp_path):
-    from parity.layouts import chinese_clip
-    from parity.config import ConfigError
+    from parity.config import cn_clip as chinese_clip
+    from parity.config.schema import ConfigError
 
     config = registry.get("cn_clip/ViT-B-16").config
     data = layouts.paddlenlp.config_to_json(config)
@@ -348,7 +349,7 @@ def test_a_folders_vocabulary_and_context_come_from_the_folder_the_record_or_the
     unknown (no library config says it) until the user gives a config; a broken vocab.txt is one line, exit 2."""
     from transformers import ChineseCLIPModel
 
-    from parity.config import Config, TextConfig, VisionConfig
+    from parity.config.schema import Config, TextConfig, VisionConfig
 
     config = Config(32, VisionConfig("vit", 2, 96, 64, 16, 192, 2, "quick_gelu", 1e-5),
                     TextConfig(64, 2, 128, 52, 21128, 2, "gelu", 1e-12, kind="bert", positions=64, types=2))

@@ -6,9 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from parity import layouts, registry
-from parity.checkpoint import resolve_config
-from parity.config import Config, ConfigError, read_config_file
+from parity import layouts
+from parity.config import registry
+from parity.io.checkpoint import resolve_config
+from parity.config.schema import Config, ConfigError, read_config_file
 from conftest import config_of, shape_dict
 
 # name -> (embed, res, vision layers, width, patch, text w/h/l, params in M)
@@ -183,7 +184,7 @@ def test_layout_detection():
 
 @pytest.mark.parametrize("name", ["RN50", "ViT-B/32"])
 def test_config_of_real_state_dicts_in_both_layouts(name):
-    from parity.synthetic import cached_state_dict, numpy_state_dict
+    from parity.testing.synthetic import cached_state_dict, numpy_state_dict
 
     hub = numpy_state_dict(cached_state_dict(name, 0))
     assert layouts.HUB.infer({k: v.shape for k, v in hub.items()}) == config_of(name).shapes()

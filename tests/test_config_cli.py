@@ -14,11 +14,11 @@ from click.testing import CliRunner
 import parity
 from parity import layouts
 from parity.cli import main
-from parity.config import Config, TextConfig, VisionConfig
-from parity.harness import run_torch
-from parity.inputs import canonical_inputs, sample_set
-from parity.official import official_clip
-from parity.synthetic import release_archive
+from parity.config.schema import Config, TextConfig, VisionConfig
+from parity.harness.run import run_torch
+from parity.harness.inputs import canonical_inputs, sample_set
+from parity.testing.official import official_clip
+from parity.testing.synthetic import release_archive
 from conftest import config_of
 
 
@@ -175,7 +175,7 @@ def test_a_passl_resnet_is_refused_saying_why(tmp_path):
     """A ResNet saved by PASSL itself: its attention pool's positional embedding is not in the state dict."""
     import sys
     from pathlib import Path
-    from parity.frameworks import import_paddle
+    from parity.models.frameworks import import_paddle
     paddle = import_paddle()
     sys.path.insert(0, str(Path(__file__).resolve().parent / "stubs"))
     import paddle_fluid

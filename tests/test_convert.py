@@ -17,13 +17,13 @@ import torch
 
 import parity
 from parity import layouts
-from parity.conversion import convert
-from parity.harness import run_paddle, run_torch
-from parity.inputs import canonical_inputs
-from parity.frameworks import import_paddle
-from parity.loading import paddle_model
-from parity.official import build_official
-from parity.synthetic import cached_state_dict, release_archive
+from parity.io.convert import convert
+from parity.harness.run import run_paddle, run_torch
+from parity.harness.inputs import canonical_inputs
+from parity.models.frameworks import import_paddle
+from parity.models.build import paddle_model
+from parity.testing.official import build_official
+from parity.testing.synthetic import cached_state_dict, release_archive
 from conftest import config_of, ALL, FAST
 
 TARGETS = (("paddle", None), ("torch", None), ("safetensors", "torch"), ("safetensors", "paddle"))

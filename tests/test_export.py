@@ -16,12 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import parity
-from parity import registry
+from parity.config import registry
 from parity.cli import main
-from parity.export import _paddle_graph, runner
-from parity.inputs import sample_set
-from parity.loading import torch_model
-from parity.synthetic import cached_state_dict, release_archive
+from parity.exporter.core import _paddle_graph, runner
+from parity.harness.inputs import sample_set
+from parity.models.build import torch_model
+from parity.testing.synthetic import cached_state_dict, release_archive
 
 CASES = [("RN50", "paddle-inference"), ("RN50", "onnx"), ("ViT-B/32", "paddle-inference"), ("ViT-B/32", "onnx")]
 _EXPORTS: dict = {}
@@ -134,7 +134,7 @@ def test_a_missing_or_corrupt_file_is_one_line_and_exit_2(exports, tmp_path):
 def test_the_readme_deployment_example_predicts_what_torch_predicts(exports):
     """Plain Paddle Inference on the folder, with parity's preprocessing and tokenizer (README: deployment)."""
     out, _ = exports("ViT-B/32", "paddle-inference")
-    from parity.frameworks import import_paddle
+    from parity.models.frameworks import import_paddle
 
     import_paddle()
     from paddle import inference
@@ -150,7 +150,7 @@ def test_the_readme_deployment_example_predicts_what_torch_predicts(exports):
         p.run()
         return p.get_output_handle(p.get_output_names()[0]).copy_to_cpu()
 
-    from parity.inputs import SAMPLES, sample_path
+    from parity.harness.inputs import SAMPLES, sample_path
     names = list(SAMPLES)
     images = np.stack([parity.preprocess(sample_path(n), 224) for n in names])
     texts = parity.tokenize([SAMPLES[n] for n in names])

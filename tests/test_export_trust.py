@@ -22,7 +22,7 @@ from click.testing import CliRunner
 import hostile_files as hostile
 import parity
 from parity.cli import main
-from parity.inputs import canonical_inputs
+from parity.harness.inputs import canonical_inputs
 from test_red_team import PARITY, spawn
 
 GB = 1 << 30

@@ -33,7 +33,7 @@ def test_every_input_the_fuzzer_failed_on_is_now_refused_or_read():
 def test_the_hostile_seeds_are_refused_by_their_readers():
     """The seeds made from the red-team cases reach their readers and are refused there (not read)."""
     import hostile_files as hostile
-    from parity import formats
+    from parity.io import formats
     from parity.errors import ParityError
 
     for name, make in hostile.ALL.items():

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from parity.cli import main
-from parity.synthetic import cached_state_dict, release_archive
+from parity.testing.synthetic import cached_state_dict, release_archive
 
 
 def run(*args):
@@ -202,7 +202,7 @@ def test_a_fragment_of_a_layout_is_not_a_clip(tmp_path):
 
 def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
     """The reload-and-compare step is real: a writer that corrupts one byte is caught, no output kept."""
-    from parity.formats import pdparams
+    from parity.io.formats import pdparams
     _, good = rn50
     real = pdparams.write
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from parity import preprocess, tokenize
-from parity.inputs import MEAN, SAMPLES, STD, crop_box, resized_size, sample_set
-from parity.official import official_dir
-from parity.tokenizer import default_tokenizer
+from parity.harness.inputs import MEAN, SAMPLES, STD, crop_box, resized_size, sample_set
+from parity.testing.official import official_dir
+from parity.text.bpe import default_tokenizer
 
 CORPUS = [
     "a photo of a cat", "A PHOTO OF A DOG.", "", "   lots   of\t\nwhitespace  ", "diagram", "x",

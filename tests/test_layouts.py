@@ -4,10 +4,11 @@ import re
 import numpy as np
 import pytest
 
-from parity import layouts, registry
+from parity import layouts
+from parity.config import registry
 from parity.layouts import StateDictError
-from parity.layouts.rows import fill
-from parity.synthetic import cached_state_dict, numpy_state_dict
+from parity.layouts.keymap import fill
+from parity.testing.synthetic import cached_state_dict, numpy_state_dict
 from conftest import assert_same_tensors, config_of, variant_params
 
 SPOKES = [name for name in layouts.LAYOUTS if name != layouts.HUB.NAME]
@@ -45,9 +46,9 @@ def test_rows_are_few_and_never_unrolled_per_layer(name):
 
 @pytest.mark.parametrize("variant,seed", variant_params())
 def test_expected_shapes_match_both_models(variant, seed):
-    from parity.frameworks import import_paddle
+    from parity.models.frameworks import import_paddle
     from parity.models import paddle_clip, torch_clip
-    from parity.official import official_clip
+    from parity.testing.official import official_clip
 
     import_paddle()
     config = config_of(variant)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from parity import layouts
-from parity.harness import OUTPUTS, compare, noise_floor, run_paddle, run_torch, verify_state_dict
-from parity.inputs import canonical_inputs
-from parity.loading import paddle_model, torch_model
-from parity.official import build_official
-from parity.synthetic import cached_state_dict
+from parity.harness.run import OUTPUTS, compare, noise_floor, run_paddle, run_torch, verify_state_dict
+from parity.harness.inputs import canonical_inputs
+from parity.models.build import paddle_model, torch_model
+from parity.testing.official import build_official
+from parity.testing.synthetic import cached_state_dict
 from conftest import config_of, variant_params
 
 

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 import parity
-from parity import layouts, registry
+from parity import layouts
+from parity.config import registry
 from parity.errors import CheckpointError, ConfigMissingError
-from parity.harness import run_paddle, run_torch
-from parity.inputs import canonical_inputs, sample_set
+from parity.harness.run import run_paddle, run_torch
+from parity.harness.inputs import canonical_inputs, sample_set
 from parity.layouts import open_clip as oc_layout
-from parity.writing import same_bits
+from parity.io.save import same_bits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "stubs"))
 import torchvision_stub  # noqa: E402
@@ -120,7 +121,7 @@ def test_parity_computes_what_open_clip_computes(name, folders, figures):
     some shapes and not for others (unmasked, 1e-7 apart on random data at every head width). Here the
     QuickGELU model is bit for bit open_clip's; the GELU model's 48-wide image heads differ by less than
     either framework differs from float64. Paddle: within 1e-4."""
-    from parity.harness import float64
+    from parity.harness.run import float64
 
     model = tiny_model(name)
     ck = parity.load(folders[name])
@@ -221,8 +222,8 @@ def test_a_b32_state_dict_without_a_config_is_refused_for_compute(tmp_path):
     from click.testing import CliRunner
 
     from parity.cli import main
-    from parity.synthetic import cached_state_dict
-    from parity.formats import torch_zip
+    from parity.testing.synthetic import cached_state_dict
+    from parity.io.formats import torch_zip
 
     path = tmp_path / "b32.pt"
     state = {k: v.numpy() for k, v in cached_state_dict("ViT-B/32").items()}
@@ -250,7 +251,7 @@ def test_a_b32_state_dict_without_a_config_is_refused_for_compute(tmp_path):
 
 
 def test_models_that_are_not_clip_are_refused_by_their_keys(tmp_path):
-    from parity.formats import torch_zip
+    from parity.io.formats import torch_zip
 
     for extra, needle in (({"ls_init_value": 1e-4}, "LayerScale"), ({"init_logit_bias": -10.0}, "SigLIP")):
         cfg = {**TINY["gelu"], "vision_cfg": {**TINY["gelu"]["vision_cfg"], **extra}} \
@@ -275,7 +276,7 @@ def test_models_that_are_not_clip_are_refused_by_their_keys(tmp_path):
 def test_an_open_clip_config_of_another_model_is_refused_naming_the_key(section, key, value, needle):
     cfg = json.loads(json.dumps(TINY["gelu"]))
     (cfg[section] if section else cfg)[key] = value
-    with pytest.raises(parity.config.ConfigError, match=needle):
+    with pytest.raises(parity.config.schema.ConfigError, match=needle):
         oc_layout.config_from_model_cfg(cfg)
 
 

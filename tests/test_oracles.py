@@ -19,12 +19,12 @@ import pytest
 
 import parity
 from parity import layouts
-from parity.frameworks import import_paddle
-from parity.harness import Outputs, run_paddle, run_torch
-from parity.inputs import canonical_inputs, sample_set
-from parity.loading import paddle_model, torch_model
-from parity.synthetic import release_archive
-from parity.writing import same_bits
+from parity.models.frameworks import import_paddle
+from parity.harness.run import Outputs, run_paddle, run_torch
+from parity.harness.inputs import canonical_inputs, sample_set
+from parity.models.build import paddle_model, torch_model
+from parity.testing.synthetic import release_archive
+from parity.io.save import same_bits
 
 CASES = [("hf", "ViT-B/32"), ("paddlenlp", "RN50"), ("paddlenlp", "ViT-B/32"), ("paddleclip", "RN50"),
          ("paddleclip", "ViT-B/32"), ("passl", "ViT-B/32")]

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 import hostile_files as hostile
 from parity.cli import main
-from parity.formats import atomic
+from parity.io.formats import atomic
 
 PARITY = str(Path(sys.executable).parent / "parity")
 MB = 1 << 20
@@ -280,7 +280,7 @@ def test_5_memory_follows_the_file_not_its_claims(tmp_path, name, baseline):
 # ---------------------------------------------------------------- 6. signals and faults during convert
 @pytest.fixture(scope="module")
 def big_source():
-    from parity.synthetic import release_archive
+    from parity.testing.synthetic import release_archive
     return release_archive("ViT-B/32")  # 350 MB: its conversion takes seconds
 
 

@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 
 import parity
-from parity import checkpoint, formats
-from parity.writing import same_bits
-import parity.formats.safetensors  # noqa: F401  (formats.safetensors, as the tests name it)
-import parity.formats.torch_zip  # noqa: F401
-from parity.conversion import convert
+from parity.io import checkpoint, formats
+from parity.io.save import same_bits
+import parity.io.formats.safetensors  # noqa: F401  (formats.safetensors, as the tests name it)
+import parity.io.formats.torch_zip  # noqa: F401
+from parity.io.convert import convert
 from parity.cli import main
-from parity.synthetic import release_archive
+from parity.testing.synthetic import release_archive
 
 
 def _refused(result, needle):

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from parity.inputs import canonical_inputs
-from parity.loading import torch_model
-from parity.official import official_clip, official_model_module
-from parity.synthetic import cached_state_dict, make_state_dict, release_dtype
+from parity.harness.inputs import canonical_inputs
+from parity.models.build import torch_model
+from parity.testing.official import official_clip, official_model_module
+from parity.testing.synthetic import cached_state_dict, make_state_dict, release_dtype
 from conftest import config_of
 
 
@@ -30,7 +30,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 def test_cache_returns_what_the_generator_makes(monkeypatch):
-    from parity import synthetic
+    from parity.testing import synthetic
 
     cached_state_dict("RN50", 0)  # made and written, if it was not there yet
     fresh = make_state_dict("RN50", 0)

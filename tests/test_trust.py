@@ -22,7 +22,7 @@ import hostile_files as hostile
 from test_red_team import MB, PARITY, digest, one_line, refused, run, spawn
 
 import parity
-from parity.writing import same_bits
+from parity.io.save import same_bits
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_4_a_config_file_with_a_required_size_null_is_one_line(tiny_pt, tmp_path
 
 # ---------------------------------------------------------------- 9. JSON and vocabularies that expand
 def test_9_the_json_reader_bounds_values_and_depth_before_parsing():
-    from parity.formats import bounded_json
+    from parity.io.formats import bounded_json
 
     kind = bounded_json.Kind("test", 1 << 20, 100, 5)
     assert bounded_json.loads(b'{"a": [1, 2, {"b": "x,[{"}], "c": "\\"]"}', kind, "t") == \
@@ -293,14 +293,14 @@ def test_a_library_config_name_in_a_files_own_metadata_is_not_a_config(tiny_pt, 
 
 
 def test_9_a_vocabulary_of_millions_of_tokens_is_counted_before_it_is_read(tmp_path):
-    from parity.wordpiece import WordPiece
+    from parity.text.wordpiece import WordPiece
 
     vocab = tmp_path / "vocab.txt"
     letters = [bytes([c]) for c in b"abcdefghijklmnopqrstuvwxyz0123456789"]
     tokens = (a + b + c + d + e for a in letters for b in letters for c in letters for d in letters for e in letters[:2])
     vocab.write_bytes(b"[CLS]\n[SEP]\n[UNK]\n" + b"\n".join(t for _, t in zip(range(2_500_000), tokens)) + b"\n")
     assert vocab.stat().st_size < 16 * MB  # within the byte cap: only the count refuses it
-    code = ("import resource\nfrom parity.wordpiece import WordPiece\nfrom parity.errors import ParityError\n"
+    code = ("import resource\nfrom parity.text.wordpiece import WordPiece\nfrom parity.errors import ParityError\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"try:\n    WordPiece({str(vocab)!r})\nexcept ParityError as e:\n    print(e)\n"
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)")
@@ -317,7 +317,7 @@ def test_9_a_vocabulary_of_millions_of_tokens_is_counted_before_it_is_read(tmp_p
 def test_a_torch_file_written_by_parity_carries_its_config_and_loads_everywhere(tiny_pt, tmp_path):
     import torch
 
-    from parity.official import official_model_module
+    from parity.testing.official import official_model_module
 
     out = tmp_path / "x.pt"
     parity.convert(tiny_pt, "torch", out, config=tiny_pt.parent / "tiny.json")
@@ -368,8 +368,8 @@ def test_a_paddlenlp_model_converted_to_torch_verifies_without_a_config(tmp_path
     warnings.simplefilter("ignore")
     from paddlenlp.transformers import CLIPConfig, CLIPModel
 
-    from parity.frameworks import import_paddle
-    from parity.inputs import canonical_inputs
+    from parity.models.frameworks import import_paddle
+    from parity.harness.inputs import canonical_inputs
 
     paddle = import_paddle()
     paddle.seed(0)
@@ -392,8 +392,8 @@ def test_a_passl_model_converted_to_torch_verifies_without_a_config(tmp_path):
     warnings.simplefilter("ignore")
     from test_oracles import STUBS
 
-    from parity.frameworks import import_paddle
-    from parity.inputs import canonical_inputs
+    from parity.models.frameworks import import_paddle
+    from parity.harness.inputs import canonical_inputs
 
     paddle = import_paddle()
     sys.path.insert(0, str(STUBS))

@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 import parity
-from parity import registry
-from parity.conversion import convert
-from parity.formats.source import sha256 as sha256_of
+from parity.config import registry
+from parity.io.convert import convert
+from parity.io.formats.source import sha256 as sha256_of
 from parity.cli import main
-from parity.harness import run_torch
-from parity.inputs import canonical_inputs
-from parity.official import build_official
-from parity.synthetic import release_archive
+from parity.harness.run import run_torch
+from parity.harness.inputs import canonical_inputs
+from parity.testing.official import build_official
+from parity.testing.synthetic import release_archive
 
 PERTURBED = "visual.layer3.2.bn2.weight"  # one norm layer deep in RN50's vision tower
 
@@ -155,7 +155,7 @@ def test_zero_shot_with_either_framework(files):
     import paddle
     import torch
 
-    from parity.inputs import sample_path
+    from parity.harness.inputs import sample_path
     captions = ["a facial photo of a tabby cat", "a rocket standing on a launchpad", "a cup of coffee"]
     image, text = parity.preprocess(sample_path("chelsea"), 224)[None], parity.tokenize(captions)
     model = parity.load_model(files / "RN50.pt", framework="torch", device="cpu")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity import wordpiece
+from parity.text import wordpiece
 from parity.errors import ParityError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "stubs"))

@@ -7,9 +7,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Mapping
 
-from ..config import ConfigError
-from . import hf, open_clip, openai, paddle, paddleclip, paddlenlp, passl, rows
-from .rows import KeyMap, Planned, Record, Row, StateDictError, check_keys
+from ..config.schema import ConfigError
+from . import hf, open_clip, openai, paddle, paddleclip, paddlenlp, passl, keymap as rows
+from .keymap import KeyMap, Planned, Record, Row, StateDictError, check_keys
 
 LAYOUTS: dict[str, ModuleType] = {m.NAME: m for m in (openai, paddle, paddleclip, passl, hf, paddlenlp, open_clip)}
 HUB = openai

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, real, section
-from . import chinese_clip
-from .rows import KeyMap, Row
+from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real, section
+from ..config import cn_clip as chinese_clip
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "hf", "torch"
 FILES = "folder: config.json + model.safetensors (read too: pytorch_model.bin, shards), tokenizer and processor files"
@@ -134,7 +134,7 @@ def config_from_json(data: dict) -> Config:
 def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     """The tokenizer and image processor files, made from the BPE vocabulary parity ships with; for a
     Chinese-CLIP, BertTokenizer's from its WordPiece vocabulary (`vocab_file`, else cn_clip's)."""
-    from ..tokenizer import hf_tokenizer_files
+    from ..text.bpe import hf_tokenizer_files
 
     if config.text.is_bert:
         return {**chinese_clip.tokenizer_files(config, vocab_file, "BertTokenizer"),

@@ -9,9 +9,9 @@ are refused by the config key that makes them so, and by their telltale keys (`r
 """
 from __future__ import annotations
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, real
+from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real
 from .openai import ARCHIVE_ENTRIES
-from .rows import KeyMap, Row
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "open_clip", "torch"
 FILES = "folder: open_clip_config.json + open_clip_model.safetensors (read too: open_clip_pytorch_model.bin)"

@@ -11,8 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig
-from .rows import KeyMap, Row
+from ..config.schema import Config, ConfigError, TextConfig, VisionConfig
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "openai", "torch"
 FILES = "torch .pt (TorchScript release archive or state dict), safetensors"

@@ -7,7 +7,7 @@ Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and no `num_ba
 from __future__ import annotations
 
 from .openai import ARCHIVE_ENTRIES
-from .rows import KeyMap, Row
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddle", "paddle"
 FILES = "Paddle .pdparams (parity's record under 'parity@@extras'), or safetensors"

@@ -6,7 +6,7 @@ so a ViT file is read as `paddle`; writing `paddleclip` gives the same keys. Fil
 from __future__ import annotations
 
 from . import openai, paddle
-from .rows import KeyMap, Row
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddleclip", "paddle"
 FILES = "Paddle .pdparams (paddle.load + set_state_dict into paddleclip's CLIP)"

@@ -12,10 +12,11 @@ under `text_model.encoder.layers`), whose LayerNorms do take the config's eps.
 """
 from __future__ import annotations
 
-from ..config import Config, ConfigError, TextConfig, VisionConfig, integer, section
-from . import chinese_clip, hf
+from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, section
+from ..config import cn_clip as chinese_clip
+from . import hf
 from .openai import ARCHIVE_ENTRIES
-from .rows import KeyMap, Row
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddlenlp", "paddle"
 FILES = "folder: config.json + model_state.pdparams (read too: shards), parity.json"

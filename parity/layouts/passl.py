@@ -10,7 +10,7 @@ complete.
 from __future__ import annotations
 
 from . import openai
-from .rows import KeyMap, Row
+from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "passl", "paddle"
 FILES = "Paddle .pdparams of {'state_dict': {'model.<key>': ...}} (CLIPWrapper.set_state_dict)"

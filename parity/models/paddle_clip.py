@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import math
 
-from ..config import Config, TextConfig, VisionConfig
-from ..frameworks import import_paddle
+from ..config.schema import Config, TextConfig, VisionConfig
+from .frameworks import import_paddle
 
 paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
 import paddle.nn.functional as F  # noqa: E402

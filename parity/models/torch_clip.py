@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config, TextConfig, VisionConfig
+from ..config.schema import Config, TextConfig, VisionConfig
 
 
 class Bottleneck(nn.Module):

@@ -1,0 +1,124 @@
+"""Inputs fed identically to both frameworks: the canonical pair, sample photographs with captions, and
+CLIP's image preprocessing, framework-neutral (numpy + Pillow).
+
+The preprocessing is openai/CLIP's `_transform` (torchvision `Resize(R, BICUBIC)`, `CenterCrop(R)`,
+RGB, `ToTensor`, `Normalize`) written out step by step, since torchvision does not work beside torch 2.13.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+# scikit-image's sample photographs, as in CLIP's own zero-shot notebook, each with its caption
+SAMPLES = {
+    "page": "a page of text about segmentation",
+    "chelsea": "a facial photo of a tabby cat",
+    "astronaut": "a portrait of an astronaut with the American flag",
+    "rocket": "a rocket standing on a launchpad",
+    "motorcycle_right": "a red motorcycle standing in a garage",
+    "camera": "a person looking at a camera on a tripod",
+    "horse": "a black-and-white silhouette of a horse",
+    "coffee": "a cup of coffee on a saucer",
+}
+# the same captions in Chinese, for Chinese-CLIP's BERT text tower
+SAMPLES_ZH = {
+    "page": "一页关于图像分割的文字", "chelsea": "一张虎斑猫的脸部照片", "astronaut": "一位宇航员和美国国旗的肖像",
+    "rocket": "一枚立在发射台上的火箭", "motorcycle_right": "一辆停在车库里的红色摩托车",
+    "camera": "一个人看着三脚架上的相机", "horse": "一匹马的黑白剪影", "coffee": "茶碟上的一杯咖啡",
+}
+# a BERT's canonical text: an all-ones text means nothing to it (id 1 is [unused1], with no [CLS])
+CANONICAL_ZH = "一张照片"
+
+
+def canonical_inputs(resolution: int, context_length: int = 77, bert: bool = False,
+                     vocab_file=None) -> tuple[np.ndarray, np.ndarray]:
+    """The reference table's pair: image = ones/2 of shape (1, 3, R, R) float32, text = ones (1, 77) int64;
+    for a BERT text tower (`bert`), the text is "一张照片" tokenized by Chinese-CLIP's tokenizer (over
+    `vocab_file`, else the installed cn_clip's vocabulary)."""
+    image = np.full((1, 3, resolution, resolution), 0.5, dtype=np.float32)
+    if bert:
+        from ..text.wordpiece import tokenize as wordpiece
+        return image, wordpiece(CANONICAL_ZH, context_length, vocab_file)
+    text = np.ones((1, context_length), dtype=np.int64)
+    return image, text
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision `Resize(size)`: the shorter side becomes `size`, the longer `int(size * long / short)`."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """torchvision `CenterCrop(size)` as a PIL box (left, top, right, bottom): offsets rounded half to even."""
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+    return left, top, left + size, top + size
+
+
+def preprocess(image, resolution: int = 224) -> np.ndarray:
+    """One image (a path or a PIL image) as CLIP sees it: float32 array of shape (3, R, R).
+
+    Shorter side to R by PIL bicubic resampling, centre crop R x R, RGB, /255, minus CLIP's mean, over
+    its std. Stack the results for a batch: `np.stack([preprocess(p, 224) for p in paths])`.
+    """
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        with Image.open(image) as opened:
+            image = opened.copy()
+    if image.size[0] < 1 or image.size[1] < 1:
+        raise ValueError(f"an image of size {image.size} cannot be preprocessed")
+    width, height = image.size
+    new = resized_size(width, height, resolution)
+    if new != (width, height):
+        image = image.resize(new, Image.BICUBIC)
+    image = image.crop(crop_box(*new, resolution)).convert("RGB")
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)  # (R, R, 3) in [0, 1]
+    pixels = pixels.transpose(2, 0, 1)  # (R, R, 3) -> (3, R, R)
+    return ((pixels - MEAN[:, None, None]) / STD[:, None, None]).astype(np.float32)
+
+
+def sample_dir() -> Path:
+    """scikit-image's data folder, found without importing scikit-image."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the sample photographs come with scikit-image: `pip install scikit-image`")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def sample_path(name: str) -> Path:
+    folder = sample_dir()
+    for suffix in (".png", ".jpg"):
+        if (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"
+    raise FileNotFoundError(f"sample photograph {name!r} is not in {folder}")
+
+
+@dataclass
+class SampleSet:
+    names: list[str]
+    captions: list[str]
+    images: np.ndarray  # (N, 3, R, R) float32, preprocessed
+    tokens: np.ndarray  # (N, context_length) int64
+
+
+def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] | None = None,
+               bert: bool = False, vocab_file=None) -> SampleSet:
+    """The sample photographs preprocessed once at `resolution`, and their captions tokenized once (with
+    `bert`: the Chinese captions, by Chinese-CLIP's tokenizer)."""
+    from ..text.bpe import tokenize
+    from ..text.wordpiece import tokenize as wordpiece
+
+    names = list(names or SAMPLES)
+    captions = [(SAMPLES_ZH if bert else SAMPLES)[n] for n in names]
+    images = np.stack([preprocess(sample_path(n), resolution) for n in names])
+    tokens = wordpiece(captions, context_length, vocab_file) if bert else tokenize(captions, context_length)
+    return SampleSet(names, captions, images, tokens)

@@ -1,0 +1,300 @@
+"""Reports under reports/: per variant `<slug>.json`, `<slug>.md` and `<slug>-similarity.png`; for a
+whole run `verify-all.md` and `verify-all.json`. Every file is written whole or not at all."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..errors import ParityError
+from ..io.formats.atomic import atomic_write, write_bytes
+
+if TYPE_CHECKING:
+    from .run import Difference
+
+
+@dataclass
+class PhotoFeature:
+    """One feature (image or text) across the photographs: |Δ|, and each vector's cosine, gated."""
+
+    max_abs: float
+    relative: float
+    min_row_cosine: float
+    bound: float
+    passed: bool
+
+
+@dataclass
+class Photos:
+    """The photographs with their captions, through both frameworks."""
+
+    names: list[str]
+    captions: list[str]
+    torch_similarity: list | None  # image x text cosine similarities (None: one tower verified)
+    paddle_similarity: list | None
+    argmax_agreement: float | None
+    top_k: int
+    topk_agreement: float | None
+    similarity_max_abs: float | None
+    differences: dict[str, PhotoFeature]
+    passed: bool
+
+
+@dataclass
+class ReferenceCheck:
+    """Official weights against the reference table."""
+
+    logit: float
+    torch_delta: float
+    paddle_delta: float
+    bound: float
+    passed: bool
+
+
+@dataclass
+class Report:
+    """What `parity verify` finds: the canonical pair's outputs and their differences, the photographs,
+    the reference table where it applies, the layer diagnosis where it ran. `to_dict` is its JSON."""
+
+    variant: str
+    weights: str
+    config: dict
+    devices: dict
+    versions: dict
+    atol: float
+    rtol: float
+    noise_factor: float
+    inputs: dict
+    torch_logit: float | None  # None: one tower verified
+    paddle_logit: float | None
+    noise_floor: dict
+    differences: dict[str, "Difference"]
+    feature_cosine: float
+    features: dict
+    seconds_torch: float
+    seconds_paddle: float
+    passed: bool = False
+    seconds: float = 0.0
+    photos: Photos | None = None
+    reference: ReferenceCheck | None = None
+    layers: dict | None = None  # per-module table, and the first module beyond its bound
+    sources: dict | None = field(default=None)  # each framework's file: path, format, SHA-256, layout
+
+    def to_dict(self) -> dict:
+        """The JSON form: every field, the optional parts only where present."""
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("photos", "reference", "layers", "sources")}
+
+COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
+           "top-5 agreement", "status", "seconds")
+SYNTHETIC_NOTE = ("Synthetic weights are deterministic random weights in the release's dtype mix: their logits "
+                  "are not official results and are never compared with the reference table.")
+
+
+def slug(variant: str) -> str:
+    return re.sub(r"[/@ ]", "-", variant)
+
+
+def status(r: Report) -> str:
+    return "PASS" if r.passed else "FAIL"
+
+
+def _row(r: Report) -> list[str]:
+    top = f"{r.photos.topk_agreement:.0%} (top-1 {r.photos.argmax_agreement:.0%})" \
+        if r.photos and r.photos.topk_agreement is not None else "-"
+    logit = r.differences.get("logits")
+    if logit is None:  # one tower: its features stand in the logit's columns
+        return [r.variant, r.weights, "-", "-", "-", "-", f"{r.feature_cosine:.8f}", top, status(r), f"{r.seconds:.1f}"]
+    return [r.variant, r.weights, f"{r.torch_logit:.6f}", f"{r.paddle_logit:.6f}", f"{logit.max_abs:.2e}",
+            f"{logit.bound:.1e} ({logit.bound_kind})", f"{r.feature_cosine:.8f}", top, status(r), f"{r.seconds:.1f}"]
+
+
+def markdown_table(results: list[Report]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    # file names from the command line may hold bytes that are not UTF-8 (surrogate escapes): written back as bytes
+    write_bytes(path, text.encode("utf-8", "surrogateescape"))
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _gate_text(r: Report) -> str:
+    return (f"Gate, element by element: |Δ| ≤ max(atol + rtol·|torch|, {r.noise_factor:g} × float32 noise floor), "
+            f"atol {r.atol:g}, rtol {r.rtol:g}; the noise floor is parity's torch model in float64 vs float32 "
+            "on the same weights and inputs. The bound shown is the one at the element nearest its limit.")
+
+
+def variant_markdown(r: Report, picture: str | None) -> str:
+    md = [f"# {r.variant} — {status(r)}", "",
+          f"Weights: {r.weights}. " + (SYNTHETIC_NOTE if r.weights.startswith("synthetic") else ""), ""]
+    for side, src in (r.sources or {}).items():
+        md.append(f"- {side}: `{src.get('path')}` ({src.get('format')}, {src.get('layout')} layout, "
+                  f"sha256 `{src.get('sha256')}`)")
+    md += [f"- devices: torch {r.devices['torch']}, paddle {r.devices['paddle']}",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in r.versions.items()),
+           f"- canonical input: {r.inputs['canonical']}", "", _gate_text(r), "",
+           "| output | max abs Δ | relative Δ | cosine | float32 noise floor | bound | status |", "|---|---|---|---|---|---|---|"]
+    for name, d in r.differences.items():
+        md.append(f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.cosine:.10f} | {r.noise_floor[name]:.2e} | "
+                  f"{d.bound:.2e} ({d.bound_kind}) | {'PASS' if d.passed else 'FAIL'} |")
+    if r.torch_logit is not None:
+        md += ["", f"Canonical logit: torch {r.torch_logit:.6f}, paddle {r.paddle_logit:.6f}."]
+    else:
+        md += ["", f"One tower verified ({', '.join(r.inputs.get('towers', []))}): no logit."]
+    if r.reference is not None:
+        ref = r.reference
+        md += ["", f"Reference table (official weights): {ref.logit:.4f}; torch |Δ| {ref.torch_delta:.2e}, "
+                   f"paddle |Δ| {ref.paddle_delta:.2e}, bound {ref.bound:.1e}: {'PASS' if ref.passed else 'FAIL'}."]
+    photos = r.photos
+    if photos and photos.torch_similarity is None:
+        md += ["", "## Photographs", "", f"{len(photos.names)} scikit-image photographs with one caption each; one "
+               f"tower: each feature vector's cosine between the frameworks ≥ {min_cosine(photos)} is gated.", "",
+               "| output | max abs Δ | relative Δ | lowest cosine | status |", "|---|---|---|---|---|"]
+        md += [f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.min_row_cosine:.10f} | "
+               f"{'PASS' if d.passed else 'FAIL'} |" for name, d in photos.differences.items()]
+    elif photos:
+        md += ["", "## Photographs", "",
+               f"{len(photos.names)} scikit-image photographs with one caption each, preprocessed and tokenized "
+               f"once by parity: top-1 agreement {photos.argmax_agreement:.0%}, top-{photos.top_k} agreement "
+               f"{photos.topk_agreement:.0%}, max |Δ cosine similarity| {photos.similarity_max_abs:.2e}.", "",
+               "Gate: the same best caption for every photograph, and each feature vector's cosine between the "
+               f"frameworks ≥ {photos.differences['image_features'].bound} (the float32 noise floor is measured "
+               "on the canonical pair only; |Δ| here is shown, not gated).", "",
+               "| output | max abs Δ | relative Δ | lowest cosine | status |", "|---|---|---|---|---|"]
+        for name, d in photos.differences.items():
+            md.append(f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.min_row_cosine:.10f} | "
+                      f"{'PASS' if d.passed else 'FAIL'} |")
+        if picture:
+            md += ["", f"![image × text cosine similarity, torch | paddle | difference]({picture})"]
+    layers = r.layers
+    if layers:
+        md += ["", "## Layers", "", f"{layers['modules_compared']} modules compared on the canonical pair; "
+               f"first beyond its bound: **{layers['first_divergence'] or 'none'}**.", ""]
+        table = [row for row in layers["table"] if "passed" in row]
+        shown = [row for row in table if not row["passed"]][:15] or \
+            sorted(table, key=lambda row: -row["max_abs"] / row["bound"])[:10]
+        md += ["| module | shape | max abs Δ | cosine | bound | status |", "|---|---|---|---|---|---|"]
+        md += [f"| {row['module']} | {row['shape']} | {row['max_abs']:.3e} | {row['cosine']:.8f} | "
+               f"{row['bound']:.2e} ({row['bound_kind']}) | {'PASS' if row['passed'] else 'FAIL'} |" for row in shown]
+    md += ["", f"{r.seconds:.1f} s (torch side {r.seconds_torch:.1f} s, paddle side {r.seconds_paddle:.1f} s).", ""]
+    return "\n".join(md)
+
+
+def min_cosine(photos: Photos) -> float:
+    return next(iter(photos.differences.values())).bound
+
+
+def _labels(photos: Photos) -> list[str]:
+    # the captions, where the plotting font has their glyphs; Chinese captions (without a CJK font here)
+    # are shown by the English caption of the same photograph, marked as translated
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    from .inputs import SAMPLES
+
+    glyphs = FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap()
+    if all(ord(ch) in glyphs for caption in photos.captions for ch in caption):
+        return photos.captions
+    return [f"{SAMPLES.get(name, name)} (captioned in Chinese)" for name in photos.names]
+
+
+def similarity_picture(r: Report, path: Path) -> None:
+    """torch's and Paddle's image x text cosine similarity side by side, with their difference."""
+    import logging
+
+    import matplotlib
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # Paddle's root handler would print its INFO lines
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from .inputs import sample_path
+
+    photos = r.photos
+    st, sp = np.array(photos.torch_similarity).T, np.array(photos.paddle_similarity).T  # (texts, images)
+    n_txt, n_img = st.shape
+    fig, axes = plt.subplots(1, 3, figsize=(24, 9), gridspec_kw={"width_ratios": [1, 1, 1]})
+    low, high = min(st.min(), sp.min()), max(st.max(), sp.max())
+    for ax, sim, title in ((axes[0], st, "torch"), (axes[1], sp, "paddle")):
+        ax.imshow(sim, vmin=low, vmax=high, cmap="viridis")
+        for i in range(n_img):  # the photographs under the columns, as in CLIP's notebook
+            with Image.open(sample_path(photos.names[i])) as im:
+                ax.imshow(np.asarray(im.convert("RGB")), extent=(i - 0.5, i + 0.5, n_txt + 0.5, n_txt - 0.5 + 1.9))
+        for (y, x), v in np.ndenumerate(sim):
+            ax.text(x, y, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white")
+        ax.set_xlim(-0.5, n_img - 0.5)
+        ax.set_ylim(n_txt + 1.6, -0.5)
+        ax.set_xticks([])
+        ax.set_title(f"{title}: cosine similarity", fontsize=14)
+    axes[0].set_yticks(range(n_txt), _labels(photos), fontsize=10)
+    axes[1].set_yticks([])
+    diff = st - sp
+    limit = max(float(np.abs(diff).max()), 1e-12)
+    shown = axes[2].imshow(diff, cmap="RdBu", vmin=-limit, vmax=limit)
+    axes[2].set_xticks(range(n_img), photos.names, rotation=45, ha="right", fontsize=9)
+    axes[2].set_yticks([])
+    axes[2].set_title(f"torch − paddle (max |Δ| {limit:.1e})", fontsize=14)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    fig.suptitle(f"{r.variant} — {r.weights} — {status(r)}", fontsize=16)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=60, format="png"), force=True)
+    finally:
+        plt.close(fig)
+
+
+def _report_dir(report_dir: Path) -> None:
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ParityError(f"{report_dir}: cannot hold the reports ({e.strerror or e}); choose another folder") from None
+
+
+def write_variant(r: Report, report_dir: Path) -> dict[str, Path]:
+    """`<slug>.json`, `<slug>.md` and, with photographs, `<slug>-similarity.png` under `report_dir`."""
+    _report_dir(report_dir)
+    name = slug(r.variant)
+    paths = {"json": report_dir / f"{name}.json", "markdown": report_dir / f"{name}.md"}
+    picture = None
+    if r.photos and r.photos.torch_similarity is not None:
+        paths["png"] = report_dir / f"{name}-similarity.png"
+        similarity_picture(r, paths["png"])
+        picture = paths["png"].name
+    atomic_write_text(paths["json"], json.dumps({"date": _now(), "machine": machine(), **r.to_dict()}, indent=1))
+    atomic_write_text(paths["markdown"], variant_markdown(r, picture))
+    return paths
+
+
+def write_verify_all(results: list[Report], report_dir: Path, total_seconds: float) -> tuple[Path, Path]:
+    _report_dir(report_dir)
+    meta = {"parity": __version__, "date": _now(), "machine": machine(), "total_seconds": total_seconds,
+            "passed": all(r.passed for r in results)}
+    md = [f"# verify-all — {'PASS' if meta['passed'] else 'FAIL'}", "",
+          f"parity {__version__}, {meta['date']}, {meta['machine']}; total {total_seconds:.1f} s.", "",
+          "Canonical input: image = ones/2 (1, 3, R, R), text = ones (1, 77); photographs: scikit-image's sample "
+          "set with a caption each (top-5 agreement: the same five captions, in the same order, for every "
+          "photograph). " + SYNTHETIC_NOTE + " Bound: max(atol + rtol·|x|, noise factor × float32 noise floor) at the "
+          "element nearest it. One report per variant beside this file.", "",
+          markdown_table(results), ""]
+    md_path, json_path = report_dir / "verify-all.md", report_dir / "verify-all.json"
+    slim = [{k: v for k, v in r.to_dict().items() if k not in ("features",)} for r in results]
+    atomic_write_text(md_path, "\n".join(md))
+    atomic_write_text(json_path, json.dumps({**meta, "results": slim}, indent=1))
+    return md_path, json_path

@@ -1,0 +1,89 @@
+"""Checkpoint formats: bytes in, named numpy tensors out, and back; nothing in a file is ever run.
+
+Each format is one module with a reader whose only input is a `Source` (bytes of a known size, read at
+offsets) and, where parity writes it, a writer into a file object: `torch_zip` (torch.save and, with
+`torchscript`, TorchScript archives), `pdparams` (Paddle's pickle), `safetensors`. `unpickler` holds the
+restricted unpickler and its pass over the opcodes, `source` the bounded reads, `atomic` the one way
+parity writes a file. The format is told by content, never by file extension.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ...errors import CheckpointError
+from .source import BytesSource, FileSource, Source, Stored, contiguous, materialize, open_source
+
+FORMAT_NAMES = {"torchscript": "TorchScript archive", "torch": "torch pickle in a zip (torch.save)",
+                "pdparams": "Paddle pickle (.pdparams)", "safetensors": "safetensors"}
+
+
+@dataclass
+class RawCheckpoint:
+    format: str  # a key of FORMAT_NAMES
+    content: object  # what the file holds: (nested) containers of numpy arrays and Stored tensors
+    metadata: dict = field(default_factory=dict)  # safetensors header metadata
+    notes: list = field(default_factory=list)
+    entries: list = field(default_factory=list)  # (name, offset, length, CRC-32) of each stored zip entry
+    stored_bytes: int | None = None  # the tensors' bytes as stored, each tensor counted where it appears
+
+
+def sniff(source: Source) -> str:
+    """'zip', 'pickle' or 'safetensors', from the first bytes; CheckpointError for anything else."""
+    if source.size == 0:
+        raise CheckpointError("empty file (0 bytes)")
+    head = source.pread(0, min(16, source.size))
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= source.size - 8:
+        return "safetensors"
+    raise CheckpointError(f"not a checkpoint (neither a zip archive, a pickle nor safetensors; "
+                          f"it starts with {head[:8]!r})")
+
+
+# what parsing raises on malformed input (the unpickler adds its own: see unpickler.load); anything else
+# escaping a reader is a bug in parity, and the fuzzer counts it as one
+MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, struct.error, UnicodeDecodeError, OverflowError,
+             MemoryError, RecursionError)
+
+
+def read(source: Source, visit: Callable | None = None) -> RawCheckpoint:
+    """Read any supported checkpoint from `source` into numpy arrays and `Stored` tensors, without
+    running code from it; CheckpointError, naming the source, for anything else.
+
+    The tensors it describes may take no more bytes than the source holds (each counted where it
+    appears), so memory follows the file's size, never what the file claims. `visit` (pickles only) is
+    given each array as it is read and returns what stands for it.
+    """
+    from . import pdparams, safetensors, torch_zip
+
+    kind = "checkpoint"
+    try:
+        kind = sniff(source)
+        if kind == "zip":
+            raw = torch_zip.read(source)
+        elif kind == "pickle":
+            raw = pdparams.read(source, visit)
+        else:
+            raw = safetensors.read(source)
+        if visit is None:
+            raw.stored_bytes = pdparams.check_plain(raw.content)
+            if raw.stored_bytes > source.size:
+                raise CheckpointError(f"its tensors claim {raw.stored_bytes} bytes but the file holds "
+                                      f"{source.size}: tensors share bytes (aliased), which parity refuses")
+        return raw
+    except CheckpointError as e:
+        msg = str(e)
+        raise type(e)(msg if msg.startswith(f"{source.name}:") else f"{source.name}: {msg}") from None
+    except MALFORMED as e:
+        detail = str(e).splitlines()[0][:120] if str(e) else "no detail"
+        raise CheckpointError(f"{source.name}: truncated or corrupt {FORMAT_NAMES.get(kind, kind)} file "
+                              f"({type(e).__name__}: {detail})") from None
+
+
+__all__ = ["FORMAT_NAMES", "BytesSource", "FileSource", "RawCheckpoint", "Source", "Stored", "contiguous",
+           "materialize", "open_source", "read", "sniff"]

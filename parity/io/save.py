@@ -1,0 +1,332 @@
+"""Checkpoints out: `save` a Checkpoint in any layout and file format, atomically, one tensor at a time,
+and read back and compared, tensor by tensor, before the file gets its name.
+
+Every target is made from the hub (openai) state dict through the target layout's rows, so every pair
+of layouts round-trips bit for bit: what a layout has no place for (hub-only tensors, dtypes before a
+cast to float32) goes into parity's record, with the config when it is known.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .. import __version__, layouts
+from .checkpoint import META_PREFIX, Checkpoint, _tensors, _unwrap, parse_record
+from ..errors import CheckpointError
+from .formats import Source, Stored, contiguous, pdparams, read, safetensors, torch_zip
+from .formats.atomic import atomic_folder, atomic_write
+from .formats.pdparams import EXTRAS_KEY
+from ..layouts import Planned, Record
+
+FORMATS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors", "folder": ""}  # -> suffix
+DTYPES = ("keep", "float32", "float16")
+LEGACY = {"torch": ("openai", "pt"), "paddle": ("paddle", "pdparams"), "safetensors": (None, "safetensors")}
+
+
+class Target(Mapping):
+    """The tensors of a file to write, each made (and its source tensor read) when asked for, so a
+    conversion holds one target tensor at a time; `spec` says dtype and shape without making.
+
+    Inside `streaming()`, casts go into one reused buffer: each tensor is valid only until the next is made
+    (what the writers and the check need), and no fresh memory is touched per tensor."""
+
+    def __init__(self, plan: dict[str, Planned], fortran: bool):
+        self.plan, self.fortran = plan, fortran
+        self.scratch: np.ndarray | None = None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        planned = self.plan[key]
+        a = planned.make()
+        if a.dtype != planned.dtype:
+            if self.scratch is None:
+                a = a.astype(planned.dtype)
+            else:
+                order = "F" if self.fortran and a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+                out = self.scratch[:a.size * planned.dtype.itemsize].view(planned.dtype).reshape(a.shape, order=order)
+                np.copyto(out, a, casting="unsafe")
+                a = out
+        # a pickle stores a Fortran-ordered array as it is, so a Paddle layout's transposed Linear weights
+        # need no transposing copy in a .pdparams; the other formats store C order
+        return a if self.fortran and a.flags.f_contiguous else contiguous(a)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def spec(self, key: str) -> tuple[np.dtype, tuple]:
+        return self.plan[key].dtype, self.plan[key].shape
+
+    @contextmanager
+    def streaming(self):
+        largest = max((math.prod(p.shape) * p.dtype.itemsize for p in self.plan.values()), default=0)
+        self.scratch = np.empty(largest, np.uint8)
+        try:
+            yield self
+        finally:
+            self.scratch = None
+
+
+@dataclass
+class Saved:
+    path: Path
+    tensors: Target  # exactly what was written (and checked after reloading), made again on demand
+    layout: str
+    format: str
+    bytes: int
+
+
+def _cast(plan: dict[str, Planned], dtype: str | None) -> dict[str, Planned]:
+    if dtype in (None, "keep"):
+        return plan
+    return {k: p._replace(dtype=np.dtype(dtype)) if p.dtype.kind == "f" else p for k, p in plan.items()}
+
+
+def _target(ck: Checkpoint, layout, fmt: str, dtype: str | None) -> tuple[Target, Record | None]:
+    """The tensors to write, and the record (None where the target is the hub, which needs none)."""
+    if layout.NAME == layouts.HUB.NAME:
+        return Target(_cast(ck.hub_plan(), dtype), False), None
+    default = "float32" if layout.FRAMEWORK == "paddle" else None  # Paddle computes float32 on a CPU
+    # the hub as a plan: each hub tensor is made (and its source tensors read) only when its target is
+    plan, record = layouts.rows.from_hub(ck.hub_plan(), layout.KEYMAP, None if dtype == "keep" else dtype or default)
+    return Target(plan, fmt == "pdparams"), record
+
+
+def _record(ck: Checkpoint, record: Record) -> dict:
+    out = {"parity_version": __version__, "model": ck.name,
+           "source": {"file": ck.path.name if ck.path else None, "sha256": ck.sha256, "format": ck.format},
+           **record.to_dict()}
+    if ck.config.complete:
+        out["config"] = ck.config.to_dict()
+    return out
+
+
+def _words(a: np.ndarray) -> np.ndarray:
+    # a contiguous array's bytes (in memory order) as the widest unsigned words that tile it
+    flat = a.ravel(order="K").view(np.uint8)
+    width = next(w for w in (8, 4, 2, 1) if flat.size % w == 0)
+    return flat.view(f"u{width}")
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same dtype, shape and bytes (NaN payloads included), without copying either array."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if (a.flags.c_contiguous and b.flags.c_contiguous) or (a.flags.f_contiguous and b.flags.f_contiguous):
+        return bool(np.array_equal(_words(a), _words(b)))
+    if a.dtype.kind != "f":
+        return bool(np.array_equal(a, b))
+    bits = np.dtype(f"u{a.dtype.itemsize}")  # a same-size view works on any strides
+    return bool(np.array_equal(a.view(bits), b.view(bits)))
+
+
+class _Seen:
+    """What a checked .pdparams array is replaced by: its position, and whether it was the planned one."""
+
+    def __init__(self, index: int, same: bool):
+        self.index, self.same = index, same
+
+
+def _compare_pdparams(written: Source, tensors: Mapping, record: dict | None,
+                      wrap: tuple[str, str] | None) -> list[str]:
+    keys = list(tensors)
+    seen: list[_Seen] = []
+
+    def visit(array: np.ndarray) -> _Seen:  # each array compared as it is read, then dropped
+        i = len(seen)
+        seen.append(_Seen(i, i < len(keys) and same_bits(array, tensors[keys[i]])))
+        return seen[-1]
+
+    top = read(written, visit=visit).content
+    if not isinstance(top, dict):
+        return ["the file's top level"]
+    expected = [wrap[0]] if wrap is not None else list(keys)
+    expected += [EXTRAS_KEY] if record is not None else []
+    bad = sorted(map(str, set(top) ^ set(expected)))
+    content = top.get(wrap[0], {}) if wrap is not None else top
+    prefix = wrap[1] if wrap is not None else ""
+    if not isinstance(content, dict):
+        return bad + [f"the {wrap[0]!r} entry"]
+    if wrap is not None:
+        bad += sorted(set(content) ^ {prefix + k for k in keys})
+    bad += [k for i, k in enumerate(keys) if not (isinstance(content.get(prefix + k), _Seen)
+                                                   and content[prefix + k].index == i and content[prefix + k].same)]
+    if record is not None and EXTRAS_KEY in top and parse_record(top[EXTRAS_KEY], written.name) != record:
+        bad.append("parity record")
+    return bad
+
+
+def _compare(written: Source, fmt: str, tensors: Mapping, record: dict | None,
+             wrap: tuple[str, str] | None = None) -> list[str]:
+    if fmt == "pdparams":
+        return _compare_pdparams(written, tensors, record, wrap)
+    raw = read(written)
+    got, got_record = _tensors(_unwrap(raw.content, written.name)[0], written.name, [])
+    if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
+        got_record = parse_record(raw.metadata[META_PREFIX + "extras"], written.name)
+    bad = sorted(set(got) ^ set(tensors))
+    for k in tensors:
+        if k in got and not same_bits(got[k].read() if isinstance(got[k], Stored) else got[k], tensors[k]):
+            bad.append(k)
+    if got_record != record:
+        bad.append("parity record")
+    return bad
+
+
+def check_written(written: Source, fmt: str, tensors: Mapping, record: dict | None,
+                  wrap: tuple[str, str] | None = None) -> None:
+    """Read the file just written back (through the descriptor it was written with) and compare every
+    tensor, byte for byte, with what was meant, one tensor at a time: the planned tensor is made again
+    and the file's is read, and both are dropped before the next."""
+    try:
+        bad = _compare(written, fmt, tensors, record, wrap)
+    except CheckpointError as e:  # unreadable, or a CRC-32 that fails: the bytes on disk are not those written
+        bad = [str(e).removeprefix(f"{written.name}: ")]
+    if bad:
+        raise CheckpointError(f"{written.name}: the written file does not read back as written "
+                              f"({', '.join(bad[:5])}); nothing was kept")
+
+
+def _metadata(ck: Checkpoint, layout: str, recorded: str | None) -> dict[str, str]:
+    meta = {"format": "pt" if layouts.get(layout).FRAMEWORK == "torch" else "paddle",
+            META_PREFIX + "layout": layout, META_PREFIX + "version": __version__,
+            META_PREFIX + "model": str(ck.name), META_PREFIX + "source_file": ck.path.name if ck.path else "",
+            META_PREFIX + "source_sha256": ck.sha256 or ""}
+    if ck.config.complete:
+        meta[META_PREFIX + "config"] = json.dumps(ck.config.to_dict(), sort_keys=True)
+    if recorded is not None:
+        meta[META_PREFIX + "extras"] = recorded
+    return meta
+
+
+def target_of(path: Path, to: str | None, layout: str | None, fmt: str | None) -> tuple[object, str]:
+    """The layout module and file format to write: from `to` (a layout name, or the legacy torch /
+    paddle / safetensors), `layout`, `fmt`, or the path's suffix."""
+    if to in LEGACY:
+        legacy_layout, fmt = LEGACY[to]
+        layout = layout or legacy_layout
+    elif to is not None:
+        layout = to
+    if fmt is None and layout is None:
+        fmt = next((f for f, s in FORMATS.items() if s and path.suffix == s), None)
+    if layout is None:
+        layout = "paddle" if fmt == "pdparams" else "openai"
+    target = layouts.get("openai" if layout == "torch" else layout)
+    fmt = fmt or target.FORMAT
+    if fmt not in FORMATS:
+        raise CheckpointError(f"{path}: unknown file format; use one of {', '.join(FORMATS)}")
+    if (fmt, target.FRAMEWORK) in (("pt", "paddle"), ("pdparams", "torch")):
+        raise CheckpointError(f"a {fmt} file holds a {'torch' if fmt == 'pt' else 'Paddle'} layout, not "
+                              f"{target.NAME}; safetensors holds any")
+    if (fmt == "folder") != (target.FORMAT == "folder"):
+        raise CheckpointError(f"the {target.NAME} layout is written as {'a folder' if target.FORMAT == 'folder' else 'a file'}")
+    return target, fmt
+
+
+def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = None, format: str | None = None,
+         dtype: str | None = None, force: bool = False, digest: Future | None = None,
+         before_naming: Callable[[], None] | None = None) -> Saved:
+    """Write `ck` in a layout and file format, atomically; return what was written.
+
+    `to`: a layout name ("openai", "paddle") or the legacy "torch" (openai, .pt), "paddle" (.pdparams),
+    "safetensors" (with `layout`, openai by default); without it, the path's suffix decides. dtype: None
+    gives each target what its framework loads as is (float32 in a Paddle layout, the source dtypes in
+    a torch layout); "keep", "float32" or "float16" override. The file is written, read back and compared
+    tensor by tensor before it gets its name. `digest`: the source's SHA-256 still being computed (it goes
+    into the record, which a .pdparams writes last). `before_naming`: a last check.
+    """
+    path = Path(path)
+    if dtype not in (None, *DTYPES):
+        raise CheckpointError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    target, fmt = target_of(path, to, layout, format)
+    if ck.config.text.kind not in getattr(target, "TEXT_KINDS", ("clip",)):
+        raise CheckpointError(f"the {target.NAME} layout holds CLIP's own text tower, not a {ck.config.text.kind.upper()} "
+                              "(Chinese-CLIP's): write openai or paddle")
+    kinds = getattr(target, "BERT_KINDS", target.KINDS) if ck.config.text.is_bert else target.KINDS
+    if ck.config.vision.kind not in kinds:
+        raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(kinds)} image towers"
+                              f"{' beside a BERT' if ck.config.text.is_bert else ''}, not a {ck.config.vision.kind}")
+    fixed = getattr(target, "FIXED", None)
+    if fixed is not None and ck.config.complete and fixed(ck.config.shapes()) != ck.config:
+        raise CheckpointError(f"{target.LIBRARY} builds every CLIP with {target.FIXED_TEXT}, and this model "
+                              f"({ck.name or ck.config.describe()}) differs: a {target.NAME} file would load there "
+                              "and compute something else; write a layout whose config file says it (paddle, "
+                              "paddlenlp, hf)")
+    wrap = getattr(target, "WRAP", None) if fmt == "pdparams" else None
+    tensors, record = _target(ck, target, fmt, dtype)
+    if record is None and fmt == "pt":  # the hub needs no record for its tensors, but the config travels too
+        record = Record()
+
+    @cache  # the record as JSON text, made once, when the source's hash is known
+    def text() -> str | None:
+        if digest is not None:
+            ck.sha256 = digest.result()
+        return json.dumps(_record(ck, record), sort_keys=True) if record is not None else None
+
+    def write(f):
+        with tensors.streaming():
+            if fmt == "pdparams":
+                pdparams.write(f, tensors, text, wrap)
+            elif fmt == "pt":
+                torch_zip.write(f, tensors, text)
+            else:
+                safetensors.write(f, tensors, _metadata(ck, target.NAME, text()))
+
+    def check(written: Source):
+        recorded = text()
+        with tensors.streaming():
+            check_written(written, fmt, tensors, json.loads(recorded) if recorded else None, wrap)
+        if before_naming is not None:
+            before_naming()
+
+    if fmt == "folder":
+        return _save_folder(ck, path, target, tensors, text, before_naming, force)
+    size = atomic_write(path, write, check, force=force)
+    return Saved(path, tensors, target.NAME, fmt, size)
+
+
+def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Callable[[], str | None],
+                 before_naming: Callable[[], None] | None, force: bool) -> Saved:
+    """A `from_pretrained` folder: config.json (which needs the whole config), the weights (checked as a
+    file is), parity's record where the weights file has no room for it, and the layout's other files."""
+    config = ck.require_config()
+    config_name = getattr(target, "CONFIG_FILE", "config.json")
+    # a folder written in its own layout keeps what only its library reads (hf's text token ids)
+    source_json = ck.library_config if ck.layout == target.NAME else None
+    config_json = json.dumps(target.config_to_json(config, source_json), indent=2).encode()
+    if target.WEIGHTS.endswith(".safetensors"):
+        def weights(f):
+            with tensors.streaming():
+                safetensors.write(f, tensors, _metadata(ck, target.NAME, text()))
+        fmt = "safetensors"
+    else:
+        def weights(f):  # a library loads this file strictly: the record goes into parity.json
+            with tensors.streaming():
+                pdparams.write(f, tensors, None)
+        fmt = "pdparams"
+
+    def check_weights(written: Source):
+        with tensors.streaming():
+            recorded = text() if fmt == "safetensors" else None
+            check_written(written, fmt, tensors, json.loads(recorded) if recorded else None)
+        if before_naming is not None:
+            before_naming()
+
+    files = [(config_name, lambda f: f.write(config_json), None), (target.WEIGHTS, weights, check_weights)]
+    if fmt == "pdparams" and text() is not None:
+        files.append(("parity.json", lambda f: f.write(text().encode()), None))
+    if hasattr(target, "extra_files"):
+        files += [(name, lambda f, data=data: f.write(data), None)
+                  for name, data in target.extra_files(config, ck.vocab_file).items()]
+    size = atomic_folder(path, files, force=force)
+    return Saved(path, tensors, target.NAME, "folder", size)

@@ -1,0 +1,328 @@
+"""Declarative key maps: rows of (hub pattern, layout pattern, named transform), read in both directions.
+
+The hub is openai/CLIP's layout. In a pattern, `{i}` matches a layer index, `{p}` a dotted path, `{x}`
+one lowercase word, and `{qkv}` (layout side only) stands for the three keys that one hub tensor splits
+into. A row whose layout pattern is None is a hub-only tensor, kept in parity's record. Rows are tried in
+order, so a catch-all row comes last; every key is checked against the expected shapes as well.
+
+A transform turns one hub tensor into its layout parts and back, and says the same of shapes (so that a
+layout's expected key set comes from the hub's without making a tensor). Tensors travel as numpy
+arrays and as plans (`Planned`), made only when written.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Iterable, Mapping, NamedTuple
+
+import numpy as np
+
+from ..errors import ParityError
+from ..io.formats.source import Stored
+
+
+class StateDictError(ParityError):
+    """A state dict that does not fit the expected layout; the message names every offending key."""
+
+
+@dataclass(frozen=True)
+class Row:
+    hub: str
+    layout: str | None  # None: a hub-only tensor, kept in the record
+    transform: str = "same"
+
+
+@dataclass(frozen=True)
+class Transform:
+    to_layout: Callable[[np.ndarray], list]  # hub tensor -> layout parts (views where possible)
+    to_hub: Callable[[list], np.ndarray]  # layout parts -> hub tensor
+    layout_shapes: Callable[[tuple], list]
+    hub_shape: Callable[[list], tuple]
+
+
+def _split3(a):  # [3D, ...] -> three [D, ...]
+    if a.shape[0] % 3:
+        raise StateDictError(f"fused q/k/v tensor of shape {list(a.shape)} does not split in three")
+    return np.split(a, 3, axis=0)
+
+
+def _thirds(s):
+    return [(s[0] // 3, *s[1:])] * 3
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "same": Transform(lambda a: [a], lambda p: p[0], lambda s: [s], lambda s: s[0]),
+    # torch Linear [out, in] <-> Paddle Linear [in, out]; a view, no copy
+    "linear": Transform(lambda a: [a.T], lambda p: p[0].T, lambda s: [s[::-1]], lambda s: s[0][::-1]),
+    # a fused [3D, ...] in_proj -> q, k, v
+    "split_qkv": Transform(_split3, lambda p: np.concatenate(p, axis=0), _thirds,
+                           lambda s: (3 * s[0][0], *s[0][1:])),
+    # [3D, D] -> q, k, v as Paddle Linear weights [D, D] each, transposed
+    "split_qkv_linear": Transform(lambda a: [p.T for p in _split3(a)],
+                                  lambda p: np.concatenate([x.T for x in p], axis=0),
+                                  lambda s: [(s[1], s[0] // 3)] * 3, lambda s: (3 * s[0][1], s[0][0])),
+    # a 0-d scalar <-> shape [1] (logit_scale in Paddle)
+    "scalar": Transform(lambda a: [a.reshape(1)], lambda p: p[0].reshape(()), lambda s: [(1,)], lambda s: ()),
+    # [...] <-> [1, ...] and [1, 1, ...] (PASSL's embeddings)
+    "batch": Transform(lambda a: [a[None]], lambda p: p[0][0], lambda s: [(1, *s)], lambda s: s[0][1:]),
+    "batch2": Transform(lambda a: [a[None, None]], lambda p: p[0][0, 0], lambda s: [(1, 1, *s)],
+                        lambda s: s[0][2:]),
+}
+
+_QKV = ("q", "k", "v")
+_SLOTS = {"i": r"\d+", "p": r".+", "x": r"[a-z]+", "qkv": r"[qkv]"}
+
+
+def _regex(pattern: str) -> re.Pattern:
+    out = re.escape(pattern)
+    for slot, rx in _SLOTS.items():
+        out = out.replace(re.escape("{" + slot + "}"), f"(?P<{slot}>{rx})")
+    return re.compile(out)
+
+
+def fill(pattern: str, groups: Mapping[str, str]) -> str:
+    for slot, value in groups.items():
+        pattern = pattern.replace("{" + slot + "}", value)
+    return pattern
+
+
+@dataclass
+class KeyMap:
+    """A layout's rows, compiled; maps keys (and shapes) both ways."""
+
+    rows: tuple[Row, ...]
+    compiled: list = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.compiled = [(row, _regex(row.hub), _regex(row.layout) if row.layout else None) for row in self.rows]
+
+    def hub_row(self, key: str) -> tuple[Row, dict[str, str]]:
+        """The first row whose hub pattern matches `key`, with the slot values."""
+        for row, rx, _ in self.compiled:
+            if m := rx.fullmatch(key):
+                return row, m.groupdict()
+        raise StateDictError(f"no key-map row for {key!r}")
+
+    def layout_row(self, key: str) -> tuple[Row, dict[str, str]] | None:
+        for row, _, rx in self.compiled:
+            if rx is not None and (m := rx.fullmatch(key)):
+                return row, m.groupdict()
+        return None
+
+    def layout_keys(self, hub_key: str) -> list[str]:
+        """The layout keys one hub key maps to (empty for a hub-only tensor)."""
+        row, groups = self.hub_row(hub_key)
+        if row.layout is None:
+            return []
+        if "{qkv}" in row.layout:
+            return [fill(row.layout, {**groups, "qkv": s}) for s in _QKV]
+        return [fill(row.layout, groups)]
+
+    def hub_key(self, layout_key: str) -> str | None:
+        """The hub key a layout key comes from, or None where no row reads it."""
+        found = self.layout_row(layout_key)
+        if found is None:
+            return None
+        row, groups = found
+        return fill(row.hub, {k: v for k, v in groups.items() if k != "qkv"})
+
+    def layout_shapes(self, hub_shapes: Mapping[str, tuple]) -> dict[str, tuple]:
+        """Every layout key, with its shape, for a hub key set with shapes."""
+        out: dict[str, tuple] = {}
+        for key, shape in hub_shapes.items():
+            row, _ = self.hub_row(key)
+            if row.layout is not None:
+                out.update(zip(self.layout_keys(key), TRANSFORMS[row.transform].layout_shapes(tuple(shape))))
+        return out
+
+    def hub_shapes(self, layout_shapes: Mapping[str, tuple]) -> dict[str, tuple]:
+        """The hub keys and shapes that a layout key set comes from (for reading a config off the shapes);
+        layout keys that no row reads are left out (the key check names them)."""
+        parts: dict[str, list] = {}
+        for key, shape in layout_shapes.items():
+            hub = self.hub_key(key)
+            if hub is not None:
+                parts.setdefault(hub, []).append((key, tuple(shape)))
+        out = {}
+        for hub, found in parts.items():
+            row, _ = self.hub_row(hub)
+            wanted = self.layout_keys(hub)
+            if sorted(k for k, _ in found) != sorted(wanted):
+                continue  # a part missing: the key check names it
+            by_key = dict(found)
+            out[hub] = TRANSFORMS[row.transform].hub_shape([by_key[k] for k in wanted])
+        return out
+
+
+def listing(keys: list[str], limit: int = 12) -> str:
+    # one line even for a foreign model's hundreds of keys
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_keys(state_dict: Mapping, expected: Mapping[str, tuple], what: str = "state dict",
+               optional: Iterable[str] = ()) -> None:
+    """Raise StateDictError naming every missing, unexpected and mis-shaped key (sorted)."""
+    optional = set(optional)
+    missing = sorted(set(expected) - set(state_dict) - optional)
+    unexpected = sorted(set(state_dict) - set(expected) - optional)
+    misshaped = sorted(f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
+                       for k in set(state_dict) & set(expected) if tuple(state_dict[k].shape) != tuple(expected[k]))
+    problems = [f"{label}: {listing(keys)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+    if problems:
+        raise StateDictError(f"{what} does not fit the layout: " + "; ".join(problems))
+
+
+def as_numpy(x) -> np.ndarray:
+    """numpy view of a torch/paddle tensor or array-like (a Stored tensor: read; a Planned one: made),
+    without copying where possible."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (Stored, Planned)):
+        return x() if isinstance(x, Planned) else x.read()
+    if hasattr(x, "detach"):  # torch
+        x = x.detach().cpu()
+    return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+
+
+def dtype_of(x) -> np.dtype:  # without reading a Stored tensor or making a Planned one
+    return x.dtype if isinstance(x, (np.ndarray, Stored, Planned)) else as_numpy(x).dtype
+
+
+class Planned(NamedTuple):
+    """One target tensor, made only when asked for: a conversion holds one such tensor at a time.
+
+    `make` gives it in the source's dtype (often a view of the source); `dtype` is what it is cast to."""
+
+    make: Callable[[], np.ndarray]
+    dtype: np.dtype
+    shape: tuple
+
+    def __call__(self) -> np.ndarray:
+        a = self.make()
+        # astype keeps the memory order (K), so a transposed Linear weight stays Fortran-ordered
+        return a if a.dtype == self.dtype else a.astype(self.dtype)
+
+
+@dataclass
+class Record:
+    """What a layout has no place for, so that the way back to the hub is exact: hub-only tensors, and
+    each tensor's dtype before a cast."""
+
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # hub-only tensors by hub key
+    dtypes: dict[str, str] = field(default_factory=dict)  # hub key -> its dtype before a cast
+
+    def to_dict(self) -> dict:
+        """A JSON-able form (to store beside the tensors)."""
+        return {"buffers": {k: {"dtype": str(v.dtype), "value": v.tolist()} for k, v in self.buffers.items()},
+                "dtypes": dict(self.dtypes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Record":
+        """From `to_dict`'s form, as read from a file (already bounded by the JSON reader): every dtype one
+        of the numeric ones parity writes (a dtype such as "S1000000000" or "O" would make numpy allocate
+        from the file's say-so, or hold objects), every value numbers in nested lists; ValueError otherwise."""
+        buffers, dtypes = d.get("buffers", {}), d.get("dtypes", {})
+        if not isinstance(buffers, Mapping) or not isinstance(dtypes, Mapping):
+            raise ValueError("buffers and dtypes are JSON objects")
+        out = {}
+        for key, entry in buffers.items():
+            if not isinstance(entry, Mapping) or set(entry) != {"dtype", "value"}:
+                raise ValueError(f"buffer {key!r} is not {{'dtype': ..., 'value': ...}}")
+            try:
+                out[key] = np.asarray(_numbers(entry["value"], key), dtype=record_dtype(entry["dtype"], key))
+            except OverflowError:  # 10**30, or inf (1e400), as an int64; -1 as a uint8
+                raise ValueError(f"buffer {key!r} holds a value out of range for {entry['dtype']}") from None
+        # a dtype before a cast: parity casts floating tensors only, so it names a floating dtype
+        return cls(out, {key: str(record_dtype(value, key, FLOAT_DTYPES)) for key, value in dtypes.items()})
+
+    def __bool__(self) -> bool:
+        return bool(self.buffers or self.dtypes)
+
+
+# the dtypes a record may name: the numeric ones parity writes (a hub tensor's, or a hub-only buffer's)
+RECORD_DTYPES = frozenset(("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                           "float16", "float32", "float64"))
+
+
+FLOAT_DTYPES = frozenset(("float16", "float32", "float64"))
+
+
+def record_dtype(name, key, allowed: frozenset = RECORD_DTYPES) -> np.dtype:
+    """A dtype named in a record: one of `allowed`, else ValueError naming the key."""
+    if not isinstance(name, str) or name not in allowed:
+        what = "floating" if allowed is FLOAT_DTYPES else "numeric"
+        raise ValueError(f"{key!r} has dtype {str(name)[:40]!r}, not one of the {what} dtypes parity writes")
+    return np.dtype(name)
+
+
+def _numbers(value, key):
+    """A record buffer's value: a number, or nested lists of numbers (no strings, objects or nulls)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif type(item) not in (int, float, bool):
+            raise ValueError(f"buffer {key!r} holds a {type(item).__name__}, not a number")
+    return value
+
+
+def _part(array, transform: str, index: int) -> np.ndarray:
+    # views: a split slice and/or a transpose; the cast comes after the split, so a fused q/k/v tensor is
+    # cast once per part, never whole three times
+    return TRANSFORMS[transform].to_layout(as_numpy(array))[index]
+
+
+def from_hub(hub: Mapping, keymap: KeyMap, dtype: str | None) -> tuple[dict[str, Planned], Record]:
+    """Each layout tensor as a Planned (made on demand) from a hub state dict, and the record of what the
+    layout has no place for. `dtype` casts floating tensors (recorded); None keeps them."""
+    plan: dict[str, Planned] = {}
+    record = Record()
+    for key, value in hub.items():
+        value = value if isinstance(value, (Stored, Planned)) else as_numpy(value)  # read or made when needed
+        row, _ = keymap.hub_row(key)
+        if row.layout is None:
+            record.buffers[key] = np.array(as_numpy(value))  # a copy: small, and kept
+            continue
+        cast = dtype is not None and value.dtype.kind == "f" and value.dtype != np.dtype(dtype)
+        if cast:
+            record.dtypes[key] = str(value.dtype)
+        shapes = TRANSFORMS[row.transform].layout_shapes(tuple(value.shape))
+        for i, (lkey, shape) in enumerate(zip(keymap.layout_keys(key), shapes)):
+            plan[lkey] = Planned(partial(_part, value, row.transform, i),
+                                 np.dtype(dtype) if cast else value.dtype, tuple(shape))
+    return plan, record
+
+
+def _hub_tensor(parts: list, transform: str) -> np.ndarray:
+    return TRANSFORMS[transform].to_hub([as_numpy(p) for p in parts])
+
+
+def to_hub(state: Mapping, keymap: KeyMap, hub_shapes: Mapping[str, tuple], record: Record | None,
+           defaults: Mapping[str, np.ndarray]) -> tuple[dict[str, Planned], list[str]]:
+    """Each hub tensor as a Planned from a layout state dict (checked against `hub_shapes` first), and
+    notes. Hub-only tensors come from the record, or from `defaults` (and a note says so)."""
+    notes: list[str] = []
+    plan: dict[str, Planned] = {}
+    for key, shape in hub_shapes.items():
+        row, _ = keymap.hub_row(key)
+        if row.layout is None:
+            continue
+        parts = [state[k] for k in keymap.layout_keys(key)]
+        source = record.dtypes.get(key) if record else None
+        plan[key] = Planned(partial(_hub_tensor, parts, row.transform),
+                            np.dtype(source) if source else dtype_of(parts[0]), tuple(shape))
+    if record is not None:
+        buffers = record.buffers
+    else:
+        buffers = dict(defaults)
+        if buffers:
+            notes.append(f"no parity record: restored {len(buffers)} hub-only tensors with defaults "
+                         "(num_batches_tracked = 0; archive entries from the config); floating tensors keep "
+                         "the file's dtype")
+    plan.update({k: Planned(partial(as_numpy, v), as_numpy(v).dtype, tuple(as_numpy(v).shape))
+                 for k, v in buffers.items()})
+    return plan, notes

@@ -1,0 +1,75 @@
+"""torch, Paddle and onnxruntime, imported in one place: Paddle's import-time quirks, threads and devices.
+
+Nothing else in parity imports `paddle` itself; torch is imported where it is used (reading and
+converting need neither framework).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from ..errors import NoDeviceError, ParityError
+
+
+def import_paddle():
+    """`import paddle` without its import-time chatter (a "No ccache found" warning), computing on every
+    CPU this process may use, as torch does."""
+    if "paddle" in sys.modules:
+        return sys.modules["paddle"]
+    threads_set = "OMP_NUM_THREADS" in os.environ
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import paddle
+    if not threads_set:
+        # Paddle pins its CPU kernels to one thread by writing OMP_NUM_THREADS=1 into the environment
+        # (half the speed on 2 cores, and a torch imported later would read it too): undo both
+        os.environ.pop("OMP_NUM_THREADS", None)
+        set_threads = getattr(getattr(getattr(paddle, "base", None), "core", None), "set_num_threads", None)
+        if set_threads is not None:
+            set_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    return paddle
+
+
+def import_onnxruntime():
+    """onnxruntime (the `export` extra), or a ParityError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ParityError("ONNX needs onnxruntime, onnx and onnxscript: pip install 'parity[export]'") from None
+    return onnxruntime
+
+
+def select_device(device: str = "auto") -> dict[str, str]:
+    """Each framework's device for `device` = auto | cpu | gpu: auto takes the GPU when both frameworks
+    have one. On a GPU, TF32 is switched off in both, so that float32 means float32."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ParityError(f"unknown device {device!r}: use auto, cpu or gpu")
+    if device == "cpu":
+        return {"torch": "cpu", "paddle": "cpu"}
+    import torch
+    paddle = import_paddle()
+    have = {"torch": torch.cuda.is_available(),
+            "paddle": paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0}
+    if not all(have.values()):
+        if device == "gpu":
+            lacking = " and ".join(k for k, v in have.items() if not v)
+            raise NoDeviceError(f"device gpu: no GPU for {lacking}: install the CUDA builds (e.g. the `gpu` "
+                                "extra for paddlepaddle-gpu)")
+        return {"torch": "cpu", "paddle": "cpu"}
+    os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # Paddle's cuBLAS/cuDNN: no TF32 matmuls or convs
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return {"torch": "cuda", "paddle": "gpu"}
+
+
+def device_names(devices: dict[str, str]) -> dict[str, str]:
+    """Human names of the devices used, e.g. {'torch': 'cpu', 'paddle': 'gpu (NVIDIA H200)'}."""
+    names = dict(devices)
+    if devices.get("torch") == "cuda":
+        import torch
+        names["torch"] = f"cuda ({torch.cuda.get_device_name(0)})"
+    if devices.get("paddle") == "gpu":
+        paddle = import_paddle()
+        names["paddle"] = f"gpu ({paddle.device.cuda.get_device_name(0)})"
+    return names
