@@ -5,18 +5,18 @@ from __future__ import annotations
 from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
 
 from . import layouts
+from . import towers as kinds
 from .config import registry
+from .text import bpe
 from .io.checkpoint import Checkpoint, opened
 from .errors import ParityError
 from .models.frameworks import device_names, select_device
 from .harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, paddle_side, torch_side, verify_pair
-from .harness.inputs import SAMPLES, canonical_inputs
+from .harness.inputs import canonical_inputs
 from .models.build import paddle_model, torch_model
 from .harness.report import Report
-from .text.bpe import VOCAB_SIZE, tokenize
 
 FRAMEWORKS = ("torch", "paddle")
 MAX_CONTEXT = 1024  # positions: attention memory grows with the square (a 2 MB file can claim 100,000)
@@ -35,25 +35,9 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
                           f"{MAX_RESOLUTION} (memory grows with their squares)")
     if t.vocab_size < 2:
         raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows: no text can be encoded")
-    if t.is_bert:  # Chinese captions, WordPiece ids: each must have a row, and the context must hold them
-        from .harness.inputs import CANONICAL_ZH, SAMPLES_ZH
-        from .text.wordpiece import tokenize as wordpiece
-        texts = [CANONICAL_ZH, *(SAMPLES_ZH.values() if captions else ())]
-        ids = wordpiece(texts, t.positions, ck.vocab_file)
-        if int(ids.max()) >= t.vocab_size:
-            raise ParityError(f"{ck.path}: its word embedding has {t.vocab_size} rows, but Chinese-CLIP's tokenizer "
-                              f"gives ids up to {int(ids.max())}: the captions cannot be encoded for it")
-        if t.context_length < int((ids != 0).sum(axis=1).max()):
-            raise ParityError(f"{ck.path}: its context holds {t.context_length} tokens, and the captions need "
-                              f"{int((ids != 0).sum(axis=1).max())}")
-    elif captions:
-        if t.vocab_size < VOCAB_SIZE:
-            raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows, but CLIP's tokenizer "
-                              f"gives ids up to {VOCAB_SIZE - 1}: the captions cannot be encoded for it")
-        longest = max(int(np.count_nonzero(tokenize(text, 10_000))) for text in SAMPLES.values())
-        if t.context_length < longest:
-            raise ParityError(f"{ck.path}: its context holds {t.context_length} tokens, and the captions "
-                              f"need {longest}")
+    problem = kinds.text(t).computable(t, ck.vocab_file, captions)
+    if problem:
+        raise ParityError(f"{ck.path}: {problem}")
 
 
 def weights_label(ck: Checkpoint) -> str:
@@ -73,7 +57,7 @@ def _provenance(ck: Checkpoint, converted_from: str | None = None) -> dict:
 
 
 def _framework(ck: Checkpoint) -> str:
-    return layouts.get(ck.layout).FRAMEWORK
+    return layouts.get(ck.layout).framework
 
 
 def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS):
@@ -171,7 +155,7 @@ def logits(path, framework: str = "torch", device: str = "auto", config=None,
     with opened(path, config=config) as ck:
         computable(ck, captions=False)
         image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length,
-                                       ck.config.text.is_bert, ck.vocab_file)
+                                       ck.config.text.kind, ck.vocab_file)
         if framework == "torch":
             out = torch_side(ck.plan_in(layouts.HUB.NAME), ck.config, image, text, None, devices["torch"], towers,
                              noise=False).canonical
@@ -184,3 +168,24 @@ def logits(path, framework: str = "torch", device: str = "auto", config=None,
     result.update({name: out[name].ravel().tolist() for name in ("image_features", "text_features")
                    if out[name] is not None})
     return result
+
+
+def tokenize(texts, context_length: int | None = None, truncate: bool = False, model=None):
+    """Token ids of shape (len(texts), context_length), int64, as `clip.tokenize` makes them; for a `model`
+    (a Config or a registered name), by its text tower's tokenizer (a BERT's: as Chinese-CLIP's
+    `cn_clip.clip.tokenize` does, `parity.text.wordpiece`). The context defaults to the model's (77
+    without one).
+
+    Each row is <|startoftext|>, the text's BPE ids, <|endoftext|>, then zeros. A text too long for the
+    context raises ValueError unless `truncate`, which cuts it and puts <|endoftext|> last (Chinese-CLIP's
+    tokenizer always cuts, keeping [SEP] last).
+
+    >>> tokenize(["a photo of a cat", "a dog"]).shape
+    (2, 77)
+    >>> tokenize("一张猫的照片", model="cn_clip/ViT-B-16").shape
+    (1, 52)
+    """
+    if model is None:
+        return bpe.tokenize(texts, context_length, truncate)
+    config = registry.get(model).config if isinstance(model, str) else model
+    return kinds.text(config).tokenize(texts, context_length or config.text.context_length, truncate=truncate)

@@ -144,7 +144,7 @@ def variants():
         click.echo("  " + header)
         for e in registry.family(family):
             v, t = e.config.vision, e.config.text
-            layers = str(v.layers) if v.is_vit else ",".join(map(str, v.layers))
+            layers = str(v.layers) if v.kind == "vit" else ",".join(map(str, v.layers))
             click.echo(f"  {e.name:21} {e.config.embed_dim:5} {v.image_size:4} {layers:>14} {v.width:5} "
                        f"{v.patch_size or '-':>5} {v.heads:>5} {v.mlp_width or '-':>5} {v.activation or 'relu':>10} "
                        f"{f'{t.width}/{t.heads}/{t.layers}/{t.mlp_width}':>17} {t.activation:>10}")

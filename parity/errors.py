@@ -51,6 +51,10 @@ def printable(text: str, newlines: bool = False) -> str:
     return "".join(out)
 
 
+class ConfigError(ParityError):
+    """A configuration that is malformed, incomplete for what is asked, or contradicts the tensors."""
+
+
 class ConfigMissingError(ParityError):
     """Computing needs what no tensor says (heads, activation, eps), and nothing gave it."""
 

@@ -74,7 +74,7 @@ def test_every_model_has_cn_clips_keys_shapes_and_counts(name):
     with torch.device("meta"):
         ours = CLIP(config)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == shapes
-    assert config.text.is_bert and (config.text.activation, config.text.eps, config.text.context_length) == (
+    assert config.text.kind == "bert" and (config.text.activation, config.text.eps, config.text.context_length) == (
         "gelu", 1e-12, 52)
     if name == "ViT-B-16":
         assert round(sum(int(np.prod(s)) for s in shapes.values()) / 1e6, 1) == 188.3  # the figure
@@ -90,8 +90,8 @@ def test_parity_computes_what_cn_clip_computes(name, figures):
     state = cached_state_dict(config)
     model = cn_clip_model(name)
     model.load_state_dict(state, strict=True)
-    shots = sample_set(config.vision.image_size, config.text.context_length, bert=True)
-    inputs = {"canonical": canonical_inputs(config.vision.image_size, config.text.context_length, bert=True),
+    shots = sample_set(config.vision.image_size, config.text.context_length, text="bert")
+    inputs = {"canonical": canonical_inputs(config.vision.image_size, config.text.context_length, text="bert"),
               "photos": (shots.images, shots.tokens)}
     want = {k: cn_clip_outputs(model, *pair) for k, pair in inputs.items()}
     del model
@@ -268,9 +268,9 @@ def test_chinese_clip_folders_load_strictly_and_compute_the_same(library, vit_ch
     parity.convert(vit_checkpoint, layout, folder)
     ck = parity.load(folder)
     assert (ck.layout, ck.name, ck.vocab_file) == (layout, "cn_clip/ViT-B-16", folder / "vocab.txt")
-    shots = sample_set(224, 52, bert=True)
+    shots = sample_set(224, 52, text="bert")
     assert (library.tokenize(folder, shots.captions) == shots.tokens).all()
-    pairs = [canonical_inputs(224, 52, bert=True), (shots.images, shots.tokens)]
+    pairs = [canonical_inputs(224, 52, text="bert"), (shots.images, shots.tokens)]
     state = cached_state_dict(config)
     if library.framework == "torch":
         net = torch_model(state, config)

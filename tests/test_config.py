@@ -36,7 +36,7 @@ def test_registry_matches_the_release_table(name):
     assert (c.embed_dim, v.image_size, v.layers, v.width, v.patch_size) == (embed, res, layers, width, patch)
     assert (t.width, t.heads, t.layers, t.mlp_width) == (tw, th, tl, 4 * tw)
     assert (t.context_length, t.vocab_size, t.activation, t.eps) == (77, 49408, "quick_gelu", 1e-5)
-    if v.is_vit:
+    if v.kind == "vit":
         assert (v.heads, v.mlp_width, v.activation, v.eps) == (width // 64, 4 * width, "quick_gelu", 1e-5)
     else:
         assert v.heads == width * 32 // 64 and v.activation is None
@@ -83,7 +83,7 @@ def test_shapes_give_every_field_but_heads_activation_and_eps(name, layout):
     inferred = layouts.HUB.infer(keymap.hub_shapes({k: s.shape for k, s in shape_dict(config, layout).items()}))
     assert inferred == config.shapes()
     assert inferred.missing() == (["vision.heads", "vision.activation", "vision.eps", "text.heads", "text.activation",
-                                   "text.eps"] if config.vision.is_vit else ["vision.heads", "text.heads",
+                                   "text.eps"] if config.vision.kind == "vit" else ["vision.heads", "text.heads",
                                                                              "text.activation", "text.eps"])
     entry, fits = registry.config_by_shapes(inferred)
     if name in ("ViT-B/32", "ViT-B/16", "ViT-L/14"):  # open_clip's GELU models have the same tensors

@@ -224,7 +224,7 @@ def test_the_library_loads_what_parity_writes_and_computes_the_same(layout, mode
     state = again.state_dict
     assert sorted(state) == sorted(native)
     assert all(np.array_equal(state[k], native[k]) and state[k].dtype == native[k].dtype for k in native)
-    if layout == "paddleclip" and ck.config.vision.is_vit:
+    if layout == "paddleclip" and ck.config.vision.kind == "vit":
         # read as parity's Paddle layout, which any CLIP may be in: ViT-B/32's shapes are also open_clip's
         # GELU ViT-B-32's, so without a config file they name no config
         assert again.config == ck.config.shapes() and again.config_source.startswith("ambiguous")

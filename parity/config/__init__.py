@@ -1,5 +1,3 @@
-"""A CLIP's configuration: the schema (a vision part and a text part, each with its tower kind), the registry
-of named models, and how a checkpoint's config is resolved (metadata, then the registry, then the user)."""
-from .schema import ACTIVATIONS, Config, ConfigError, TextConfig, VisionConfig, read_config_file
-
-__all__ = ["ACTIVATIONS", "Config", "ConfigError", "TextConfig", "VisionConfig", "read_config_file"]
+"""A CLIP's configuration: `parts` (each tower's config, naming its kind), `schema` (the whole Config and
+its checks), `registry` (named models and release facts), `cn_clip` (Chinese-CLIP's config files).
+A config comes from metadata, an exact registry match or the user; it is never guessed."""

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ParityError
+from ..errors import ConfigError, ParityError
+from .. import towers
+from .parts import TextConfig, VisionConfig
 from ..io.formats import bounded_json
 
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -20,57 +22,6 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 OPTIONAL = frozenset(f"{tower}.{name}" for tower, names in (
     ("vision", ("patch_size", "mlp_width", "heads", "activation", "eps")),
     ("text", ("context_length", "heads", "activation", "eps", "positions", "types"))) for name in names)
-
-
-class ConfigError(ParityError):
-    """A configuration that is malformed, incomplete for what is asked, or contradicts the tensors."""
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    """The image tower: a ViT, or openai's ModifiedResNet (a 3-conv stem, 4 stages, an attention pool)."""
-
-    kind: str  # "vit" or "resnet"
-    layers: int | tuple[int, ...]  # ViT depth, or the four ResNet stage depths
-    width: int  # ViT width, or the ResNet's stem width (64 for RN50; the pool works on 32x that)
-    image_size: int
-    patch_size: int | None = None  # ViT only
-    mlp_width: int | None = None  # ViT only
-    heads: int | None = None  # ViT attention, or the ResNet's attention pool
-    activation: str | None = None  # ViT MLP only (a ResNet uses ReLU)
-    eps: float | None = None  # ViT LayerNorm eps (a ResNet's BatchNorm eps is torch's 1e-5)
-
-    @property
-    def is_vit(self) -> bool:
-        return self.kind == "vit"
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // (self.patch_size if self.is_vit else 32)
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    """The text tower: CLIP's causal transformer over BPE tokens, pooled at the end-of-text token (kind
-    "clip"), or a BERT over WordPiece tokens (kind "bert", Chinese-CLIP's): post-LayerNorm blocks, a
-    padding mask, pooled at [CLS]. A BERT's context (the tokenizer's length) is in no tensor; its
-    `positions` (max_position_embeddings) and `types` (token types) are."""
-
-    width: int
-    layers: int
-    mlp_width: int
-    context_length: int | None = 77
-    vocab_size: int = 49408
-    heads: int | None = None
-    activation: str | None = None
-    eps: float | None = None
-    kind: str = "clip"
-    positions: int | None = None  # BERT only
-    types: int | None = None  # BERT only
-
-    @property
-    def is_bert(self) -> bool:
-        return self.kind == "bert"
 
 
 @dataclass(frozen=True)
@@ -83,11 +34,8 @@ class Config:
 
     def missing(self) -> list[str]:
         """The fields that no tensor says and that are still unknown, e.g. ['text.heads']."""
-        wanted = {"vision": ("heads", "activation", "eps") if self.vision.is_vit else ("heads",),
-                  "text": ("heads", "activation", "eps", "context_length") if self.text.is_bert else
-                  ("heads", "activation", "eps")}
-        return [f"{tower}.{name}" for tower, names in wanted.items() for name in names
-                if getattr(getattr(self, tower), name) is None]
+        return [f"{part}.{name}" for part, tower in (("vision", towers.vision(self)), ("text", towers.text(self)))
+                for name in tower.unknown if getattr(getattr(self, part), name) is None]
 
     @property
     def complete(self) -> bool:
@@ -95,10 +43,9 @@ class Config:
 
     def shapes(self) -> "Config":
         """This config less what tensors cannot say: what a state dict's shapes give."""
-        text = replace(self.text, heads=None, activation=None, eps=None)
-        if text.is_bert:  # a BERT's context is its tokenizer's length, not its position table's
-            text = replace(text, context_length=None)
-        return Config(self.embed_dim, replace(self.vision, heads=None, activation=None, eps=None), text)
+        vision, text = towers.of(self)
+        return Config(self.embed_dim, replace(self.vision, **dict.fromkeys(vision.unsaid)),
+                      replace(self.text, **dict.fromkeys(text.unsaid)))
 
     def filled(self, other: "Config") -> "Config":
         """This config, its unknown fields taken from `other` (which must agree with every known one:
@@ -139,26 +86,14 @@ class Config:
             values = value if isinstance(value, tuple) else (value,)
             if not values or not all(type(x) is int and 0 < x < 1 << 31 for x in values):
                 raise ConfigError(f"{name} is {value!r}: a size is a positive integer")
-        if v.kind not in ("vit", "resnet"):
-            raise ConfigError(f"vision.kind is {v.kind!r}: use 'vit' or 'resnet'")
-        if t.kind not in ("clip", "bert"):
-            raise ConfigError(f"text.kind is {t.kind!r}: use 'clip' or 'bert'")
-        if not t.is_bert and t.context_length is None:  # CLIP's own text tower: its positional embedding says it
-            raise ConfigError("text.context_length is null: a CLIP text tower has one")
-        if t.is_bert != (t.positions is not None and t.types is not None):
-            raise ConfigError("text.positions and text.types: a BERT text tower has both, a CLIP one neither")
-        if t.is_bert and t.context_length is not None and t.context_length > t.positions:
-            raise ConfigError(f"text.context_length {t.context_length} is more than the BERT's {t.positions} "
-                              "positions")
-        if v.is_vit != isinstance(v.layers, int) or (not v.is_vit and len(v.layers) != 4):
-            raise ConfigError("vision.layers: one depth for a ViT, four stage depths for a ResNet")
-        if v.is_vit and (v.patch_size is None or v.mlp_width is None):
-            raise ConfigError("a ViT needs vision.patch_size and vision.mlp_width")
+        vision, text = towers.get("vision", v.kind), towers.get("text", t.kind)
+        text.check(t)
+        vision.check(v)
         for name, value in (("vision.activation", v.activation), ("text.activation", t.activation)):
             if value is not None and value not in ACTIVATIONS:
                 raise ConfigError(f"{name} is {value!r}: use one of {', '.join(ACTIVATIONS)}")
-        attention_width = v.width if v.is_vit else v.width * 32
-        for name, heads, width in (("vision.heads", v.heads, attention_width), ("text.heads", t.heads, t.width)):
+        for name, heads, width in (("vision.heads", v.heads, vision.attention_width(v)),
+                                   ("text.heads", t.heads, text.attention_width(t))):
             if heads is not None and (heads < 1 or width % heads):
                 raise ConfigError(f"{name} is {heads}, which does not divide the width {width}")
         for name, eps in (("vision.eps", v.eps), ("text.eps", t.eps)):
@@ -180,16 +115,8 @@ class Config:
 
     def describe(self) -> str:
         """One line, e.g. 'ViT 12x768/32 mlp 3072 @224 heads 12 quick_gelu eps 1e-05; text 12x512 mlp 2048 ...'."""
-        v, t = self.vision, self.text
-        if v.is_vit:
-            tower = (f"ViT {v.layers}x{v.width}/{v.patch_size} mlp {v.mlp_width} @{v.image_size} heads {v.heads} "
-                     f"{v.activation} eps {v.eps}")
-        else:
-            tower = f"ResNet {','.join(map(str, v.layers))}x{v.width} @{v.image_size} pool heads {v.heads}"
-        text = "BERT" if t.is_bert else "text"
-        extra = f" positions {t.positions} types {t.types}" if t.is_bert else ""
-        return (f"{tower}; {text} {t.layers}x{t.width} mlp {t.mlp_width} context {t.context_length}{extra} vocab "
-                f"{t.vocab_size} heads {t.heads} {t.activation} eps {t.eps}; embed {self.embed_dim}")
+        vision, text = towers.of(self)
+        return f"{vision.describe(self.vision)}; {text.describe(self.text)}; embed {self.embed_dim}"
 
 
 def integer(value, name: str) -> int:

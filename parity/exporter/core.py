@@ -126,7 +126,7 @@ def _input_shape(config, tower: str) -> list:
 
 
 def _example(config, tower: str) -> np.ndarray:
-    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.is_bert)
+    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.kind == "bert")
     return np.concatenate([image, image]) if tower == "image" else np.concatenate([text, text])
 
 
@@ -469,8 +469,8 @@ def reference(plan, config, inputs: dict, towers) -> dict:
 def _inputs(config, vocab_file=None) -> dict:
     """Per tower: the canonical input (batch 1) and the photographs (a batch of 3, then one at a time)."""
     v, t = config.vision, config.text
-    image, text = canonical_inputs(v.image_size, t.context_length, t.is_bert, vocab_file)
-    shots = sample_set(v.image_size, t.context_length, bert=t.is_bert, vocab_file=vocab_file)
+    image, text = canonical_inputs(v.image_size, t.context_length, t.kind == "bert", vocab_file)
+    shots = sample_set(v.image_size, t.context_length, bert=t.kind == "bert", vocab_file=vocab_file)
     return {"image": {"canonical": image, "photos": shots.images},
             "text": {"canonical": text, "photos": shots.tokens}}
 
@@ -548,7 +548,7 @@ def _gate_text(gate: dict) -> str:
 # ---------------------------------------------------------------- the folder's other files
 def _preprocess(config) -> dict:
     r = config.vision.image_size
-    resize = ({"resize": [r, r], "center_crop": None} if config.text.is_bert else  # cn_clip: straight to R x R
+    resize = ({"resize": [r, r], "center_crop": None} if config.text.kind == "bert" else  # cn_clip: straight to R x R
               {"resize": f"shorter side to {r}", "center_crop": [r, r]})
     return {"image_size": r, **resize, "interpolation": "bicubic", "rescale": 1 / 255, "mean": MEAN.tolist(),
             "std": STD.tolist(), "layout": "NCHW float32 RGB"}
@@ -556,7 +556,7 @@ def _preprocess(config) -> dict:
 
 def _tokenizer_files(config, vocab_file) -> dict[str, bytes]:
     t = config.text
-    if t.is_bert:
+    if t.kind == "bert":
         from ..text.wordpiece import WordPiece, default_vocabulary
 
         vocab = WordPiece(vocab_file or default_vocabulary())
@@ -934,7 +934,7 @@ def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = 
             raise ExportError(f"{opened_folder.path}: holds the {' and '.join(unlisted)} tower's graph, which its "
                               f"manifest does not list ({', '.join(towers)} only)")
         vocab = None
-        if cfg.text.is_bert:  # the BERT's vocabulary: the folder's, a regular file there, not a link
+        if cfg.text.kind == "bert":  # the BERT's vocabulary: the folder's, a regular file there, not a link
             with opened_folder.open("vocab.txt") as source:
                 vocab = None if source is None else opened_folder.path / "vocab.txt"
         if checkpoint is not None:

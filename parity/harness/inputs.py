@@ -13,41 +13,23 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import towers
+
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
-# scikit-image's sample photographs, as in CLIP's own zero-shot notebook, each with its caption
-SAMPLES = {
-    "page": "a page of text about segmentation",
-    "chelsea": "a facial photo of a tabby cat",
-    "astronaut": "a portrait of an astronaut with the American flag",
-    "rocket": "a rocket standing on a launchpad",
-    "motorcycle_right": "a red motorcycle standing in a garage",
-    "camera": "a person looking at a camera on a tripod",
-    "horse": "a black-and-white silhouette of a horse",
-    "coffee": "a cup of coffee on a saucer",
-}
-# the same captions in Chinese, for Chinese-CLIP's BERT text tower
-SAMPLES_ZH = {
-    "page": "一页关于图像分割的文字", "chelsea": "一张虎斑猫的脸部照片", "astronaut": "一位宇航员和美国国旗的肖像",
-    "rocket": "一枚立在发射台上的火箭", "motorcycle_right": "一辆停在车库里的红色摩托车",
-    "camera": "一个人看着三脚架上的相机", "horse": "一匹马的黑白剪影", "coffee": "茶碟上的一杯咖啡",
-}
-# a BERT's canonical text: an all-ones text means nothing to it (id 1 is [unused1], with no [CLS])
-CANONICAL_ZH = "一张照片"
+# scikit-image's sample photographs, as in CLIP's own zero-shot notebook, each with its caption (each text
+# tower has its captions for the same photographs)
+SAMPLES = towers.get("text", "clip").captions
 
 
-def canonical_inputs(resolution: int, context_length: int = 77, bert: bool = False,
+def canonical_inputs(resolution: int, context_length: int = 77, text: str = "clip",
                      vocab_file=None) -> tuple[np.ndarray, np.ndarray]:
-    """The reference table's pair: image = ones/2 of shape (1, 3, R, R) float32, text = ones (1, 77) int64;
-    for a BERT text tower (`bert`), the text is "一张照片" tokenized by Chinese-CLIP's tokenizer (over
-    `vocab_file`, else the installed cn_clip's vocabulary)."""
+    """The reference table's pair: image = ones/2 of shape (1, 3, R, R) float32, text = ones (1, 77) int64
+    for CLIP's text tower; for another text tower kind (`text`), that tower's canonical text (a BERT's:
+    "一张照片" by Chinese-CLIP's tokenizer, over `vocab_file`, else the installed cn_clip's vocabulary)."""
     image = np.full((1, 3, resolution, resolution), 0.5, dtype=np.float32)
-    if bert:
-        from ..text.wordpiece import tokenize as wordpiece
-        return image, wordpiece(CANONICAL_ZH, context_length, vocab_file)
-    text = np.ones((1, context_length), dtype=np.int64)
-    return image, text
+    return image, towers.get("text", text).canonical(context_length, vocab_file)
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -111,14 +93,11 @@ class SampleSet:
 
 
 def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] | None = None,
-               bert: bool = False, vocab_file=None) -> SampleSet:
-    """The sample photographs preprocessed once at `resolution`, and their captions tokenized once (with
-    `bert`: the Chinese captions, by Chinese-CLIP's tokenizer)."""
-    from ..text.bpe import tokenize
-    from ..text.wordpiece import tokenize as wordpiece
-
+               text: str = "clip", vocab_file=None) -> SampleSet:
+    """The sample photographs preprocessed once at `resolution`, and their captions (those of the text
+    tower of kind `text`) tokenized once by that tower's tokenizer."""
+    tower = towers.get("text", text)
     names = list(names or SAMPLES)
-    captions = [(SAMPLES_ZH if bert else SAMPLES)[n] for n in names]
+    captions = [tower.captions[n] for n in names]
     images = np.stack([preprocess(sample_path(n), resolution) for n in names])
-    tokens = wordpiece(captions, context_length, vocab_file) if bert else tokenize(captions, context_length)
-    return SampleSet(names, captions, images, tokens)
+    return SampleSet(names, captions, images, tower.tokenize(captions, context_length, vocab_file))

@@ -16,9 +16,10 @@ from typing import Mapping
 import numpy as np
 
 from .. import layouts
+from .. import towers as kinds
 from ..config import registry
 from ..config.schema import Config
-from .inputs import CANONICAL_ZH, SampleSet, canonical_inputs, sample_set
+from .inputs import SampleSet, canonical_inputs, sample_set
 from ..models.frameworks import device_names, import_paddle, select_device
 from ..models.build import paddle_model, torch_model
 from .report import PhotoFeature, Photos, ReferenceCheck, Report
@@ -119,9 +120,10 @@ def float64(model):
     plus one block's float64 size (not twice its size); the arithmetic is that of `model.double()`.
     float32 -> float64 -> float32 is exact, so the model leaves as it came."""
     import torch
-    from ..models.torch_clip import BertLayer, Bottleneck, ResidualAttentionBlock
+    from ..models.torch_clip import BLOCKS
 
-    blocks = [m for m in model.modules() if isinstance(m, (ResidualAttentionBlock, Bottleneck, BertLayer))]
+    classes = tuple(BLOCKS[t.block] for t in kinds.of(model.config))  # each tower's residual block class
+    blocks = [m for m in model.modules() if isinstance(m, classes)]
     inside = {id(t) for b in blocks for t in (*b.parameters(), *b.buffers())}
 
     def outside(dtype):
@@ -227,7 +229,7 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float
     One tower of one framework is alive at a time. `devices`: each framework's device, as
     `select_device` gives them (default: the CPU)."""
     devices = devices or {"torch": "cpu", "paddle": "cpu"}
-    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.is_bert,
+    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.kind,
                                    vocab_file)
     paddle = import_paddle()
     rows: dict[str, dict] = {}
@@ -407,16 +409,14 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     towers = tuple(t for t in layouts.HUB.TOWERS if t in towers)
     devices = select_device(device)
     v, t_cfg = config.vision, config.text
-    image, text = canonical_inputs(v.image_size, t_cfg.context_length, t_cfg.is_bert, vocab_file)
-    shots = sample_set(v.image_size, t_cfg.context_length, bert=t_cfg.is_bert, vocab_file=vocab_file) if photos else None
+    image, text = canonical_inputs(v.image_size, t_cfg.context_length, t_cfg.kind, vocab_file)
+    shots = sample_set(v.image_size, t_cfg.context_length, text=t_cfg.kind, vocab_file=vocab_file) if photos else None
     t = torch_side(torch_sd, config, image, text, shots, devices["torch"], towers)
     p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers)
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
     logit = (lambda out: float(out.logits.ravel()[0])) if len(towers) == 2 else (lambda out: None)
     canonical = {"image": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) float32",
-                 "text": f"text ones (1, {t_cfg.context_length}) int64" if not t_cfg.is_bert else
-                 f"text \"{CANONICAL_ZH}\" tokenized (1, {t_cfg.context_length}) int64 (a BERT text tower: an "
-                 f"all-ones text means nothing to it; vocabulary: {vocab_file or 'cn_clip'})"}
+                 "text": kinds.text(config).canonical_label(t_cfg.context_length, vocab_file)}
     report = Report(
         registry.name_of(config) or "custom", weights, config.to_dict(), device_names(devices), versions(), atol, rtol,
         noise_factor, {"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],

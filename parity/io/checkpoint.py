@@ -127,27 +127,27 @@ class Checkpoint:
         """This checkpoint's tensors in layout `name`, each made when asked for (read from the file, where
         it is still open); into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
         target = layouts.get(name)
-        cast = dtype if target.FRAMEWORK == "paddle" else None
-        if target.NAME == self.layout:
+        cast = dtype if target.framework == "paddle" else None
+        if target.name == self.layout:
             def wanted(v):
                 return np.dtype(cast) if cast and v.dtype.kind == "f" else v.dtype
             return {k: Planned(lambda v=v: _array(v), wanted(v), tuple(v.shape)) for k, v in self.state_dict.items()}
         hub = self.hub_plan()
-        if target.NAME == layouts.HUB.NAME:
+        if target.name == layouts.HUB.NAME:
             return hub
-        return layouts.rows.from_hub(hub, target.KEYMAP, cast)[0]
+        return layouts.rows.from_hub(hub, target.keymap, cast)[0]
 
     def in_layout(self, name: str, dtype: str | None = "float32") -> "Checkpoint":
         """This checkpoint in layout `name`; into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
-        name = layouts.get(name).NAME
+        name = layouts.get(name).name
         if name == self.layout:
             return self
         hub = self.hub_state()
         if name == layouts.HUB.NAME:
             return replace(self, state_dict=hub, layout=name, record=None)
         target = layouts.get(name)
-        cast = dtype if target.FRAMEWORK == "paddle" else None
-        plan, record = layouts.rows.from_hub(hub, target.KEYMAP, cast)
+        cast = dtype if target.framework == "paddle" else None
+        plan, record = layouts.rows.from_hub(hub, target.keymap, cast)
         return replace(self, state_dict={k: p() for k, p in plan.items()}, layout=name, record=record)
 
 
@@ -238,7 +238,7 @@ def _record(data: dict | None, config: Config, layout, path) -> Record | None:
         raise CheckpointError(f"{path}: parity's record is malformed ({e})") from None
     expected = layouts.HUB.shapes(config, archive_entries=True)
     wrong = sorted(k for k in list(record.buffers) + list(record.dtypes)
-                   if k not in expected or (k in record.buffers and layout.KEYMAP.hub_row(k)[0].layout is not None))
+                   if k not in expected or (k in record.buffers and layout.keymap.hub_row(k)[0].layout is not None))
     if wrong:
         raise CheckpointError(f"{path}: parity's record names keys this CLIP does not have: {', '.join(wrong[:8])}")
     misshaped = sorted(k for k, v in record.buffers.items() if tuple(v.shape) != tuple(expected[k]))
@@ -266,10 +266,13 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
     def parsed(name):
         return isinstance(metadata.get(name), dict)
 
-    carrier = next((m for m in layouts.LAYOUTS.values() if parsed(getattr(m, "CONFIG_FILE", None))), None)
-    if carrier is not None and layout is not layouts.HUB:  # open_clip's folder holds openai's key names
-        raise CheckpointError(f"{path}: a {carrier.CONFIG_FILE} beside tensors in the {layout.NAME} layout")
-    if carrier is None and parsed("config.json") and hasattr(layout, "config_from_json"):
+    # a config file named for one layout (open_clip_config.json) is that layout's; a config.json, the
+    # detected layout's (hf, paddlenlp)
+    named = [m for m in layouts.LAYOUTS.values() if m.folder and m.folder.config_file != "config.json"]
+    carrier = next((m for m in named if parsed(m.folder.config_file)), None)
+    if carrier is not None and layout.name != layouts.HUB.NAME:  # open_clip's folder holds openai's key names
+        raise CheckpointError(f"{path}: a {carrier.folder.config_file} beside tensors in the {layout.name} layout")
+    if carrier is None and parsed("config.json") and layout.folder is not None:
         carrier = layout
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
     try:
@@ -280,9 +283,9 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
         raise CheckpointError(f"{path}: the config stored in the file is malformed ({e})") from None
     if carrier is None:
         return recorded, "the file's own record" if recorded else "unknown"
-    name = getattr(carrier, "CONFIG_FILE", "config.json")
+    name = carrier.folder.config_file
     try:
-        config = carrier.config_from_json(metadata[name])
+        config = carrier.folder.config_from_json(metadata[name])
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     if config.complete or recorded is None:
@@ -374,35 +377,35 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
     tensors = _strip_prefixes(tensors, unwrapped)
     if raw.metadata.get(META_PREFIX + "extras"):
         record = parse_record(raw.metadata[META_PREFIX + "extras"], path)
-    refused = layouts.open_clip.refusal(tensors)
+    refused = next(filter(None, (layout.foreign(tensors) for layout in layouts.LAYOUTS.values())), None)
     if refused:
         raise CheckpointError(f"{path}: {refused}; parity converts and verifies CLIP's own architecture only")
     try:
         name = layouts.detect(tensors)
         layout = layouts.get(name)
-        if "resnet" not in layout.KINDS and any(".layer1." in k for k in tensors):
-            raise CheckpointError(f"{path}: a ResNet in the {name} layout: {layout.NO_RESNET}, so this file "
-                                  "cannot be converted or verified")
-        shapes = layouts.HUB.infer(layout.KEYMAP.hub_shapes({k: v.shape for k, v in tensors.items()}))
+        unheld = layout.unheld(tensors)
+        if unheld:
+            raise CheckpointError(f"{path}: {unheld}, so this file cannot be converted or verified")
+        shapes = layouts.HUB.infer(layout.keymap.hub_shapes({k: v.shape for k, v in tensors.items()}))
     except ConfigError as e:
         sample = ", ".join(list(tensors)[:3])
         raise CheckpointError(f"{path}: not a CLIP checkpoint in a layout parity reads ({e}; {len(tensors)} "
                               f"tensors, e.g. {sample}); parity reads the layouts {', '.join(layouts.LAYOUTS)}") from None
     try:
-        expected = layout.KEYMAP.layout_shapes(layouts.HUB.shapes(shapes))
+        expected = layout.keymap.layout_shapes(layouts.HUB.shapes(shapes))
         optional = layouts.HUB.ARCHIVE_ENTRIES if name == layouts.HUB.NAME else ()
         check_keys(tensors, expected, f"{name} state dict", optional=optional)
         stored, stored_from = _metadata_config(record, raw.metadata, layout, path)
         # openai/CLIP's model alone keeps input_resolution, context_length and vocab_size in its state dict
         # (the release archives), and a layout whose library builds every CLIP by openai's rule (PASSL)
         # holds no other: such a file is of the openai family, whatever else shares its shapes
-        family, fixed, rule = None, None, getattr(layout, "FIXED", None)
+        family, fixed, rule = None, None, layout.fixed and layout.fixed.rule
         if all(k in tensors for k in layouts.HUB.ARCHIVE_ENTRIES):
             family = ("openai", "openai/CLIP's archive entries")
         elif rule is not None:
             family = ("openai", f"the {name} layout, whose library builds openai's CLIP only")
         if rule is not None:  # what its library computes from shapes no registry entry names
-            fixed = (rule, f"the {name} layout: {layout.LIBRARY} builds every CLIP with {layout.FIXED_TEXT}")
+            fixed = (rule, f"the {name} layout: {layout.fixed.library} builds every CLIP with {layout.fixed.text}")
         resolved, source = resolve_config(shapes, stored, config, path, stored_from, sha256, family, fixed)
     except (StateDictError, ConfigError) as e:
         message = str(e)

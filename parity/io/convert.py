@@ -90,7 +90,7 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
     source = open_input(src)  # before the output checks: a missing input is the first thing to say
     try:  # on success the source stays open: what was written can be made again (Saved.tensors)
         target, fmt = target_of(Path(out) if out is not None else Path(src), to, layout, None)
-        out = Path(out) if out is not None else default_output(Path(src), fmt, target.NAME)
+        out = Path(out) if out is not None else default_output(Path(src), fmt, target.name)
         # the input, inside it or around it (the checkpoint, a config file): refused, `force` or not
         refuse_overlap(out, src, config if isinstance(config, (str, os.PathLike)) else None)
         if os.path.lexists(out) and not force:

@@ -94,11 +94,11 @@ def _cast(plan: dict[str, Planned], dtype: str | None) -> dict[str, Planned]:
 
 def _target(ck: Checkpoint, layout, fmt: str, dtype: str | None) -> tuple[Target, Record | None]:
     """The tensors to write, and the record (None where the target is the hub, which needs none)."""
-    if layout.NAME == layouts.HUB.NAME:
+    if layout.name == layouts.HUB.NAME:
         return Target(_cast(ck.hub_plan(), dtype), False), None
-    default = "float32" if layout.FRAMEWORK == "paddle" else None  # Paddle computes float32 on a CPU
+    default = "float32" if layout.framework == "paddle" else None  # Paddle computes float32 on a CPU
     # the hub as a plan: each hub tensor is made (and its source tensors read) only when its target is
-    plan, record = layouts.rows.from_hub(ck.hub_plan(), layout.KEYMAP, None if dtype == "keep" else dtype or default)
+    plan, record = layouts.rows.from_hub(ck.hub_plan(), layout.keymap, None if dtype == "keep" else dtype or default)
     return Target(plan, fmt == "pdparams"), record
 
 
@@ -198,7 +198,7 @@ def check_written(written: Source, fmt: str, tensors: Mapping, record: dict | No
 
 
 def _metadata(ck: Checkpoint, layout: str, recorded: str | None) -> dict[str, str]:
-    meta = {"format": "pt" if layouts.get(layout).FRAMEWORK == "torch" else "paddle",
+    meta = {"format": "pt" if layouts.get(layout).framework == "torch" else "paddle",
             META_PREFIX + "layout": layout, META_PREFIX + "version": __version__,
             META_PREFIX + "model": str(ck.name), META_PREFIX + "source_file": ck.path.name if ck.path else "",
             META_PREFIX + "source_sha256": ck.sha256 or ""}
@@ -222,14 +222,14 @@ def target_of(path: Path, to: str | None, layout: str | None, fmt: str | None) -
     if layout is None:
         layout = "paddle" if fmt == "pdparams" else "openai"
     target = layouts.get("openai" if layout == "torch" else layout)
-    fmt = fmt or target.FORMAT
+    fmt = fmt or target.format
     if fmt not in FORMATS:
         raise CheckpointError(f"{path}: unknown file format; use one of {', '.join(FORMATS)}")
-    if (fmt, target.FRAMEWORK) in (("pt", "paddle"), ("pdparams", "torch")):
+    if (fmt, target.framework) in (("pt", "paddle"), ("pdparams", "torch")):
         raise CheckpointError(f"a {fmt} file holds a {'torch' if fmt == 'pt' else 'Paddle'} layout, not "
-                              f"{target.NAME}; safetensors holds any")
-    if (fmt == "folder") != (target.FORMAT == "folder"):
-        raise CheckpointError(f"the {target.NAME} layout is written as {'a folder' if target.FORMAT == 'folder' else 'a file'}")
+                              f"{target.name}; safetensors holds any")
+    if (fmt == "folder") != (target.format == "folder"):
+        raise CheckpointError(f"the {target.name} layout is written as {'a folder' if target.format == 'folder' else 'a file'}")
     return target, fmt
 
 
@@ -249,20 +249,10 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if dtype not in (None, *DTYPES):
         raise CheckpointError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     target, fmt = target_of(path, to, layout, format)
-    if ck.config.text.kind not in getattr(target, "TEXT_KINDS", ("clip",)):
-        raise CheckpointError(f"the {target.NAME} layout holds CLIP's own text tower, not a {ck.config.text.kind.upper()} "
-                              "(Chinese-CLIP's): write openai or paddle")
-    kinds = getattr(target, "BERT_KINDS", target.KINDS) if ck.config.text.is_bert else target.KINDS
-    if ck.config.vision.kind not in kinds:
-        raise CheckpointError(f"the {target.NAME} layout holds {' and '.join(kinds)} image towers"
-                              f"{' beside a BERT' if ck.config.text.is_bert else ''}, not a {ck.config.vision.kind}")
-    fixed = getattr(target, "FIXED", None)
-    if fixed is not None and ck.config.complete and fixed(ck.config.shapes()) != ck.config:
-        raise CheckpointError(f"{target.LIBRARY} builds every CLIP with {target.FIXED_TEXT}, and this model "
-                              f"({ck.name or ck.config.describe()}) differs: a {target.NAME} file would load there "
-                              "and compute something else; write a layout whose config file says it (paddle, "
-                              "paddlenlp, hf)")
-    wrap = getattr(target, "WRAP", None) if fmt == "pdparams" else None
+    refused = target.refuses(ck.config, ck.name)
+    if refused:
+        raise CheckpointError(refused)
+    wrap = target.wrap if fmt == "pdparams" else None
     tensors, record = _target(ck, target, fmt, dtype)
     if record is None and fmt == "pt":  # the hub needs no record for its tensors, but the config travels too
         record = Record()
@@ -280,7 +270,7 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
             elif fmt == "pt":
                 torch_zip.write(f, tensors, text)
             else:
-                safetensors.write(f, tensors, _metadata(ck, target.NAME, text()))
+                safetensors.write(f, tensors, _metadata(ck, target.name, text()))
 
     def check(written: Source):
         recorded = text()
@@ -292,7 +282,7 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
     if fmt == "folder":
         return _save_folder(ck, path, target, tensors, text, before_naming, force)
     size = atomic_write(path, write, check, force=force)
-    return Saved(path, tensors, target.NAME, fmt, size)
+    return Saved(path, tensors, target.name, fmt, size)
 
 
 def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Callable[[], str | None],
@@ -300,14 +290,15 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
     """A `from_pretrained` folder: config.json (which needs the whole config), the weights (checked as a
     file is), parity's record where the weights file has no room for it, and the layout's other files."""
     config = ck.require_config()
-    config_name = getattr(target, "CONFIG_FILE", "config.json")
+    folder = target.folder
+    config_name = folder.config_file
     # a folder written in its own layout keeps what only its library reads (hf's text token ids)
-    source_json = ck.library_config if ck.layout == target.NAME else None
-    config_json = json.dumps(target.config_to_json(config, source_json), indent=2).encode()
-    if target.WEIGHTS.endswith(".safetensors"):
+    source_json = ck.library_config if ck.layout == target.name else None
+    config_json = json.dumps(folder.config_to_json(config, source_json), indent=2).encode()
+    if folder.weights.endswith(".safetensors"):
         def weights(f):
             with tensors.streaming():
-                safetensors.write(f, tensors, _metadata(ck, target.NAME, text()))
+                safetensors.write(f, tensors, _metadata(ck, target.name, text()))
         fmt = "safetensors"
     else:
         def weights(f):  # a library loads this file strictly: the record goes into parity.json
@@ -322,11 +313,10 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
         if before_naming is not None:
             before_naming()
 
-    files = [(config_name, lambda f: f.write(config_json), None), (target.WEIGHTS, weights, check_weights)]
+    files = [(config_name, lambda f: f.write(config_json), None), (folder.weights, weights, check_weights)]
     if fmt == "pdparams" and text() is not None:
         files.append(("parity.json", lambda f: f.write(text().encode()), None))
-    if hasattr(target, "extra_files"):
-        files += [(name, lambda f, data=data: f.write(data), None)
-                  for name, data in target.extra_files(config, ck.vocab_file).items()]
+    files += [(name, lambda f, data=data: f.write(data), None)
+              for name, data in folder.extra_files(config, ck.vocab_file).items()]
     size = atomic_folder(path, files, force=force)
-    return Saved(path, tensors, target.NAME, "folder", size)
+    return Saved(path, tensors, target.name, "folder", size)

@@ -4,28 +4,27 @@ conversion goes through the hub, so any-to-any round trips are bit-exact.
 """
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Mapping
 
 from ..config.schema import ConfigError
 from . import hf, open_clip, openai, paddle, paddleclip, paddlenlp, passl, keymap as rows
+from .base import Fixed, Folder, Layout
 from .keymap import KeyMap, Planned, Record, Row, StateDictError, check_keys
 
-LAYOUTS: dict[str, ModuleType] = {m.NAME: m for m in (openai, paddle, paddleclip, passl, hf, paddlenlp, open_clip)}
-HUB = openai
+LAYOUTS: dict[str, Layout] = {m.LAYOUT.name: m.LAYOUT for m in (openai, paddle, paddleclip, passl, hf, paddlenlp, open_clip)}
+HUB = openai  # the hub's module: its key names and shapes for any config, and the config its shapes give
 
 
-def get(name: str) -> ModuleType:
+def get(name: str) -> Layout:
     try:
         return LAYOUTS[name]
     except KeyError:
         raise ConfigError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}") from None
 
 
-def holds(layout: ModuleType, config) -> bool:
+def holds(layout: Layout, config) -> bool:
     """Whether `layout` has a place for this CLIP's towers (an image tower kind, a text tower kind)."""
-    kinds = getattr(layout, "BERT_KINDS", layout.KINDS) if config.text.is_bert else layout.KINDS
-    return config.vision.kind in kinds and config.text.kind in getattr(layout, "TEXT_KINDS", ("clip",))
+    return layout.holds_config(config)
 
 
 def detect(keys) -> str:
@@ -44,9 +43,9 @@ def shapes_of(state, name: str):
     """The shapes-only config of a state dict in layout `name`, its keys checked against it (sorted
     missing / unexpected / mis-shaped lists): StateDictError or ConfigError."""
     layout = get(name)
-    shapes = HUB.infer(layout.KEYMAP.hub_shapes({k: v.shape for k, v in state.items()}))
-    optional = HUB.ARCHIVE_ENTRIES if layout is HUB else ()
-    check_keys(state, layout.KEYMAP.layout_shapes(HUB.shapes(shapes)), f"{layout.NAME} state dict", optional)
+    shapes = HUB.infer(layout.keymap.hub_shapes({k: v.shape for k, v in state.items()}))
+    optional = HUB.ARCHIVE_ENTRIES if name == HUB.NAME else ()
+    check_keys(state, layout.keymap.layout_shapes(HUB.shapes(shapes)), f"{layout.name} state dict", optional)
     return shapes
 
 
@@ -55,7 +54,7 @@ def to_layout(hub: Mapping, name: str, dtype: str | None = "float32") -> tuple[d
     place for. Into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
     shapes_of(hub, HUB.NAME)
     layout = get(name)
-    plan, record = rows.from_hub(hub, layout.KEYMAP, dtype if layout.FRAMEWORK == "paddle" else None)
+    plan, record = rows.from_hub(hub, layout.keymap, dtype if layout.framework == "paddle" else None)
     return {k: p() for k, p in plan.items()}, record
 
 
@@ -65,10 +64,10 @@ def to_hub(state: Mapping, name: str, record: Record | None = None,
     without one, hub-only tensors get defaults (BatchNorm counters 0, with `archive_entries` the archive
     entries from the shapes) and the notes say so."""
     shapes = shapes_of(state, name)
-    plan, notes = rows.to_hub(state, get(name).KEYMAP, HUB.shapes(shapes), record,
+    plan, notes = rows.to_hub(state, get(name).keymap, HUB.shapes(shapes), record,
                               HUB.defaults(shapes, archive_entries))
     return {k: p() for k, p in plan.items()}, notes
 
 
-__all__ = ["HUB", "LAYOUTS", "KeyMap", "Planned", "Record", "Row", "StateDictError", "check_keys", "detect", "get",
+__all__ = ["HUB", "LAYOUTS", "Fixed", "Folder", "KeyMap", "Layout", "Planned", "Record", "Row", "StateDictError", "check_keys", "detect", "get",
            "holds", "shapes_of", "to_hub", "to_layout"]

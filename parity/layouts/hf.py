@@ -14,13 +14,11 @@ import json
 
 from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real, section
 from ..config import cn_clip as chinese_clip
+from .base import Folder, Layout, resnet_unheld
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "hf", "torch"
 FILES = "folder: config.json + model.safetensors (read too: pytorch_model.bin, shards), tokenizer and processor files"
-KINDS = ("vit",)
-TEXT_KINDS = ("clip", "bert")
-FORMAT = "folder"
 WEIGHTS = "model.safetensors"
 NO_RESNET = "transformers' CLIPModel has no ResNet image tower"
 
@@ -82,7 +80,7 @@ def config_to_json(config: Config, source: dict | None = None) -> dict:
     path), exactly as openai/CLIP does, whatever the input (with 49407, at the first end-of-text token,
     which is the same where the text has one). `source`: the config.json of a folder in this layout that
     the model was read from, whose token ids are kept. A BERT text tower: a ChineseCLIPConfig."""
-    if config.text.is_bert:
+    if config.text.kind == "bert":
         return chinese_clip.config_to_json(config)
     v, t = config.vision, config.text
     return keep_token_ids({
@@ -136,7 +134,7 @@ def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     Chinese-CLIP, BertTokenizer's from its WordPiece vocabulary (`vocab_file`, else cn_clip's)."""
     from ..text.bpe import hf_tokenizer_files
 
-    if config.text.is_bert:
+    if config.text.kind == "bert":
         return {**chinese_clip.tokenizer_files(config, vocab_file, "BertTokenizer"),
                 "preprocessor_config.json": chinese_clip.processor_file(config)}
     v = config.vision
@@ -150,3 +148,8 @@ def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     files = {name: data for name, data in hf_tokenizer_files(config.text.context_length).items()}
     files["preprocessor_config.json"] = json.dumps(processor, indent=2).encode()
     return files
+
+
+LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
+                holds={"clip": ("vit",), "bert": ("vit",)}, unheld=resnet_unheld(NAME, NO_RESNET),
+                folder=Folder(WEIGHTS, config_to_json, config_from_json, extra_files=extra_files))

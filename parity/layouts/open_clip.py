@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real
 from .openai import ARCHIVE_ENTRIES
+from .base import Folder, Layout, resnet_unheld
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "open_clip", "torch"
 FILES = "folder: open_clip_config.json + open_clip_model.safetensors (read too: open_clip_pytorch_model.bin)"
-KINDS = ("vit",)
-FORMAT = "folder"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS = "open_clip_model.safetensors"
 NO_RESNET = "parity registers open_clip's ViT CLIPs only; give a ResNet as an openai-layout file"
@@ -159,3 +158,8 @@ def refusal(keys) -> str | None:
     if "visual.proj" in keys and "visual.ln_pre.weight" not in keys and "visual.transformer.resblocks.0.ln_1.weight" in keys:
         return "a ViT without ln_pre (open_clip's CLIPA), not a CLIP that parity computes"
     return None
+
+
+LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
+                holds={"clip": ("vit",)}, unheld=resnet_unheld(NAME, NO_RESNET), foreign=refusal,
+                folder=Folder(WEIGHTS, config_to_json, config_from_json, config_file=CONFIG_FILE))

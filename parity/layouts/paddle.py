@@ -7,13 +7,11 @@ Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and no `num_ba
 from __future__ import annotations
 
 from .openai import ARCHIVE_ENTRIES
+from .base import Layout
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddle", "paddle"
 FILES = "Paddle .pdparams (parity's record under 'parity@@extras'), or safetensors"
-KINDS = ("vit", "resnet")
-TEXT_KINDS = ("clip", "bert")
-FORMAT = "pdparams"
 
 ROWS = (
     # transformer blocks of both towers: the hub fuses q, k, v into one [3D, D] in_proj
@@ -41,3 +39,7 @@ def detect(keys) -> bool:
     if "bert.embeddings.word_embeddings.weight" in keys:  # Chinese-CLIP's towers
         return vit or "visual.bn1._mean" in keys
     return vit and "token_embedding.weight" in keys and "visual.attnpool.attn.q_proj.weight" not in keys
+
+
+LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pdparams", keymap=KEYMAP, detect=detect,
+                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")})

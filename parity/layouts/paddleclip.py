@@ -6,14 +6,13 @@ so a ViT file is read as `paddle`; writing `paddleclip` gives the same keys. Fil
 from __future__ import annotations
 
 from . import openai, paddle
+from .base import Fixed, Layout
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddleclip", "paddle"
 FILES = "Paddle .pdparams (paddle.load + set_state_dict into paddleclip's CLIP)"
-KINDS = ("vit", "resnet")
-FORMAT = "pdparams"
 # its model takes no config that says heads, activation or eps: it builds them by openai's rule
-LIBRARY, FIXED, FIXED_TEXT = "paddleclip's CLIP", openai.rule, "QuickGELU, 64-wide heads, LayerNorm eps 1e-5 and a 4x MLP"
+LIBRARY, FIXED_TEXT = "paddleclip's CLIP", "QuickGELU, 64-wide heads, LayerNorm eps 1e-5 and a 4x MLP"
 
 ROWS = (
     # the pool's output projection is the attention's out_proj; q, k, v sit under .attn
@@ -28,3 +27,7 @@ KEYMAP = KeyMap(ROWS)
 
 def detect(keys) -> bool:
     return "visual.attnpool.attn.q_proj.weight" in keys
+
+
+LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pdparams", keymap=KEYMAP, detect=detect,
+                fixed=Fixed(LIBRARY, openai.rule, FIXED_TEXT))

@@ -16,14 +16,11 @@ from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integ
 from ..config import cn_clip as chinese_clip
 from . import hf
 from .openai import ARCHIVE_ENTRIES
+from .base import Folder, Layout
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddlenlp", "paddle"
 FILES = "folder: config.json + model_state.pdparams (read too: shards), parity.json"
-KINDS = ("vit", "resnet")
-TEXT_KINDS = ("clip", "bert")
-BERT_KINDS = ("vit",)  # ChineseCLIPModel's image tower is a ViT
-FORMAT = "folder"
 WEIGHTS = "model_state.pdparams"
 EPS = 1e-5  # nn.LayerNorm's and nn.TransformerEncoderLayer's default, which PaddleNLP's CLIP always uses
 
@@ -89,7 +86,7 @@ def config_to_json(config: Config, source: dict | None = None) -> dict:
     """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does;
     `source`, a PaddleNLP folder's config.json the model was read from, keeps its own)."""
     v, t = config.vision, config.text
-    if t.is_bert:
+    if t.kind == "bert":
         if v.eps != EPS:
             raise ConfigError(f"PaddleNLP's ChineseCLIP computes its image tower's LayerNorms with eps {EPS}, "
                               f"whatever its config says; this model's vision.eps is {v.eps}")
@@ -100,7 +97,7 @@ def config_to_json(config: Config, source: dict | None = None) -> dict:
                               f"this model's {name}.eps is {eps}, so the paddlenlp layout cannot hold it")
     vision = {"model_type": "clip_vision_model", "hidden_size": v.width, "image_size": v.image_size,
               "num_attention_heads": v.heads, "num_channels": 3, "layer_norm_eps": EPS}
-    if v.is_vit:
+    if v.kind == "vit":
         vision.update({"num_hidden_layers": v.layers, "intermediate_size": v.mlp_width, "patch_size": v.patch_size,
                        "hidden_act": v.activation})
     else:
@@ -154,7 +151,12 @@ def config_from_json(data: dict) -> Config:
 
 def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     """For a Chinese-CLIP, what `ChineseCLIPTokenizer` and `ChineseCLIPProcessor.from_pretrained` read."""
-    if not config.text.is_bert:
+    if not config.text.kind == "bert":
         return {}
     return {**chinese_clip.tokenizer_files(config, vocab_file, "ChineseCLIPTokenizer"),
             "preprocessor_config.json": chinese_clip.processor_file(config)}
+
+
+LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
+                holds={"clip": ("vit", "resnet"), "bert": ("vit",)},  # ChineseCLIPModel's image tower is a ViT
+                folder=Folder(WEIGHTS, config_to_json, config_from_json, extra_files=extra_files))

@@ -10,14 +10,13 @@ complete.
 from __future__ import annotations
 
 from . import openai
+from .base import Fixed, Layout, resnet_unheld
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "passl", "paddle"
 FILES = "Paddle .pdparams of {'state_dict': {'model.<key>': ...}} (CLIPWrapper.set_state_dict)"
-KINDS = ("vit",)
-FORMAT = "pdparams"
 # its model takes no config that says heads, activation or eps: it builds them by openai's rule
-LIBRARY, FIXED, FIXED_TEXT = "PASSL's CLIP", openai.rule, "QuickGELU, 64-wide heads, LayerNorm eps 1e-5 and a 4x MLP"
+LIBRARY, FIXED_TEXT = "PASSL's CLIP", "QuickGELU, 64-wide heads, LayerNorm eps 1e-5 and a 4x MLP"
 WRAP = ("state_dict", "model.")  # the file's tensors sit under this key, each name behind this prefix
 NO_RESNET = "PASSL keeps a ResNet's attention-pool positional embedding outside its state dict, so its files are incomplete"
 
@@ -55,3 +54,8 @@ KEYMAP = KeyMap(ROWS)
 
 def detect(keys) -> bool:
     return any(k.endswith("attn.qkv.weight") for k in keys) and "token_embedding.weight" in keys
+
+
+LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pdparams", keymap=KEYMAP, detect=detect,
+                holds={"clip": ("vit",)}, unheld=resnet_unheld(NAME, NO_RESNET),
+                fixed=Fixed(LIBRARY, openai.rule, FIXED_TEXT), wrap=WRAP)

@@ -211,7 +211,8 @@ class VisionTransformer(nn.Layer):
         self.input_resolution = v.image_size
         self.conv1 = nn.Conv2D(3, v.width, v.patch_size, stride=v.patch_size, bias_attr=False)
         self.class_embedding = self.create_parameter([v.width])
-        self.positional_embedding = self.create_parameter([v.grid * v.grid + 1, v.width])
+        grid = v.image_size // v.patch_size
+        self.positional_embedding = self.create_parameter([grid * grid + 1, v.width])
         self.ln_pre = nn.LayerNorm(v.width, epsilon=v.eps)
         self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, v.activation, v.eps)
         self.ln_post = nn.LayerNorm(v.width, epsilon=v.eps)
@@ -334,6 +335,52 @@ def causal_mask(length: int):
     return paddle.triu(paddle.full([length, length], float("-inf")), diagonal=1)
 
 
+def vit(config: Config) -> nn.Layer:
+    return VisionTransformer(config.vision, config.embed_dim)
+
+
+def resnet(config: Config) -> nn.Layer:
+    v = config.vision
+    return ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
+
+
+def clip_text(model: nn.Layer, t: TextConfig, embed_dim: int) -> None:
+    # CLIP's own text tower, under openai/CLIP's top-level names (its state dict has no text prefix)
+    model.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
+                                    causal_mask(t.context_length))
+    model.token_embedding = nn.Embedding(t.vocab_size, t.width)
+    model.positional_embedding = model.create_parameter([t.context_length, t.width])
+    model.ln_final = nn.LayerNorm(t.width, epsilon=t.eps)
+    model.text_projection = model.create_parameter([t.width, embed_dim])
+
+
+def encode_clip_text(model: nn.Layer, text):
+    x = model.token_embedding(text).astype(model.dtype)  # [N, L, D]
+    x = x + model.positional_embedding.astype(model.dtype)
+    x = model.ln_final(model.transformer(x))
+    # the end-of-text token has the highest id in each sequence: its output is the text feature
+    eot = text.argmax(axis=-1)  # [N]
+    x = paddle.take_along_axis(x, eot.reshape([-1, 1, 1]).expand([-1, 1, x.shape[-1]]), axis=1)[:, 0]
+    return paddle.matmul(x, model.text_projection)
+
+
+def bert_text(model: nn.Layer, t: TextConfig, embed_dim: int) -> None:
+    model.bert = Bert(t)
+    model.text_projection = model.create_parameter([t.width, embed_dim])
+
+
+def encode_bert_text(model: nn.Layer, text):
+    # the [CLS] token's output is the text feature
+    return paddle.matmul(model.bert(text)[:, 0, :], model.text_projection)
+
+
+# tower kind (parity.towers) -> how this file builds it: image towers as `visual`; text towers put their
+# layers on the CLIP under the checkpoint's own names, and encode through it
+VISION = {"vit": vit, "resnet": resnet}
+TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text)}
+BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, "Bottleneck": Bottleneck, "BertLayer": BertLayer}
+
+
 class CLIP(nn.Layer):
     """Built from a complete Config: every width, head count, activation and eps comes from it.
     `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole."""
@@ -341,23 +388,11 @@ class CLIP(nn.Layer):
     def __init__(self, config: Config, towers=("image", "text")):
         super().__init__()
         self.config = config
-        v, t = config.vision, config.text
         if "image" in towers:
-            if v.is_vit:
-                self.visual = VisionTransformer(v, config.embed_dim)
-            else:
-                self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
-        self.context_length = t.context_length
-        if "text" in towers and t.is_bert:
-            self.bert = Bert(t)
-            self.text_projection = self.create_parameter([t.width, config.embed_dim])
-        elif "text" in towers:
-            self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
-                                           causal_mask(t.context_length))
-            self.token_embedding = nn.Embedding(t.vocab_size, t.width)
-            self.positional_embedding = self.create_parameter([t.context_length, t.width])
-            self.ln_final = nn.LayerNorm(t.width, epsilon=t.eps)
-            self.text_projection = self.create_parameter([t.width, config.embed_dim])
+            self.visual = VISION[config.vision.kind](config)
+        self.context_length = config.text.context_length
+        if "text" in towers:
+            TEXT[config.text.kind][0](self, config.text, config.embed_dim)
         self.logit_scale = self.create_parameter([1])
 
     @property
@@ -370,15 +405,7 @@ class CLIP(nn.Layer):
 
     @materialized_views
     def encode_text(self, text):
-        if self.config.text.is_bert:  # the [CLS] token's output is the text feature
-            return paddle.matmul(self.bert(text)[:, 0, :], self.text_projection)
-        x = self.token_embedding(text).astype(self.dtype)  # [N, L, D]
-        x = x + self.positional_embedding.astype(self.dtype)
-        x = self.ln_final(self.transformer(x))
-        # the end-of-text token has the highest id in each sequence: its output is the text feature
-        eot = text.argmax(axis=-1)  # [N]
-        x = paddle.take_along_axis(x, eot.reshape([-1, 1, 1]).expand([-1, 1, x.shape[-1]]), axis=1)[:, 0]
-        return paddle.matmul(x, self.text_projection)
+        return TEXT[self.config.text.kind][1](self, text)
 
     @materialized_views
     def forward(self, image, text):

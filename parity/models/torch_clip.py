@@ -173,7 +173,8 @@ class VisionTransformer(nn.Module):
         self.input_resolution = v.image_size
         self.conv1 = nn.Conv2d(3, v.width, v.patch_size, stride=v.patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.empty(v.width))
-        self.positional_embedding = nn.Parameter(torch.empty(v.grid * v.grid + 1, v.width))
+        grid = v.image_size // v.patch_size
+        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, v.width))
         self.ln_pre = LayerNorm(v.width, eps=v.eps)
         self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, v.activation, v.eps)
         self.ln_post = LayerNorm(v.width, eps=v.eps)
@@ -306,6 +307,50 @@ def causal_mask(length: int) -> torch.Tensor:
     return torch.full((length, length), float("-inf"), device="cpu").triu_(1)
 
 
+def vit(config: Config) -> nn.Module:
+    return VisionTransformer(config.vision, config.embed_dim)
+
+
+def resnet(config: Config) -> nn.Module:
+    v = config.vision
+    return ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
+
+
+def clip_text(model: nn.Module, t: TextConfig, embed_dim: int) -> None:
+    # CLIP's own text tower, under openai/CLIP's top-level names (its state dict has no text prefix)
+    model.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
+                                    causal_mask(t.context_length))
+    model.token_embedding = nn.Embedding(t.vocab_size, t.width)
+    model.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+    model.ln_final = LayerNorm(t.width, eps=t.eps)
+    model.text_projection = nn.Parameter(torch.empty(t.width, embed_dim))
+
+
+def encode_clip_text(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
+    x = model.token_embedding(text).type(model.dtype)  # [N, L, D]
+    x = x + model.positional_embedding.type(model.dtype)
+    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
+    x = model.ln_final(x).type(model.dtype)
+    # the end-of-text token has the highest id in each sequence: its output is the text feature
+    return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ model.text_projection
+
+
+def bert_text(model: nn.Module, t: TextConfig, embed_dim: int) -> None:
+    model.bert = Bert(t)
+    model.text_projection = nn.Parameter(torch.empty(t.width, embed_dim))
+
+
+def encode_bert_text(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
+    return model.bert(text)[:, 0, :] @ model.text_projection  # the [CLS] token's output is the text feature
+
+
+# tower kind (parity.towers) -> how this file builds it: image towers as `visual`; text towers put their
+# modules on the CLIP under the checkpoint's own names, and encode through it
+VISION = {"vit": vit, "resnet": resnet}
+TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text)}
+BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, "Bottleneck": Bottleneck, "BertLayer": BertLayer}
+
+
 class CLIP(nn.Module):
     """Built from a complete Config: every width, head count, activation and eps comes from it.
     `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole."""
@@ -313,23 +358,11 @@ class CLIP(nn.Module):
     def __init__(self, config: Config, towers=("image", "text")):
         super().__init__()
         self.config = config
-        v, t = config.vision, config.text
         if "image" in towers:
-            if v.is_vit:
-                self.visual = VisionTransformer(v, config.embed_dim)
-            else:
-                self.visual = ModifiedResNet(v.layers, config.embed_dim, v.heads, v.image_size, v.width)
-        self.context_length = t.context_length
-        if "text" in towers and t.is_bert:
-            self.bert = Bert(t)
-            self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
-        elif "text" in towers:
-            self.transformer = Transformer(t.width, t.layers, t.heads, t.mlp_width, t.activation, t.eps,
-                                           causal_mask(t.context_length))
-            self.token_embedding = nn.Embedding(t.vocab_size, t.width)
-            self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
-            self.ln_final = LayerNorm(t.width, eps=t.eps)
-            self.text_projection = nn.Parameter(torch.empty(t.width, config.embed_dim))
+            self.visual = VISION[config.vision.kind](config)
+        self.context_length = config.text.context_length
+        if "text" in towers:
+            TEXT[config.text.kind][0](self, config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.empty(()))
 
     @property
@@ -340,14 +373,7 @@ class CLIP(nn.Module):
         return self.visual(image.type(self.dtype))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        if self.config.text.is_bert:  # the [CLS] token's output is the text feature
-            return self.bert(text)[:, 0, :] @ self.text_projection
-        x = self.token_embedding(text).type(self.dtype)  # [N, L, D]
-        x = x + self.positional_embedding.type(self.dtype)
-        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
-        x = self.ln_final(x).type(self.dtype)
-        # the end-of-text token has the highest id in each sequence: its output is the text feature
-        return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection
+        return TEXT[self.config.text.kind][1](self, text)
 
     def forward(self, image: torch.Tensor, text: torch.Tensor):
         return self.logits(self.encode_image(image), self.encode_text(text))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.formats.atomic import atomic_write, write_bytes
+from .. import towers
 from ..config import registry
 from ..config.schema import Config
 from ..layouts import HUB
@@ -47,8 +48,7 @@ def family_of(config: Config) -> str:
 
 def _std(key: str, shape: tuple, config: Config) -> float:
     """Standard deviation of the normal draw for a weight-like tensor (fan-in scaling)."""
-    if key in ("token_embedding.weight", "bert.embeddings.word_embeddings.weight",
-               "bert.embeddings.position_embeddings.weight", "bert.embeddings.token_type_embeddings.weight"):
+    if key in towers.text(config).embeddings:
         return 0.02
     if key == "positional_embedding":
         return 0.01
@@ -144,7 +144,7 @@ def make_state_dict(model: str | Config, seed: int = 0) -> dict:
 
     config = config_of(model)
     state = _draw(config, seed)
-    if not config.vision.is_vit:
+    if towers.vision(config).calibrated:
         _calibrate(config, state, seed)
     family = family_of(config)
     return {k: v.to(getattr(torch, release_dtype(k, family))) for k, v in state.items()}
@@ -209,7 +209,7 @@ def write_safetensors(model: str | Config, path, seed: int = 0) -> int:
     from ..io.save import Target
 
     config = config_of(model)
-    if not config.vision.is_vit:
+    if towers.vision(config).calibrated:
         raise ValueError("write_safetensors draws ViTs only (a ResNet's BatchNorm statistics need calibrating)")
     plan = {k: Planned(partial(_planned_draw, k, tuple(shape), config, seed), np.dtype(np.float32), tuple(shape))
             for k, shape in HUB.shapes(config).items()}

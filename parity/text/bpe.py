@@ -104,28 +104,14 @@ def default_tokenizer() -> Tokenizer:
     return Tokenizer()
 
 
-def tokenize(texts: str | Iterable[str], context_length: int | None = None, truncate: bool = False,
-             model=None) -> np.ndarray:
-    """Token ids of shape (len(texts), context_length), int64, as `clip.tokenize` makes them; for a `model`
-    (a Config or a registered name) with a BERT text tower, as Chinese-CLIP's `cn_clip.clip.tokenize`
-    does (`parity.text.wordpiece`). The context defaults to the model's (77 without one).
-
-    Each row is <|startoftext|>, the text's BPE ids, <|endoftext|>, then zeros. A text too long for the
-    context raises ValueError unless `truncate`, which cuts it and puts <|endoftext|> last (Chinese-CLIP's
-    tokenizer always cuts, keeping [SEP] last).
+def tokenize(texts: str | Iterable[str], context_length: int | None = None, truncate: bool = False) -> np.ndarray:
+    """Token ids of shape (len(texts), context_length), int64, as `clip.tokenize` makes them (context 77
+    by default). Each row is <|startoftext|>, the text's BPE ids, <|endoftext|>, then zeros. A text too
+    long for the context raises ValueError unless `truncate`, which cuts it and puts <|endoftext|> last.
 
     >>> tokenize(["a photo of a cat", "a dog"]).shape
     (2, 77)
-    >>> tokenize("一张猫的照片", model="cn_clip/ViT-B-16").shape
-    (1, 52)
     """
-    if model is not None:
-        from ..config import registry
-        config = registry.get(model).config if isinstance(model, str) else model
-        context_length = context_length or config.text.context_length
-        if config.text.is_bert:
-            from .wordpiece import tokenize as wordpiece
-            return wordpiece(texts, context_length)
     context_length = context_length or 77
     tok = default_tokenizer()
     texts = [texts] if isinstance(texts, str) else list(texts)

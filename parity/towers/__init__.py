@@ -1,0 +1,52 @@
+"""Tower kinds as plug-ins: one module per kind, each ending in `TOWER = ...` (see `base.py` for the
+contract). A config's `vision.kind` and `text.kind` are keys into `REGISTRY`; parity asks the tower, and
+never tests a kind.
+
+To add a kind: a module here, its row in `REGISTRY`, its classes in both model files (`parity/models`,
+registered under the same kind), and its registry entries.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from . import bert, clip_text, resnet, vit
+from .base import TextTower, Tower, VisionTower
+
+# part -> kind -> tower, in the order a config's kind is listed to the user
+REGISTRY: dict[str, dict[str, Tower]] = {
+    "vision": {t.kind: t for t in (vit.TOWER, resnet.TOWER)},
+    "text": {t.kind: t for t in (clip_text.TOWER, bert.TOWER)},
+}
+# where a state dict has no tower's telltale key, the error names the keys of this kind
+FALLBACK = {"vision": "resnet", "text": "clip"}
+
+
+def get(part: str, kind: str) -> Tower:
+    """The tower of `kind` for `part` ("vision" or "text"); ConfigError naming the known kinds."""
+    try:
+        return REGISTRY[part][kind]
+    except KeyError:
+        raise ConfigError(f"{part}.kind is {kind!r}: use {' or '.join(map(repr, REGISTRY[part]))}") from None
+
+
+def vision(config) -> VisionTower:
+    """The image tower of a Config (or of its vision part)."""
+    return get("vision", getattr(config, "vision", config).kind)
+
+
+def text(config) -> TextTower:
+    """The text tower of a Config (or of its text part)."""
+    return get("text", getattr(config, "text", config).kind)
+
+
+def of(config) -> tuple[VisionTower, TextTower]:
+    return vision(config), text(config)
+
+
+def holding(part: str, hub) -> Tower:
+    """The tower kind whose telltale key the hub key set holds."""
+    towers = REGISTRY[part]
+    return next((t for t in towers.values() if t.kind != FALLBACK[part] and t.telltale in hub),
+                towers[FALLBACK[part]])
+
+
+__all__ = ["REGISTRY", "TextTower", "Tower", "VisionTower", "get", "holding", "of", "text", "vision"]
