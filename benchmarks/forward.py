@@ -41,7 +41,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     captions = list(SAMPLES.values())
     if args.framework in ("paddle-inference", "onnx"):
-        from parity.exporter.core import runner
+        from parity.exporter import runner
 
         class Exported:  # the runtime's callables, as the frameworks' models are called
             encode_image, encode_text = (runner(args.export, args.framework, t) for t in ("image", "text"))

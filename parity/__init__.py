@@ -6,7 +6,7 @@ from .io.checkpoint import Checkpoint, load  # noqa: E402
 from .config.schema import Config, ConfigError, TextConfig, VisionConfig  # noqa: E402
 from .io.convert import convert  # noqa: E402
 from .errors import CheckpointError, ParityError  # noqa: E402
-from .exporter.core import export, verify_export  # noqa: E402
+from .exporter import export, verify_export  # noqa: E402
 from .harness.inputs import preprocess  # noqa: E402
 from .io.save import save  # noqa: E402
 

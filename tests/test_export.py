@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import parity
 from parity.config import registry
 from parity.cli import main
-from parity.exporter.core import _paddle_graph, runner
+from parity.exporter import paddle_graph, runner
 from parity.harness.inputs import sample_set
 from parity.models.build import torch_model
 from parity.testing.synthetic import cached_state_dict, release_archive
@@ -96,7 +96,7 @@ def test_a_swapped_parameters_file_fails_verify_export(exports, tmp_path):
     ck = parity.load(source)
     state = ck.in_layout("paddle").state_dict
     state["text_projection"] = state["text_projection"] * np.float32(1.01)  # a fine-tune: another model, same shapes
-    _paddle_graph(state, ck.config, "text", tmp_path)
+    paddle_graph(state, ck.config, "text", tmp_path)
     os.unlink(swapped / "text.pdiparams")
     shutil.copy(tmp_path / "text.pdiparams", swapped / "text.pdiparams")
     result = CliRunner().invoke(main, ["verify-export", str(swapped)])

@@ -185,14 +185,14 @@ def test_a_graph_that_asks_for_gigabytes_stops_at_the_runtimes_memory_bound(tiny
 def test_a_runtime_that_dies_or_hangs_is_one_error(tiny):
     import importlib
 
-    export = importlib.import_module("parity.export")
+    export = importlib.import_module("parity.exporter.runtime")
     x = canonical_inputs(32)[0]
-    with export._Runtime(tiny["onnx"], "onnx", ["image", "text"]) as runtime:
+    with export.Runtime(tiny["onnx"], "onnx", ["image", "text"]) as runtime:
         assert runtime.run("image", x, 32).shape == (1, 32)
         runtime.proc.kill()
         with pytest.raises(export.ExportError, match=r"runtime's process died \(killed by SIGKILL\) on the image"):
             runtime.run("image", x, 32)
-    with export._Runtime(tiny["onnx"], "onnx", ["image", "text"]) as runtime:
+    with export.Runtime(tiny["onnx"], "onnx", ["image", "text"]) as runtime:
         runtime.deadline = 1.0
         os.kill(runtime.proc.pid, signal.SIGSTOP)  # a runtime that never answers
         with pytest.raises(export.ExportError, match=r"did not answer within 1 s on the image tower"):
@@ -436,13 +436,13 @@ def test_swapped_onnx_towers_are_one_line_and_exit_2(tiny, tmp_path):
 def test_paddle_inference_runs_in_a_bounded_process_without_torch(tiny, tmp_path):
     import importlib
 
-    export = importlib.import_module("parity.export")
+    export = importlib.import_module("parity.exporter.runtime")
     out = tiny["paddle"]()
     result = run("verify-export", out, tiny["A"], "--config", tiny["config"])
     assert result.exit_code == 0 and "PASS against checkpoint" in result.output, result.output
     assert manifest(out)["runtime"]["onednn"] == {"image": True, "text": False}
     x = canonical_inputs(32)[0]
-    with export._Runtime(out, "paddle-inference", ["image", "text"]) as runtime:
+    with export.Runtime(out, "paddle-inference", ["image", "text"]) as runtime:
         assert runtime.run("image", x, 32).shape == (1, 32)
         maps = Path(f"/proc/{runtime.proc.pid}/maps").read_text()
         limits = Path(f"/proc/{runtime.proc.pid}/limits").read_text()
