@@ -1,5 +1,5 @@
 """parity: matching PyTorch and PaddlePaddle CLIP, checkpoint conversion between layouts, numerical proof."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .api import load_model, logits, tokenize, verify  # noqa: E402
 from .io.checkpoint import Checkpoint, load  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .errors import ParityError, printable
 from .harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from . import layouts as layout_registry

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from parity.errors import CheckpointError, OutputExistsError
-from parity.io.formats import atomic
+from parity.io.formats import atomic, renameat2
 from parity.io.formats.source import FileSource
 
 MODES = [pytest.param(False, id="unnamed-tmpfile"), pytest.param(True, id="named-fallback")]
@@ -113,14 +113,14 @@ def test_output_swapped_for_a_symlink_as_it_is_named_is_an_error(place, named, m
     """The swap right after the naming: parity says the output is not its folder (as atomic_write does)."""
     parent, attacker = place
     out = parent / "out"
-    real = atomic._rename2
+    real = atomic.rename2
 
     def rename2(folder, old, new, flags):
         real(folder, old, new, flags)
         os.rename(out, parent / "stolen")
         os.symlink(attacker, out)
 
-    monkeypatch.setattr(atomic, "_rename2", rename2)
+    monkeypatch.setattr(atomic, "rename2", rename2)
     with pytest.raises(CheckpointError, match="another process replaced or removed the output"):
         atomic.atomic_folder(out, files())
     assert content(attacker) == {"theirs.txt": b"attacker"}
@@ -131,7 +131,7 @@ def test_output_swapped_for_a_symlink_as_it_is_named_is_an_error(place, named, m
 def naming(request, monkeypatch):
     """renameat2, and the fallback where the C library has none."""
     if request.param == "without-renameat2":
-        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+        monkeypatch.setattr(renameat2, "RENAMEAT2", None)
     return request.param
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from parity import layouts
 from parity.config import registry
-from parity.io.checkpoint import resolve_config
-from parity.config.schema import Config, ConfigError, read_config_file
+from parity.config.resolve import read_config_file, resolve_config
+from parity.config.schema import Config, ConfigError
 from conftest import config_of, shape_dict
 
 # name -> (embed, res, vision layers, width, patch, text w/h/l, params in M)

@@ -109,16 +109,15 @@ def test_no_layout_is_read_by_attribute_name():
     assert not hits, hits
 
 
-# where a tower kind's name may stand: its tower module, the model classes, the registry entries and the
-# layouts' rows and library configs (keyed by kind)
-BERT_PLACES = {"towers/bert.py", "towers/__init__.py", "models/torch_clip.py", "models/paddle_clip.py",
-               "config/registry.py", "config/cn_clip.py", "layouts/openai.py", "layouts/paddle.py", "layouts/hf.py",
-               "layouts/paddlenlp.py", "layouts/base.py"}
+# where a tower kind's name may stand: the towers, the model classes, the registry entries (and the
+# Chinese-CLIP config files they read), the layouts' rows
+BERT_PLACES = ("towers/", "layouts/", "models/torch_clip.py", "models/paddle_clip.py", "config/registry.py",
+               "config/cn_clip.py")
 
 
 def test_no_module_tests_a_tower_kind():
     hits = sorted(f"{p.relative_to(PACKAGE)}:{i}: {line.strip()}" for p in PACKAGE.rglob("*.py")
-                  if str(p.relative_to(PACKAGE)) not in BERT_PLACES
+                  if not str(p.relative_to(PACKAGE)).startswith(BERT_PLACES)
                   for i, line in enumerate(p.read_text().splitlines(), 1) if "bert" in line)
     assert not hits, "\n".join(hits)
     kind_tests = sorted(f"{p.relative_to(PACKAGE)}:{i}: {line.strip()}" for p in PACKAGE.rglob("*.py")

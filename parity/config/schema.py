@@ -8,13 +8,11 @@ naming the field.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError, ParityError
 from .. import towers
 from .parts import TextConfig, VisionConfig
-from ..io.formats import bounded_json
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 # the fields that may be None: unknown until given (heads, activation, eps, a BERT's context), or another
@@ -141,21 +139,4 @@ def section(data: Mapping, key: str, defaults: Mapping):
     return values, lambda name: integer(values[name], f"{key}.{name}")
 
 
-def read_config_file(path: Path) -> Config:
-    """A config from a JSON file in `Config.to_dict`'s form (`parity info --json` shows a file's as
-    config_fields, with null for what is unknown), or such an object under a "config" key; or open_clip's
-    own: a model config (model_configs/NAME.json) or a hub folder's open_clip_config.json."""
-    try:
-        data = bounded_json.read(path, bounded_json.CONFIG)
-    except ParityError as e:  # a FIFO, a device, too large, too many values, too deep, not JSON
-        raise ConfigError(str(e)) from None
-    try:
-        if "vision_cfg" in data or "model_cfg" in data:
-            from ..layouts import open_clip
-            return open_clip.config_from_model_cfg(data.get("model_cfg", data))
-        return Config.from_dict(data.get("config", data))
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-__all__ = ["ACTIVATIONS", "Config", "ConfigError", "TextConfig", "VisionConfig", "read_config_file"]
+__all__ = ["ACTIVATIONS", "Config", "ConfigError", "TextConfig", "VisionConfig"]

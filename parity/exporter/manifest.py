@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, layouts
+from .. import layouts
+from ..version import __version__
 from ..errors import ParityError
 from ..io.formats import bounded_json
 from ..io.formats.source import FileSource, sha256

@@ -452,7 +452,7 @@ def versions() -> dict:
 
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     paddle = import_paddle()
     return {"parity": __version__, "torch": torch.__version__, "paddle": paddle.__version__,
             "numpy": np.__version__, "python": platform.python_version()}

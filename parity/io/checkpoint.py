@@ -23,17 +23,18 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .. import layouts
+from .. import towers as kinds
 from ..config import registry
-from ..config.schema import Config, ConfigError, read_config_file
+from ..config.resolve import given_config, resolve_config
+from ..config.schema import Config, ConfigError
 from ..errors import CheckpointError, ConfigMissingError
 from .formats import FORMAT_NAMES, RawCheckpoint, Stored, bounded_json
+from .content import read_array
+from .content import parse_record, strip_prefixes, tensors_of, unwrap
 from .formats.folders import open_input
 from .formats.pdparams import EXTRAS_KEY
 from ..layouts import Planned, Record, StateDictError, check_keys
 
-PADDLE_NAME_TABLE = "StructuredToParameterName@@"  # paddle.save's own entry: structured name -> variable name
-WRAPPERS = ("state_dict", "model")  # {'state_dict': ...} (Chinese-CLIP, PASSL), {'model': ...}
-PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, wrapper modules, torch.compile
 META_PREFIX = "parity."  # safetensors metadata keys
 
 
@@ -67,10 +68,11 @@ class Checkpoint:
 
     @property
     def vocab_file(self) -> Path | None:
-        """The WordPiece vocabulary in the checkpoint's folder (`vocab.txt`), where it has one: any entry of
-        that name (a FIFO or a link to a device is refused when read, never passed over for another)."""
-        if self.path is not None and self.path.is_dir() and os.path.lexists(self.path / "vocab.txt"):
-            return self.path / "vocab.txt"
+        """The text tower's vocabulary in the checkpoint's folder (a BERT's `vocab.txt`), where it has one:
+        any entry of that name (a FIFO or a link to a device is refused when read, never passed over)."""
+        name = kinds.text(self.config).vocabulary
+        if name and self.path is not None and self.path.is_dir() and os.path.lexists(self.path / name):
+            return self.path / name
         return None
 
     @property
@@ -104,7 +106,7 @@ class Checkpoint:
     def hub_plan(self) -> dict[str, Planned]:
         """The hub (openai) state dict, each tensor made when asked for, in the source's own dtypes."""
         if self.layout == layouts.HUB.NAME:
-            return {k: Planned(lambda v=v: _array(v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
+            return {k: Planned(lambda v=v: read_array(v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
         layout = layouts.get(self.layout)
         plan, notes = layouts.rows.to_hub(self.state_dict, layout.KEYMAP, layouts.HUB.shapes(self.config),
                                           self.record, layouts.HUB.defaults(self.config))
@@ -120,7 +122,7 @@ class Checkpoint:
     def hub_state(self) -> dict[str, np.ndarray]:
         """The hub state dict, with the source's own dtypes and hub-only tensors."""
         if self.layout == layouts.HUB.NAME:
-            return {k: _array(v) for k, v in self.state_dict.items()}
+            return {k: read_array(v) for k, v in self.state_dict.items()}
         return {k: p() for k, p in self.hub_plan().items()}
 
     def plan_in(self, name: str, dtype: str | None = "float32") -> dict[str, Planned]:
@@ -131,7 +133,7 @@ class Checkpoint:
         if target.name == self.layout:
             def wanted(v):
                 return np.dtype(cast) if cast and v.dtype.kind == "f" else v.dtype
-            return {k: Planned(lambda v=v: _array(v), wanted(v), tuple(v.shape)) for k, v in self.state_dict.items()}
+            return {k: Planned(lambda v=v: read_array(v), wanted(v), tuple(v.shape)) for k, v in self.state_dict.items()}
         hub = self.hub_plan()
         if target.name == layouts.HUB.NAME:
             return hub
@@ -151,84 +153,7 @@ class Checkpoint:
         return replace(self, state_dict={k: p() for k, p in plan.items()}, layout=name, record=record)
 
 
-def _fits(entries) -> str:
-    # "ViT-B/32 (quick_gelu), ViT-B-32 (gelu)"
-    return ", ".join(f"{e.name} ({e.config.vision.activation or e.config.text.activation})" for e in entries)
-
-
-def _array(a) -> np.ndarray:
-    return a.read() if isinstance(a, Stored) else a
-
-
 # ---------------------------------------------------------------- reading
-def _as_array(value) -> np.ndarray | Stored | None:
-    if isinstance(value, Stored):
-        return value
-    if isinstance(value, (np.ndarray, np.generic)):
-        return np.asarray(value)
-    # paddle.save stores a tensor inside a nested container as (variable name, array)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], np.ndarray):
-        return value[1]
-    return None
-
-
-def _unwrap(content, path) -> tuple[dict, list[str]]:
-    """The state dict inside the wrappers (parity's record found beside a wrapper is kept with it)."""
-    unwrapped: list[str] = []
-    record = None
-    while isinstance(content, Mapping) and not all(_as_array(v) is not None or k in (EXTRAS_KEY, PADDLE_NAME_TABLE)
-                                                   for k, v in content.items()):
-        wrapper = next((w for w in WRAPPERS if isinstance(content.get(w), Mapping)), None)
-        if wrapper is None:
-            break
-        record = content.get(EXTRAS_KEY, record)
-        beside = sorted(str(k) for k in content if k not in (wrapper, EXTRAS_KEY))
-        unwrapped.append(f"wrapper {wrapper!r}" + (f" (not read beside it: {', '.join(beside)})" if beside else ""))
-        content = content[wrapper]
-    if not isinstance(content, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state dict")
-    content = dict(content)
-    if record is not None and EXTRAS_KEY not in content:
-        content[EXTRAS_KEY] = record
-    return content, unwrapped
-
-
-def _tensors(content: dict, path, notes: list[str]) -> tuple[dict, dict | None]:
-    tensors, record = {}, None
-    for key, value in content.items():
-        if key == PADDLE_NAME_TABLE:  # Paddle's own bookkeeping, no tensor: dropped on purpose
-            notes.append(f"dropped Paddle's {PADDLE_NAME_TABLE} name table")
-        elif key == EXTRAS_KEY:
-            record = parse_record(value, path)
-        elif not isinstance(key, str):
-            raise CheckpointError(f"{path}: key {key!r} is not a string")
-        elif _as_array(value) is None:
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; parity "
-                                  f"unwraps {' and '.join(map(repr, WRAPPERS))} only: extract the state dict first")
-        else:
-            tensors[key] = _as_array(value)
-    return tensors, record
-
-
-def parse_record(value, path) -> dict:
-    """parity's record (a JSON object in a string), through the bounded JSON reader, or CheckpointError."""
-    if not isinstance(value, (str, bytes)):
-        raise CheckpointError(f"{path}: parity's record ({EXTRAS_KEY}) is a {type(value).__name__}, not JSON text")
-    return bounded_json.loads(value, bounded_json.RECORD, path)
-
-
-def _strip_prefixes(tensors: dict, unwrapped: list[str]) -> dict:
-    stripped = True
-    while stripped and tensors:
-        stripped = False
-        for prefix in PREFIXES:
-            if all(k.startswith(prefix) for k in tensors):
-                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-                unwrapped.append(f"prefix {prefix!r}")
-                stripped = True
-    return tensors
-
-
 def _record(data: dict | None, config: Config, layout, path) -> Record | None:
     if data is None:
         return None
@@ -245,18 +170,6 @@ def _record(data: dict | None, config: Config, layout, path) -> Record | None:
     if misshaped:
         raise CheckpointError(f"{path}: parity's record holds buffers of the wrong shape: {', '.join(misshaped[:8])}")
     return record
-
-
-def given_config(value) -> tuple[Config, str]:
-    """A config the caller gives: a Config, a registered name, or a JSON file's path; and how to name it."""
-    if isinstance(value, Config):
-        value.validate()
-        return value, "given"
-    text = str(value)
-    if text.endswith(".json") or Path(text).is_file():
-        return read_config_file(Path(text)), f"given: {Path(text).name}"
-    entry = registry.get(text)
-    return entry.config, f"given: {entry.name}"
 
 
 def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple[Config | None, str]:
@@ -297,73 +210,6 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
         raise CheckpointError(f"{path}: parity's record contradicts {name} ({e})") from None
 
 
-def resolve_config(shapes: Config, metadata: Config | None, given, path,
-                   metadata_source: str = "the file's own record", sha256=None,
-                   family: str | None = None, fixed: tuple | None = None) -> tuple[Config, str]:
-    """The config of a checkpoint whose tensors say `shapes`: its metadata's, else the registry's (the
-    entry these shapes name; where they fit entries of different configs, the one of the `family`
-    (name, what says it) that the file says it is of, or the one whose release file this is by
-    `sha256()`, which is called only then),
-    else, for a layout whose library builds every CLIP by one rule, `fixed` (rule, what says it),
-    else the given one; a given config must agree with whichever was found."""
-    found, source = None, "unknown"
-    if metadata is not None:
-        metadata.check_shapes(shapes, f"{path}'s tensors")
-        found, source = metadata, metadata_source
-    else:
-        entry, fits = registry.config_by_shapes(shapes)
-        how = "its shapes"
-        if entry is None and fits and family is not None:
-            entry, fits = registry.config_by_shapes(shapes, family[0])
-            how = f"its shapes and {family[1]}"
-        if entry is not None:
-            found, source = entry.config, f"registry: {entry.name} (by {how})"
-        elif fits:
-            release = registry.by_sha256(sha256()) if sha256 is not None else None
-            if release in fits:
-                found, source = release.config, f"registry: {release.name} (by its SHA-256)"
-            else:
-                source = f"ambiguous: the shapes fit {_fits(fits)}"
-        if found is None and fixed is not None:  # a layout whose library builds every CLIP by one rule
-            try:
-                ruled = fixed[0](shapes)
-                ruled.validate()
-                ruled.check_shapes(shapes)
-                found, source = ruled, fixed[1]
-            except ConfigError:
-                pass  # shapes its library cannot build (heads of 64 that do not divide the width, ...)
-    if given is not None:
-        config, named = given_config(given)
-        try:
-            config.check_shapes(shapes, f"{path}'s tensors")
-            if found is not None:
-                config.check_shapes(found, f"the file's config ({source})")
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        if found is None:
-            found, source = config, named
-        elif not found.complete:
-            found, source = found.filled(config), f"{source}, {', '.join(found.missing())} {named}"
-    elif found is not None and not found.complete:
-        found, source = _from_registry(found, source)
-    return found or shapes, source
-
-
-def _from_registry(config: Config, source: str) -> tuple[Config, str]:
-    """A file's config short of what no library config says (a BERT's context), completed by the
-    registry entries it agrees with, where they all complete it alike."""
-    filled = {}
-    for entry in registry.by_shapes(config.shapes()):
-        try:
-            filled.setdefault(config.filled(entry.config), []).append(entry.name)
-        except ConfigError:
-            continue
-    if len(filled) != 1:
-        return config, source
-    (complete, names), = filled.items()
-    return complete, f"{source}, {', '.join(config.missing())} from registry: {', '.join(names)}"
-
-
 def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
     """A Checkpoint from what a reader returned: unwrapped, its layout detected, checked, its config found.
 
@@ -371,10 +217,10 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
     `sha256`: a callable giving the file's SHA-256, asked only where the shapes fit registered models of
     different configs (a release file is known by its hash).
     """
-    content, unwrapped = _unwrap(raw.content, path)
+    content, unwrapped = unwrap(raw.content, path)
     notes = list(raw.notes)
-    tensors, record = _tensors(content, path, notes)
-    tensors = _strip_prefixes(tensors, unwrapped)
+    tensors, record = tensors_of(content, path, notes)
+    tensors = strip_prefixes(tensors, unwrapped)
     if raw.metadata.get(META_PREFIX + "extras"):
         record = parse_record(raw.metadata[META_PREFIX + "extras"], path)
     refused = next(filter(None, (layout.foreign(tensors) for layout in layouts.LAYOUTS.values())), None)
@@ -437,7 +283,7 @@ def load(path, layout: str | None = None, config=None) -> Checkpoint:
         digest = pool.submit(source.sha256, (), stop)  # beside reading: hashlib releases the GIL
         try:
             ck = from_raw(source.read(), Path(path), config, digest.result)
-            ck.state_dict = {k: _array(v) for k, v in ck.state_dict.items()}  # each read (and checked) once
+            ck.state_dict = {k: read_array(v) for k, v in ck.state_dict.items()}  # each read (and checked) once
             ck.sha256 = digest.result()
             source.check_unchanged()
         except BaseException:

@@ -15,7 +15,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .checkpoint import Checkpoint, _array, from_raw, given_config
+from ..config.resolve import given_config
+from .checkpoint import Checkpoint, from_raw
+from .content import read_array
 from ..errors import NonFiniteError, OutputExistsError
 from .formats.folders import open_input, refuse_overlap
 from .save import FORMATS, Saved, save, target_of
@@ -65,7 +67,7 @@ def _has_nonfinite(v: np.ndarray, chunk: int = 1 << 20) -> bool:
 
 def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
     """Keys of floating tensors holding NaN or Inf (a Stored tensor is read, checked and dropped)."""
-    return sorted(k for k, v in state.items() if v.dtype.kind == "f" and v.size and _has_nonfinite(_array(v)))
+    return sorted(k for k, v in state.items() if v.dtype.kind == "f" and v.size and _has_nonfinite(read_array(v)))
 
 
 def default_output(src: Path, fmt: str, layout: str) -> Path:

@@ -19,8 +19,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .. import __version__, layouts
-from .checkpoint import META_PREFIX, Checkpoint, _tensors, _unwrap, parse_record
+from .. import layouts
+from ..version import __version__
+from .checkpoint import META_PREFIX, Checkpoint
+from .content import parse_record, tensors_of, unwrap
 from ..errors import CheckpointError
 from .formats import Source, Stored, contiguous, pdparams, read, safetensors, torch_zip
 from .formats.atomic import atomic_folder, atomic_write
@@ -171,7 +173,7 @@ def _compare(written: Source, fmt: str, tensors: Mapping, record: dict | None,
     if fmt == "pdparams":
         return _compare_pdparams(written, tensors, record, wrap)
     raw = read(written)
-    got, got_record = _tensors(_unwrap(raw.content, written.name)[0], written.name, [])
+    got, got_record = tensors_of(unwrap(raw.content, written.name)[0], written.name, [])
     if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
         got_record = parse_record(raw.metadata[META_PREFIX + "extras"], written.name)
     bad = sorted(set(got) ^ set(tensors))

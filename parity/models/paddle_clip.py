@@ -7,42 +7,15 @@ Paddle cannot compute in float16 on the CPU: load float32 weights.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 from ..config.schema import Config, TextConfig, VisionConfig
 from .frameworks import import_paddle
+from .paddle_ops import Linear, materialized_views
 
 paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
 import paddle.nn.functional as F  # noqa: E402
 from paddle import nn  # noqa: E402
-
-
-def materialized_views(method):
-    """Run `method` with Paddle's strided views off: with them on (Paddle 3's default), a matmul of a
-    transposed tensor first copies it element by element, and the attention's 4-D transposes cost 30x a
-    real transpose on a CPU (a ViT block 1.5x slower than torch's). Values are the same either way."""
-    @functools.wraps(method)
-    def run(*args, **kwargs):
-        flag = "FLAGS_use_stride_kernel"
-        before = paddle.get_flags([flag])[flag]
-        paddle.set_flags({flag: False})
-        try:
-            return method(*args, **kwargs)
-        finally:
-            paddle.set_flags({flag: before})
-    return run
-
-
-class Linear(nn.Linear):
-    """nn.Linear with the bias added inside the GEMM (addmm), as torch's F.linear does: Paddle's own runs a
-    matmul and then a separate add, up to 25% slower on a CPU. Same parameters, same state dict keys."""
-
-    def forward(self, x):
-        shape = x.shape
-        # [..., in] -> [M, in] -> [M, out] -> [..., out]
-        y = paddle.addmm(self.bias, x.reshape([-1, shape[-1]]), self.weight)
-        return y.reshape(shape[:-1] + [self.weight.shape[1]])
 
 
 class Bottleneck(nn.Layer):

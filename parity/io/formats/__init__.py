@@ -10,25 +10,11 @@ from __future__ import annotations
 
 import pickle
 import struct
-from dataclasses import dataclass, field
 from typing import Callable
 
 from ...errors import CheckpointError
+from .raw import FORMAT_NAMES, RawCheckpoint
 from .source import BytesSource, FileSource, Source, Stored, contiguous, materialize, open_source
-
-FORMAT_NAMES = {"torchscript": "TorchScript archive", "torch": "torch pickle in a zip (torch.save)",
-                "pdparams": "Paddle pickle (.pdparams)", "safetensors": "safetensors"}
-
-
-@dataclass
-class RawCheckpoint:
-    format: str  # a key of FORMAT_NAMES
-    content: object  # what the file holds: (nested) containers of numpy arrays and Stored tensors
-    metadata: dict = field(default_factory=dict)  # safetensors header metadata
-    notes: list = field(default_factory=list)
-    entries: list = field(default_factory=list)  # (name, offset, length, CRC-32) of each stored zip entry
-    stored_bytes: int | None = None  # the tensors' bytes as stored, each tensor counted where it appears
-
 
 def sniff(source: Source) -> str:
     """'zip', 'pickle' or 'safetensors', from the first bytes; CheckpointError for anything else."""

@@ -26,7 +26,6 @@ out (see the CLI).
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ...errors import CheckpointError, OutputExistsError
+from .renameat2 import RENAME_EXCHANGE, RENAME_NOREPLACE, NoRenameat2, remove_entry, rename2, same_entry
 from .source import FileSource, Source, holds_input
 
 TEMP = re.compile(r"\.parity-(\d+)-[0-9a-f]{12}\.tmp")
@@ -236,57 +236,6 @@ def write_bytes(path, data: bytes, force: bool = True) -> None:
     atomic_write(path, lambda f: f.write(data), force=force)
 
 
-RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # <linux/fs.h>
-
-
-def _load_renameat2():
-    """libc's renameat2 (glibc 2.28 and later), or None: Python has no binding for it."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_RENAMEAT2 = _load_renameat2()
-
-
-class _NoRenameat2(Exception):
-    """renameat2, or the flag asked for, is not there (the C library, the kernel or the filesystem)."""
-
-
-def _rename2(folder: int, old: str, new: str, flags: int) -> None:
-    """renameat2 of `old` to `new`, both in `folder`: OSError as os.rename raises it, _NoRenameat2 where
-    renameat2 or `flags` is not supported."""
-    if _RENAMEAT2 is None:
-        raise _NoRenameat2
-    if _RENAMEAT2(folder, os.fsencode(old), folder, os.fsencode(new), flags) == 0:
-        return
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # an old kernel, or a filesystem without the flag
-        raise _NoRenameat2
-    raise OSError(code, os.strerror(code), old, None, new)
-
-
-def _same_entry(name: str, folder: int, info: os.stat_result) -> bool:
-    """Whether `name` in `folder` is (not links to) the file or folder `info` describes."""
-    try:
-        return os.path.samestat(os.stat(name, dir_fd=folder, follow_symlinks=False), info)
-    except FileNotFoundError:
-        return False
-
-
-def _remove_entry(name: str, folder: int) -> None:
-    """Remove `name` in `folder`, a folder with everything in it or any other entry, never following a
-    symlink (rmtree with dir_fd walks by descriptors)."""
-    if stat.S_ISDIR(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode):
-        shutil.rmtree(name, dir_fd=folder)
-    else:
-        os.unlink(name, dir_fd=folder)
-
-
 def _make_staging(parent: int, path: Path) -> tuple[str, int, os.stat_result]:
     """A new folder in `parent` under a fresh temporary name, open: (its name, its descriptor, its fstat).
     It is made 0700 (no other user can add to it while it is built) and opened once, without following
@@ -319,7 +268,7 @@ def _make_staging(parent: int, path: Path) -> tuple[str, int, os.stat_result]:
         if folder >= 0:
             os.close(folder)
         # the folder made is removed where its name still is it (it is empty): never what took its place
-        if made is not None and stat.S_ISDIR(made.st_mode) and _same_entry(temp, parent, made):
+        if made is not None and stat.S_ISDIR(made.st_mode) and same_entry(temp, parent, made):
             try:
                 os.rmdir(temp, dir_fd=parent)
             except OSError:
@@ -337,7 +286,7 @@ def _name_folder(parent: int, temp: str, name: str, held: os.stat_result, path: 
     RENAME_EXCHANGE swaps the two atomically, so the name never goes missing and never points elsewhere.
     Returns the temporary name the replaced entry now has (the caller removes it), or None."""
     for _ in range(8):
-        if not _same_entry(temp, parent, held):  # the staging name was moved or swapped for something else
+        if not same_entry(temp, parent, held):  # the staging name was moved or swapped for something else
             raise _replaced(path)
         try:
             before = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -347,17 +296,17 @@ def _name_folder(parent: int, temp: str, name: str, held: os.stat_result, path: 
             raise OutputExistsError(f"{path} already exists (it appeared while parity wrote); nothing was written")
         try:
             if before is None:
-                _rename2(parent, temp, name, RENAME_NOREPLACE)
+                rename2(parent, temp, name, RENAME_NOREPLACE)
                 return None
-            _rename2(parent, temp, name, RENAME_EXCHANGE)
+            rename2(parent, temp, name, RENAME_EXCHANGE)
             # the replaced entry now bears the temporary name: removed only if it is the entry that was
             # at the output (never something a racing process put there since)
-            return temp if _same_entry(temp, parent, before) else None
+            return temp if same_entry(temp, parent, before) else None
         except FileExistsError:  # the output appeared since it was looked at
             continue
         except FileNotFoundError:  # the output went away since it was looked at (or `temp` did: checked next)
             continue
-        except _NoRenameat2:
+        except NoRenameat2:
             return _name_folder_without_renameat2(parent, temp, name, path, force)
     raise CheckpointError(f"{path}: the output kept changing while parity named it; nothing was written")
 
@@ -409,11 +358,11 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
         os.fchmod(folder, 0o777 & ~_umask())  # a new folder's usual mode, now that it is complete
         old = _name_folder(parent, temp, path.name, held, path, force)
         temp = None  # named: no longer a staging folder to remove
-        if not _same_entry(path.name, parent, held):
+        if not same_entry(path.name, parent, held):
             raise CheckpointError(f"{path}: another process replaced or removed the output as parity named it; "
                                   "what is there now is not parity's folder")
         if old is not None:  # the replaced entry, removed without following any symlink in it
-            _remove_entry(old, parent)
+            remove_entry(old, parent)
         return size
     except OSError as e:
         raise CheckpointError(f"{path}: writing failed ({e.strerror or e}); nothing was written") from None
@@ -423,10 +372,10 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
             # written are removed through the descriptor, which reaches parity's folder wherever another
             # process moved it, then the folder by name only where that name still is parity's folder
             # (rmdir removes nothing but an empty folder, and never follows a symlink).
-            if temp is not None and not _same_entry(path.name, parent, held):
+            if temp is not None and not same_entry(path.name, parent, held):
                 for name in written:
                     _unlink(name, folder)
-                if _same_entry(temp, parent, held):
+                if same_entry(temp, parent, held):
                     try:
                         os.rmdir(temp, dir_fd=parent)
                     except OSError:

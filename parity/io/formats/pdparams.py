@@ -16,6 +16,7 @@ import numpy as np
 
 from ...errors import CheckpointError, UnsafeCheckpointError
 from . import unpickler
+from .raw import RawCheckpoint
 from .source import Source, Stored
 
 EXTRAS_KEY = "parity@@extras"  # parity's reserved entry in a .pdparams, beside Paddle's own "...@@" entries
@@ -117,7 +118,6 @@ class _Visiting(NumpyUnpickler):
 def read(source: Source, visit: Callable | None = None):
     """The pickle's content, arrays as numpy arrays. `visit` is given each array as it is read and returns
     what stands for it (a check that holds one array at a time)."""
-    from . import RawCheckpoint
 
     f = source.window()
     content = unpickler.load(_Visiting(f, visit) if visit else NumpyUnpickler(f), f, source.size)

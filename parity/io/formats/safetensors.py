@@ -16,8 +16,9 @@ import numpy as np
 
 from ...errors import CheckpointError
 from . import bounded_json
+from .raw import RawCheckpoint
 from .source import Source, Stored
-from .torch_zip import made, spec
+from .torch_zip import made, spec, tensor_bytes
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
@@ -41,7 +42,6 @@ def _ints(value, what: str, name: str) -> list[int]:
 
 def read(source: Source):
     """The file's tensors, each a `Stored` (read when used), and its metadata."""
-    from . import RawCheckpoint
 
     start, header = _header(source)
     metadata = header.pop("__metadata__", None) or {}
@@ -85,7 +85,6 @@ _NAMES = {np.dtype(v): k for k, v in DTYPES.items() if v != "bfloat16"}
 def write(f, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
     """safetensors as the library writes it: a JSON header (padded to 8 bytes), then each tensor's bytes,
     widest dtype first so that every tensor is aligned; written one tensor at a time."""
-    from .torch_zip import _bytes
 
     specs = {k: spec(tensors, k) for k in tensors}
     order = sorted(specs, key=lambda k: (-specs[k][0].itemsize, k))
@@ -100,4 +99,4 @@ def write(f, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> Non
     text += b" " * (-len(text) % 8)
     f.write(struct.pack("<Q", len(text)) + text)
     for key in order:
-        f.write(_bytes(made(tensors, key, *specs[key])))
+        f.write(tensor_bytes(made(tensors, key, *specs[key])))

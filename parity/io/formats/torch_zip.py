@@ -17,118 +17,22 @@ import pickle
 import struct
 import sys
 import zipfile
-import zlib
-from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from collections import OrderedDict
 from typing import Callable, Mapping
 
 import numpy as np
 
 from ...errors import CheckpointError
 from . import bounded_json, unpickler
+from .archive import Archive, Entry, ScriptObject
+from .raw import RawCheckpoint
 from .source import Source, Stored, contiguous
+from .torchscript import Declarations, script_state
 
 STORAGES = {"FloatStorage": "float32", "HalfStorage": "float16", "DoubleStorage": "float64",
             "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
             "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool"}
-_LOCAL_HEADER = 30
 RECORD_ENTRY = "parity.json"  # parity's record (config, source, dtypes) beside data.pkl in a zip it writes
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    start: int  # offset of its (maybe compressed) bytes in the file
-    length: int  # bytes in the file
-    size: int  # bytes once inflated
-    crc: int
-    deflated: bool
-
-
-class Archive:
-    """A zip archive's entries, checked against each other and against the file's size."""
-
-    def __init__(self, source: Source):
-        self.source = source
-        try:
-            with zipfile.ZipFile(source.window()) as z:
-                infos = z.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError,
-                OverflowError, struct.error, UnicodeDecodeError) as e:
-            raise CheckpointError(f"a zip archive that is truncated or corrupt ({_first_line(e)})") from None
-        twice = sorted(n for n, c in Counter(i.filename for i in infos).items() if c > 1)
-        if twice:
-            raise CheckpointError(f"the zip archive holds {Counter(i.filename for i in infos)[twice[0]]} entries "
-                                  f"named {twice[0]!r}: which one is meant is ambiguous (torch reads the first, "
-                                  "zipfile the last), so parity reads none")
-        self.entries: dict[str, Entry] = {}
-        spans = []
-        for info in infos:
-            if info.flag_bits & 0x1:
-                raise CheckpointError(f"entry {info.filename!r} is encrypted")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise CheckpointError(f"entry {info.filename!r} uses zip compression method {info.compress_type}")
-            header = source.pread(info.header_offset, _LOCAL_HEADER) if 0 <= info.header_offset <= \
-                source.size - _LOCAL_HEADER else b""
-            if header[:4] != b"PK\x03\x04":
-                raise CheckpointError(f"entry {info.filename!r} has no local header where the directory points: "
-                                      "truncated or corrupt")
-            name_length, extra_length = struct.unpack("<HH", header[26:30])
-            start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
-            if start + info.compress_size > source.size:
-                raise CheckpointError(f"entry {info.filename!r} reaches past the end of the file: truncated")
-            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-                raise CheckpointError(f"stored entry {info.filename!r} has two different sizes: corrupt")
-            if source.pread(info.header_offset + _LOCAL_HEADER, name_length) != _encoded(info):
-                raise CheckpointError(f"entry {info.filename!r} is named differently in its local header: corrupt")
-            self.entries[info.filename] = Entry(info.filename, start, info.compress_size, info.file_size, info.CRC,
-                                                info.compress_type == zipfile.ZIP_DEFLATED)
-            spans.append((info.header_offset, start + info.compress_size, info.filename))
-        spans.sort()
-        for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
-            if begin < end:
-                raise CheckpointError(f"entries {a!r} and {b!r} overlap in the file: one set of bytes read as "
-                                      "two, which no zip writer makes")
-        self.inflated = 0  # bytes inflated so far: never more than the file's own size
-
-    def read(self, name: str, limit: int | None = None) -> bytes:
-        """An entry's bytes, CRC-32 checked; an inflated entry counts against the file's size."""
-        entry = self.entries[name]
-        if limit is not None and entry.size > limit:
-            raise CheckpointError(f"entry {name!r} holds {entry.size} bytes, more than the {limit} it may")
-        if not entry.deflated:
-            data = self.source.pread(entry.start, entry.length)
-        else:
-            if self.inflated + entry.size > self.source.size:
-                raise CheckpointError(f"entry {name!r} would inflate the archive beyond its own size "
-                                      f"({self.source.size} bytes): a zip bomb, or not a torch file")
-            inflater = zlib.decompressobj(-15)
-            try:
-                data = inflater.decompress(self.source.pread(entry.start, entry.length), entry.size)
-            except zlib.error as e:
-                raise CheckpointError(f"entry {name!r} does not inflate ({e})") from None
-            if len(data) != entry.size or inflater.unconsumed_tail:
-                raise CheckpointError(f"entry {name!r} inflates to another size than its directory says: corrupt")
-            self.inflated += entry.size
-        if zlib.crc32(data) != entry.crc:
-            raise CheckpointError(f"entry {name!r} fails its CRC-32 check: corrupt")
-        return data
-
-    def stored(self, name: str) -> Entry:
-        entry = self.entries[name]
-        if entry.deflated:
-            raise CheckpointError(f"entry {name!r} is compressed, and torch writes tensors uncompressed: "
-                                  "re-save the checkpoint with torch.save")
-        return entry
-
-
-def _encoded(info: zipfile.ZipInfo) -> bytes:
-    return info.filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0][:120] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 # ---------------------------------------------------------------- data.pkl
@@ -188,16 +92,6 @@ def _parameter(data, *_ignored):  # nn.Parameter -> its data
 
 def _same(value, *_ignored):
     return value
-
-
-class ScriptObject:
-    """A TorchScript object as plain data: its class name and its attribute dict."""
-
-    qualname = ""
-    state = None
-
-    def __setstate__(self, state):
-        self.state = state
 
 
 class TorchUnpickler(unpickler.Restricted):
@@ -266,8 +160,6 @@ def _prefix(archive: Archive) -> str:
 
 def read(source: Source):
     """A torch zip checkpoint's content, each tensor a `Stored` (read when used)."""
-    from . import RawCheckpoint
-    from .torchscript import Declarations, script_state
 
     archive = Archive(source)
     prefix = _prefix(archive)
@@ -358,7 +250,7 @@ def _entry(archive: zipfile.ZipFile, file, name: str, data: bytes | memoryview) 
         w.write(data)
 
 
-def _bytes(a: np.ndarray) -> memoryview:
+def tensor_bytes(a: np.ndarray) -> memoryview:
     """A C-ordered array's memory as flat bytes, without a copy."""
     return memoryview(a.reshape(-1)).cast("B")
 
@@ -391,7 +283,7 @@ def write(f, tensors: Mapping[str, np.ndarray], record: Callable[[], str | None]
         _entry(archive, f, "archive/.storage_alignment", str(ALIGNMENT).encode())
         _entry(archive, f, "archive/byteorder", sys.byteorder.encode())
         for i, (key, dtype, shape) in enumerate(specs):
-            _entry(archive, f, f"archive/data/{i}", _bytes(made(tensors, key, dtype, shape)))
+            _entry(archive, f, f"archive/data/{i}", tensor_bytes(made(tensors, key, dtype, shape)))
         text = record() if record is not None else None
         if text is not None:
             _entry(archive, f, f"archive/{RECORD_ENTRY}", text.encode("utf-8"))

@@ -10,7 +10,7 @@ import ast
 
 from ...errors import CheckpointError
 from .source import Stored
-from .torch_zip import Archive, ScriptObject
+from .archive import Archive, ScriptObject
 
 CODE_LIMIT = 1 << 24  # one code file: 16 MiB (a CLIP's largest is a few kB)
 

@@ -59,6 +59,64 @@ class _Reader:
 _IN_PLACE = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # fill the object below them
 
 
+def _argument(reader, op) -> int | None:
+    """Read (or skip) `op`'s argument; the memo index of a PUT or GET, else None."""
+    name, kind = op.name, op.arg
+    if kind is None:
+        return None
+    if kind in _PREFIXED:
+        width, fmt = _PREFIXED[kind]
+        (length,) = struct.unpack(fmt, reader.take(width))
+        reader.skip(length)
+    elif kind.n > 0:
+        raw = reader.take(kind.n)
+        if name in ("BINPUT", "BINGET"):
+            return raw[0]
+        if name in ("LONG_BINPUT", "LONG_BINGET"):
+            return struct.unpack("<I", raw)[0]
+    else:  # text up to a newline (protocol 0, GLOBAL's two lines)
+        text = reader.line()
+        if name in ("GLOBAL", "INST"):
+            reader.line()
+        if name in ("PUT", "GET"):
+            try:
+                return int(text)
+            except ValueError:
+                raise CheckpointError("a memo index that is not a number: corrupt") from None
+    return None
+
+
+def _effect(op, stack: list[list[int]], marks: list[int], max_depth: int) -> None:
+    """`op`'s effect on the simulated stack, by pickletools' stack effect: what it takes (a MARK: all
+    since it), what it leaves, and the nesting depth of what it leaves."""
+    name, before, after = op.name, op.stack_before, op.stack_after
+    taken: list[list[int]] = []
+    extra = len(before)
+    if pickletools.markobject in before:
+        if not marks:
+            raise CheckpointError(f"pickle opcode {name} needs a MARK and has none: corrupt")
+        cut = marks.pop()
+        taken = stack[cut:]
+        del stack[cut:]
+        extra = before.index(pickletools.markobject)
+    if extra:
+        if len(stack) < extra:
+            raise CheckpointError(f"pickle opcode {name} on a stack too short for it: corrupt")
+        taken = stack[-extra:] + taken
+        del stack[-extra:]
+    if not after:
+        return
+    if name in _IN_PLACE:  # the container keeps its cell: every reference to it sees it deepen
+        cell = taken[0]
+        cell[0] = max(cell[0], max((c[0] for c in taken[1:]), default=0) + 1)
+    else:
+        cell = [max((c[0] for c in taken), default=0) + 1]
+    stack.append(cell)
+    if cell[0] > max_depth:
+        raise CheckpointError(f"the pickle nests containers more than {max_depth} deep, which no checkpoint "
+                              "does (and which crashes Python's own unpickler)")
+
+
 def scan(f, size: int, max_depth: int = MAX_DEPTH) -> None:
     """Walk the pickle in `f` (positioned at its start, `size` bytes at most) without building it;
     CheckpointError for nesting deeper than `max_depth`, a memo index out of range, an extension
@@ -82,27 +140,7 @@ def scan(f, size: int, max_depth: int = MAX_DEPTH) -> None:
         if op is None:
             raise CheckpointError(f"byte {code!r} at {reader.position - 1} is not a pickle opcode: corrupt")
         count += 1
-        name, kind, arg = op.name, op.arg, None
-        if kind is not None:
-            if kind in _PREFIXED:
-                width, fmt = _PREFIXED[kind]
-                (length,) = struct.unpack(fmt, reader.take(width))
-                reader.skip(length)
-            elif kind.n > 0:
-                raw = reader.take(kind.n)
-                if name in ("BINPUT", "BINGET"):
-                    arg = raw[0]
-                elif name in ("LONG_BINPUT", "LONG_BINGET"):
-                    arg = struct.unpack("<I", raw)[0]
-            else:  # text up to a newline (protocol 0, GLOBAL's two lines)
-                text = reader.line()
-                if name in ("GLOBAL", "INST"):
-                    reader.line()
-                if name in ("PUT", "GET"):
-                    try:
-                        arg = int(text)
-                    except ValueError:
-                        raise CheckpointError("a memo index that is not a number: corrupt") from None
+        name, arg = op.name, _argument(reader, op)
         if name == "STOP":
             break
         if name.startswith("EXT"):
@@ -131,33 +169,7 @@ def scan(f, size: int, max_depth: int = MAX_DEPTH) -> None:
                 raise CheckpointError("pickle DUP on an empty stack: corrupt")
             stack.append(stack[-1])
             continue
-        # everything else, by pickletools' stack effect: what it takes (a MARK: all since it), what it leaves
-        before, after = op.stack_before, op.stack_after
-        taken: list[list[int]] = []
-        extra = len(before)
-        if pickletools.markobject in before:
-            if not marks:
-                raise CheckpointError(f"pickle opcode {name} needs a MARK and has none: corrupt")
-            cut = marks.pop()
-            taken = stack[cut:]
-            del stack[cut:]
-            extra = before.index(pickletools.markobject)
-        if extra:
-            if len(stack) < extra:
-                raise CheckpointError(f"pickle opcode {name} on a stack too short for it: corrupt")
-            taken = stack[-extra:] + taken
-            del stack[-extra:]
-        if not after:
-            continue
-        if name in _IN_PLACE:  # the container keeps its cell: every reference to it sees it deepen
-            cell = taken[0]
-            cell[0] = max(cell[0], max((c[0] for c in taken[1:]), default=0) + 1)
-        else:
-            cell = [max((c[0] for c in taken), default=0) + 1]
-        stack.append(cell)
-        if cell[0] > max_depth:
-            raise CheckpointError(f"the pickle nests containers more than {max_depth} deep, which no checkpoint "
-                                  "does (and which crashes Python's own unpickler)")
+        _effect(op, stack, marks, max_depth)  # everything else
     f.seek(start)
 
 
