@@ -27,7 +27,7 @@ class Shape:
 def shape_dict(config, layout="openai", **kw):
     shapes = layouts.HUB.shapes(config, **kw)
     if layout != "openai":
-        shapes = layouts.get(layout).KEYMAP.layout_shapes(shapes)
+        shapes = layouts.get(layout).keymap.layout_shapes(shapes)
     return {k: Shape(v) for k, v in shapes.items()}
 
 

@@ -79,7 +79,7 @@ def test_unknown_name_is_refused_with_the_list():
 @pytest.mark.parametrize("layout", ["openai", "paddle"])
 def test_shapes_give_every_field_but_heads_activation_and_eps(name, layout):
     config = config_of(name)
-    keymap = layouts.get(layout).KEYMAP
+    keymap = layouts.get(layout).keymap
     inferred = layouts.HUB.infer(keymap.hub_shapes({k: s.shape for k, s in shape_dict(config, layout).items()}))
     assert inferred == config.shapes()
     assert inferred.missing() == (["vision.heads", "vision.activation", "vision.eps", "text.heads", "text.activation",

@@ -39,7 +39,7 @@ def test_every_row_maps_one_to_one_on_real_key_sets(name):
 
 @pytest.mark.parametrize("name", SPOKES)
 def test_rows_are_few_and_never_unrolled_per_layer(name):
-    rows = layouts.get(name).KEYMAP.rows
+    rows = layouts.get(name).keymap.rows
     assert len(rows) <= 56  # a layout that renames both towers' blocks, and a BERT's layers, states each once
     assert not any(re.search(r"\.\d+(\.|$)", pattern) for row in rows for pattern in (row.hub, row.layout or ""))
 

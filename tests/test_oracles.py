@@ -204,7 +204,7 @@ def test_the_library_loads_what_parity_writes_and_computes_the_same(layout, mode
     library = LIBRARIES[layout]
     ref = reference(model)
     ck = ref["ck"]
-    suffix = "" if layouts.get(layout).FORMAT == "folder" else ".pdparams"
+    suffix = "" if layouts.get(layout).format == "folder" else ".pdparams"
     written = tmp_path / f"{layout}{suffix}"
     parity.convert(release_archive(model), layout, written)
     # the way back to the hub is bit-exact, dtypes included
