@@ -220,7 +220,7 @@ def _verdict(report) -> str:
     if report.reference:
         text += f", reference {report.reference.logit:.4f} {'PASS' if report.reference.passed else 'FAIL'}"
     if report.layers:
-        text += f"; first module beyond its bound: {report.layers['first_divergence'] or 'none'}"
+        text += f"; first module beyond its bound: {report.layers.first_divergence or 'none'}"
     return text
 
 

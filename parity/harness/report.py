@@ -58,9 +58,21 @@ class ReferenceCheck:
 
 
 @dataclass
+class LayerDiagnosis:
+    """Every module's output compared on the canonical pair (`table`: one row per module, in execution
+    order), and the first module beyond its bound (None: none)."""
+
+    first_divergence: str | None
+    modules_compared: int
+    modules_torch_only: list[str]
+    table: list[dict]
+
+
+@dataclass(kw_only=True)
 class Report:
     """What `parity verify` finds: the canonical pair's outputs and their differences, the photographs,
-    the reference table where it applies, the layer diagnosis where it ran. `to_dict` is its JSON."""
+    the reference table where it applies, the layer diagnosis where it ran. Built by keyword; `to_dict`
+    is its JSON."""
 
     variant: str
     weights: str
@@ -83,13 +95,14 @@ class Report:
     seconds: float = 0.0
     photos: Photos | None = None
     reference: ReferenceCheck | None = None
-    layers: dict | None = None  # per-module table, and the first module beyond its bound
+    layers: LayerDiagnosis | None = None
     sources: dict | None = field(default=None)  # each framework's file: path, format, SHA-256, layout
 
     def to_dict(self) -> dict:
         """The JSON form: every field, the optional parts only where present."""
         return {k: v for k, v in asdict(self).items()
                 if v is not None or k not in ("photos", "reference", "layers", "sources")}
+
 
 COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
            "top-5 agreement", "status", "seconds")
@@ -183,10 +196,10 @@ def variant_markdown(r: Report, picture: str | None) -> str:
         if picture:
             md += ["", f"![image × text cosine similarity, torch | paddle | difference]({picture})"]
     layers = r.layers
-    if layers:
-        md += ["", "## Layers", "", f"{layers['modules_compared']} modules compared on the canonical pair; "
-               f"first beyond its bound: **{layers['first_divergence'] or 'none'}**.", ""]
-        table = [row for row in layers["table"] if "passed" in row]
+    if layers is not None:
+        md += ["", "## Layers", "", f"{layers.modules_compared} modules compared on the canonical pair; "
+               f"first beyond its bound: **{layers.first_divergence or 'none'}**.", ""]
+        table = [row for row in layers.table if "passed" in row]
         shown = [row for row in table if not row["passed"]][:15] or \
             sorted(table, key=lambda row: -row["max_abs"] / row["bound"])[:10]
         md += ["| module | shape | max abs Δ | cosine | bound | status |", "|---|---|---|---|---|---|"]
