@@ -134,6 +134,32 @@ def markdown_table(results: list[Report]) -> str:
     return "\n".join(lines)
 
 
+def verdict(r: Report) -> str:
+    """`parity verify`'s line: the status, the logit (or the one tower's features) with its |Δ| and bound,
+    the feature cosine, the photographs' top-5 agreement, the reference table, the first module apart."""
+    d = r.differences.get("logits")
+    if d is None:  # one tower
+        name = next(iter(r.differences))
+        d = r.differences[name]
+        text = (f"{r.variant}: {status(r)} — {name} only |Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, "
+                f"{d.bound_kind}), feature cosine {r.feature_cosine:.8f}")
+    else:
+        text = (f"{r.variant}: {status(r)} — logit torch {r.torch_logit:.6f} paddle {r.paddle_logit:.6f} "
+                f"|Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, {d.bound_kind}), feature cosine {r.feature_cosine:.8f}")
+    if r.photos and r.photos.topk_agreement is not None:
+        text += f", top-5 agreement {r.photos.topk_agreement:.0%}"
+    if r.reference:
+        text += f", reference {r.reference.logit:.4f} {'PASS' if r.reference.passed else 'FAIL'}"
+    if r.layers is not None:
+        text += f"; first module beyond its bound: {r.layers.first_divergence or 'none'}"
+    return text
+
+
+def logit_line(r: Report) -> str:
+    """`parity verify-all`'s line for a variant done: the status, |Δ logit| and the seconds it took."""
+    return f"{status(r)} |Δ logit| {r.differences['logits'].max_abs:.2e} ({r.seconds:.1f} s)"
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     # file names from the command line may hold bytes that are not UTF-8 (surrogate escapes): written back as bytes
     write_bytes(path, text.encode("utf-8", "surrogateescape"))
