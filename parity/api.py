@@ -3,12 +3,15 @@ one checkpoint (converted in memory for the other framework) or of a torch/Paddl
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 
 from . import layouts
 from . import towers as kinds
 from .config import registry
+from .config.schema import Config
 from .text import bpe
 from .io.checkpoint import Checkpoint, opened
 from .errors import ParityError
@@ -60,10 +63,22 @@ def _framework(ck: Checkpoint) -> str:
     return layouts.get(ck.layout).framework
 
 
-def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS):
-    """(hub plan, Paddle-layout plan (float32), config, label, sources, reference logit or None, a BERT's
-    vocabulary file or None): each tensor is read when a model of its tower is built, from files that
-    `stack` holds open."""
+@dataclass(frozen=True)
+class Sides:
+    """What each framework computes from, and what a report says of it (see `sides`)."""
+
+    torch_plan: Mapping  # the hub layout's plan
+    paddle_plan: Mapping  # the Paddle layout's plan, float32
+    config: Config
+    label: str  # the weights' label: official or not, by SHA-256
+    sources: dict  # each framework's file: path, format, SHA-256, layout
+    reference: float | None  # the reference table's logit, for an official release file
+    vocab_file: Path | None  # a BERT's vocabulary file
+
+
+def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS) -> Sides:
+    """Each framework's plan and what a report says of them: each tensor is read when a model of its
+    tower is built, from files that `stack` holds open."""
     a = stack.enter_context(opened(first, config=config))
     computable(a, captions="text" in towers)
     if second is None:
@@ -93,8 +108,9 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
     reference = entry.reference_logit if official and entry is not None else None
     # Paddle computes float32 on a CPU; float16 -> float32 is exact
     vocab = torch_ck.vocab_file or paddle_ck.vocab_file
-    return (torch_ck.plan_in(layouts.HUB.NAME), paddle_ck.plan_in(layouts.paddle.NAME, "float32"), torch_ck.config,
-            label, sources, reference, vocab)
+    return Sides(torch_plan=torch_ck.plan_in(layouts.HUB.NAME),
+                 paddle_plan=paddle_ck.plan_in(layouts.paddle.NAME, "float32"), config=torch_ck.config,
+                 label=label, sources=sources, reference=reference, vocab_file=vocab)
 
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
@@ -111,11 +127,11 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     True
     """
     with ExitStack() as stack:
-        torch_sd, paddle_sd, resolved, label, sources, reference, vocab = sides(stack, first, second, config, towers)
-        report = verify_pair(torch_sd, paddle_sd, resolved, weights=label, device=device, atol=atol, rtol=rtol,
-                             photos=photos, layers=layers, reference=reference, noise_factor=noise_factor,
-                             towers=towers, vocab_file=vocab)
-    report.sources = sources
+        s = sides(stack, first, second, config, towers)
+        report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
+                             rtol=rtol, photos=photos, layers=layers, reference=s.reference,
+                             noise_factor=noise_factor, towers=towers, vocab_file=s.vocab_file)
+    report.sources = s.sources
     return report
 
 

@@ -17,19 +17,13 @@ class UnsafeCheckpointError(CheckpointError):
 class OutputExistsError(CheckpointError):
     """The output exists and replacing it was not asked for."""
 
-    cli_hint = "pass --force to replace it, or -o to write elsewhere"
-
 
 class NonFiniteError(CheckpointError):
     """NaN or Inf in a tensor, where the caller asked for finite tensors only (strict)."""
 
-    cli_hint = "refused under --strict"
-
 
 class SameFileError(CheckpointError):
     """The output is the input (by name, link or hard link)."""
-
-    cli_hint = "choose another output with -o"
 
 
 def printable(text: str, newlines: bool = False) -> str:
@@ -58,10 +52,6 @@ class ConfigError(ParityError):
 class ConfigMissingError(ParityError):
     """Computing needs what no tensor says (heads, activation, eps), and nothing gave it."""
 
-    cli_hint = "pass --config NAME (see parity variants) or --config FILE.json"
-
 
 class NoDeviceError(ParityError):
     """A GPU was asked for, and a framework has none."""
-
-    cli_hint = "or pass --device cpu"

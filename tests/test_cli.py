@@ -115,7 +115,7 @@ def test_info_describes_a_file(tmp_path, monkeypatch):
 
 
 def test_progress_bar_draws_on_stderr_and_clears(capsys):
-    from parity.cli import _Stages
+    from parity.cli_support import Stages as _Stages
     bar = _Stages(2, enabled=True)
     bar("reading RN50.pt")
     bar("writing and checking RN50.pdparams")

@@ -24,17 +24,17 @@ def test_every_row_maps_one_to_one_on_real_key_sets(name):
         hub_keys = layouts.HUB.shapes(entry.config, archive_entries=True)
         produced = {}
         for key in hub_keys:
-            row, _ = layout.KEYMAP.hub_row(key)
+            row, _ = layout.keymap.hub_row(key)
             used.add(row)
-            for lkey in layout.KEYMAP.layout_keys(key):
+            for lkey in layout.keymap.layout_keys(key):
                 assert lkey not in produced, f"{lkey} produced by {produced.get(lkey)} and {key}"
                 produced[lkey] = key
                 # read backwards, the layout key finds the same row and comes home to the same hub key
-                back_row, groups = layout.KEYMAP.layout_row(lkey)
+                back_row, groups = layout.keymap.layout_row(lkey)
                 assert back_row == row
                 assert fill(row.hub, {k: v for k, v in groups.items() if k != "qkv"}) == key
-        assert set(produced) == set(layout.KEYMAP.layout_shapes(layouts.HUB.shapes(entry.config)))
-    assert used == set(layout.KEYMAP.rows), f"rows never used: {set(layout.KEYMAP.rows) - used}"
+        assert set(produced) == set(layout.keymap.layout_shapes(layouts.HUB.shapes(entry.config)))
+    assert used == set(layout.keymap.rows), f"rows never used: {set(layout.keymap.rows) - used}"
 
 
 @pytest.mark.parametrize("name", SPOKES)

@@ -110,6 +110,9 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
     _cn_clip("RN50", 1024, VisionConfig("resnet", (3, 4, 6, 3), 64, 224, heads=32), "rbt3"),
 )}
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES.values()))
+FAMILY_NOTES = {"openai": "openai/CLIP's releases, known by their SHA-256",
+                "open_clip": "open_clip's configs by its own names; LAION's weights use GELU, -quickgelu QuickGELU",
+                "cn_clip": "Chinese-CLIP: openai's image towers, a Chinese BERT text tower (text w/h/l/mlp: the BERT's)"}
 
 
 def _alias(name: str) -> str:

@@ -58,9 +58,21 @@ class ReferenceCheck:
 
 
 @dataclass
+class LayerDiagnosis:
+    """Every module's output compared on the canonical pair (`table`: one row per module, in execution
+    order), and the first module beyond its bound (None: none)."""
+
+    first_divergence: str | None
+    modules_compared: int
+    modules_torch_only: list[str]
+    table: list[dict]
+
+
+@dataclass(kw_only=True)
 class Report:
     """What `parity verify` finds: the canonical pair's outputs and their differences, the photographs,
-    the reference table where it applies, the layer diagnosis where it ran. `to_dict` is its JSON."""
+    the reference table where it applies, the layer diagnosis where it ran. Built by keyword; `to_dict`
+    is its JSON."""
 
     variant: str
     weights: str
@@ -83,13 +95,14 @@ class Report:
     seconds: float = 0.0
     photos: Photos | None = None
     reference: ReferenceCheck | None = None
-    layers: dict | None = None  # per-module table, and the first module beyond its bound
+    layers: LayerDiagnosis | None = None
     sources: dict | None = field(default=None)  # each framework's file: path, format, SHA-256, layout
 
     def to_dict(self) -> dict:
         """The JSON form: every field, the optional parts only where present."""
         return {k: v for k, v in asdict(self).items()
                 if v is not None or k not in ("photos", "reference", "layers", "sources")}
+
 
 COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
            "top-5 agreement", "status", "seconds")
@@ -119,6 +132,32 @@ def markdown_table(results: list[Report]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_row(r)) + " |" for r in results]
     return "\n".join(lines)
+
+
+def verdict(r: Report) -> str:
+    """`parity verify`'s line: the status, the logit (or the one tower's features) with its |Δ| and bound,
+    the feature cosine, the photographs' top-5 agreement, the reference table, the first module apart."""
+    d = r.differences.get("logits")
+    if d is None:  # one tower
+        name = next(iter(r.differences))
+        d = r.differences[name]
+        text = (f"{r.variant}: {status(r)} — {name} only |Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, "
+                f"{d.bound_kind}), feature cosine {r.feature_cosine:.8f}")
+    else:
+        text = (f"{r.variant}: {status(r)} — logit torch {r.torch_logit:.6f} paddle {r.paddle_logit:.6f} "
+                f"|Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, {d.bound_kind}), feature cosine {r.feature_cosine:.8f}")
+    if r.photos and r.photos.topk_agreement is not None:
+        text += f", top-5 agreement {r.photos.topk_agreement:.0%}"
+    if r.reference:
+        text += f", reference {r.reference.logit:.4f} {'PASS' if r.reference.passed else 'FAIL'}"
+    if r.layers is not None:
+        text += f"; first module beyond its bound: {r.layers.first_divergence or 'none'}"
+    return text
+
+
+def logit_line(r: Report) -> str:
+    """`parity verify-all`'s line for a variant done: the status, |Δ logit| and the seconds it took."""
+    return f"{status(r)} |Δ logit| {r.differences['logits'].max_abs:.2e} ({r.seconds:.1f} s)"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -183,10 +222,10 @@ def variant_markdown(r: Report, picture: str | None) -> str:
         if picture:
             md += ["", f"![image × text cosine similarity, torch | paddle | difference]({picture})"]
     layers = r.layers
-    if layers:
-        md += ["", "## Layers", "", f"{layers['modules_compared']} modules compared on the canonical pair; "
-               f"first beyond its bound: **{layers['first_divergence'] or 'none'}**.", ""]
-        table = [row for row in layers["table"] if "passed" in row]
+    if layers is not None:
+        md += ["", "## Layers", "", f"{layers.modules_compared} modules compared on the canonical pair; "
+               f"first beyond its bound: **{layers.first_divergence or 'none'}**.", ""]
+        table = [row for row in layers.table if "passed" in row]
         shown = [row for row in table if not row["passed"]][:15] or \
             sorted(table, key=lambda row: -row["max_abs"] / row["bound"])[:10]
         md += ["| module | shape | max abs Δ | cosine | bound | status |", "|---|---|---|---|---|---|"]

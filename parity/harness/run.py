@@ -22,7 +22,7 @@ from ..config.schema import Config
 from .inputs import SampleSet, canonical_inputs, sample_set
 from ..models.frameworks import device_names, import_paddle, select_device
 from ..models.build import paddle_model, torch_model
-from .report import PhotoFeature, Photos, ReferenceCheck, Report
+from .report import LayerDiagnosis, PhotoFeature, Photos, ReferenceCheck, Report
 
 OUTPUTS = ("logits", "image_features", "text_features")
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-5
@@ -223,7 +223,7 @@ def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
 
 def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float, rtol: float,
                     devices: dict[str, str] | None = None, noise_factor: float = NOISE_FACTOR,
-                    towers=layouts.HUB.TOWERS, vocab_file=None) -> dict:
+                    towers=layouts.HUB.TOWERS, vocab_file=None) -> LayerDiagnosis:
     """Per module (same names in both models), on the canonical pair: max |delta|, cosine, bound, and the
     first module in execution order beyond its bound (its own float32 noise floor counts, as above).
     One tower of one framework is alive at a time. `devices`: each framework's device, as
@@ -271,8 +271,8 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float
         gc.collect()
     table = [rows[name] for name in dict.fromkeys(order) if name in rows]
     first = next((r["module"] for r in table if "passed" in r and not r["passed"]), None)
-    return {"first_divergence": first, "modules_compared": sum("passed" in r for r in table),
-            "modules_torch_only": sorted(set(order) - set(rows)), "table": table}
+    return LayerDiagnosis(first_divergence=first, modules_compared=sum("passed" in r for r in table),
+                          modules_torch_only=sorted(set(order) - set(rows)), table=table)
 
 
 # ---------------------------------------------------------------- the two sides
@@ -418,12 +418,14 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     canonical = {"image": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) float32",
                  "text": kinds.text(config).canonical_label(t_cfg.context_length, vocab_file)}
     report = Report(
-        registry.name_of(config) or "custom", weights, config.to_dict(), device_names(devices), versions(), atol, rtol,
-        noise_factor, {"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
-                       "towers": list(towers)},
-        logit(t.canonical), logit(p.canonical), t.noise, diffs,
-        min(diffs[f"{x}_features"].cosine for x in towers),
-        {"torch": _features(t.canonical), "paddle": _features(p.canonical)}, t.seconds, p.seconds)
+        variant=registry.name_of(config) or "custom", weights=weights, config=config.to_dict(),
+        devices=device_names(devices), versions=versions(), atol=atol, rtol=rtol, noise_factor=noise_factor,
+        inputs={"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
+                "towers": list(towers)},
+        torch_logit=logit(t.canonical), paddle_logit=logit(p.canonical), noise_floor=t.noise, differences=diffs,
+        feature_cosine=min(diffs[f"{x}_features"].cosine for x in towers),
+        features={"torch": _features(t.canonical), "paddle": _features(p.canonical)},
+        seconds_torch=t.seconds, seconds_paddle=p.seconds)
     passed = all(d.passed for d in diffs.values())
     if shots:
         report.photos = _photo_comparison(shots, t.photos, p.photos, min_cosine)
