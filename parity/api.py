@@ -16,7 +16,8 @@ from .text import bpe
 from .io.checkpoint import Checkpoint, opened
 from .errors import ParityError
 from .models.frameworks import device_names, select_device
-from .harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, paddle_side, torch_side, verify_pair
+from .harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
+from .harness.run import paddle_side, torch_side, verify_pair
 from .harness.inputs import canonical_inputs
 from .models.build import paddle_model, torch_model
 from .harness.report import Report

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import (ConfigMissingError, NoDeviceError, NonFiniteError, OutputExistsError, ParityError,
                      SameFileError, printable)
-from .harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
+from .harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 
 # what the command line adds to a library error: which of its flags fixes it
 HINTS = {OutputExistsError: "pass --force to replace it, or -o to write elsewhere", NonFiniteError: "refused under --strict",

@@ -20,7 +20,7 @@ from parity.config import registry
 from parity.cli import main
 from parity.errors import ParityError
 from parity.models.frameworks import import_paddle
-from parity.harness.run import Outputs, float64, run_paddle, run_torch
+from parity.harness.gate import Outputs, float64, run_paddle, run_torch
 from parity.harness.inputs import canonical_inputs, sample_set
 from parity.models.build import paddle_model, torch_model
 from parity.testing.synthetic import cached_state_dict

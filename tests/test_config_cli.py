@@ -15,7 +15,7 @@ import parity
 from parity import layouts
 from parity.cli import main
 from parity.config.schema import Config, TextConfig, VisionConfig
-from parity.harness.run import run_torch
+from parity.harness.gate import run_torch
 from parity.harness.inputs import canonical_inputs, sample_set
 from parity.testing.official import official_clip
 from parity.testing.synthetic import release_archive

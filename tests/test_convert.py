@@ -18,7 +18,7 @@ import torch
 import parity
 from parity import layouts
 from parity.io.convert import convert
-from parity.harness.run import run_paddle, run_torch
+from parity.harness.gate import run_paddle, run_torch
 from parity.harness.inputs import canonical_inputs
 from parity.models.frameworks import import_paddle
 from parity.models.build import paddle_model

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from parity import layouts
-from parity.harness.run import OUTPUTS, compare, noise_floor, run_paddle, run_torch, verify_state_dict
+from parity.harness.gate import OUTPUTS, compare, noise_floor, run_paddle, run_torch
+from parity.harness.run import verify_state_dict
 from parity.harness.inputs import canonical_inputs
 from parity.models.build import paddle_model, torch_model
 from parity.testing.official import build_official

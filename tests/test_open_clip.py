@@ -21,7 +21,7 @@ import parity
 from parity import layouts
 from parity.config import registry
 from parity.errors import CheckpointError, ConfigMissingError
-from parity.harness.run import run_paddle, run_torch
+from parity.harness.gate import run_paddle, run_torch
 from parity.harness.inputs import canonical_inputs, sample_set
 from parity.layouts import open_clip as oc_layout
 from parity.io.save import same_bits
@@ -121,7 +121,7 @@ def test_parity_computes_what_open_clip_computes(name, folders, figures):
     some shapes and not for others (unmasked, 1e-7 apart on random data at every head width). Here the
     QuickGELU model is bit for bit open_clip's; the GELU model's 48-wide image heads differ by less than
     either framework differs from float64. Paddle: within 1e-4."""
-    from parity.harness.run import float64
+    from parity.harness.gate import float64
 
     model = tiny_model(name)
     ck = parity.load(folders[name])

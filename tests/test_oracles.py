@@ -20,7 +20,7 @@ import pytest
 import parity
 from parity import layouts
 from parity.models.frameworks import import_paddle
-from parity.harness.run import Outputs, run_paddle, run_torch
+from parity.harness.gate import Outputs, run_paddle, run_torch
 from parity.harness.inputs import canonical_inputs, sample_set
 from parity.models.build import paddle_model, torch_model
 from parity.testing.synthetic import release_archive

@@ -13,7 +13,7 @@ from parity.config import registry
 from parity.io.convert import convert
 from parity.io.formats.source import sha256 as sha256_of
 from parity.cli import main
-from parity.harness.run import run_torch
+from parity.harness.gate import run_torch
 from parity.harness.inputs import canonical_inputs
 from parity.testing.official import build_official
 from parity.testing.synthetic import release_archive

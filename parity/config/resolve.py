@@ -66,7 +66,7 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
             if release in fits:
                 found, source = release.config, f"registry: {release.name} (by its SHA-256)"
             else:
-                source = f"ambiguous: the shapes fit {_fits(fits)}"
+                source = f"ambiguous: the shapes fit {describe_fits(fits)}"
         if found is None and fixed is not None:  # a layout whose library builds every CLIP by one rule
             try:
                 ruled = fixed[0](shapes)
@@ -107,6 +107,7 @@ def _from_registry(config: Config, source: str) -> tuple[Config, str]:
     return complete, f"{source}, {', '.join(config.missing())} from registry: {', '.join(names)}"
 
 
-def _fits(entries) -> str:
+def describe_fits(entries) -> str:
+    """How entries whose shapes match are named in a message: their names and activations."""
     # "ViT-B/32 (quick_gelu), ViT-B-32 (gelu)"
     return ", ".join(f"{e.name} ({e.config.vision.activation or e.config.text.activation})" for e in entries)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
-from ..errors import ConfigError, ParityError
+from ..errors import ConfigError
 from .. import towers
 from .parts import TextConfig, VisionConfig
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import layouts
 from .. import towers as kinds
 from ..errors import CheckpointError, OutputExistsError, ParityError
-from ..harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
+from ..harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from ..io.formats.atomic import staging_folder
 from ..io.formats.folders import refuse_overlap
 from .contents import write_folder

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..harness.inputs import canonical_inputs, sample_set
-from ..harness.run import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, float64
+from ..harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, float64
 from .runtime import Runtime
 from .spec import ExportError
 

@@ -16,7 +16,7 @@ from ..errors import ParityError
 from ..io.formats.atomic import atomic_write, write_bytes
 
 if TYPE_CHECKING:
-    from .run import Difference
+    from .gate import Difference
 
 
 @dataclass

@@ -18,21 +18,20 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 
 from .. import layouts
 from .. import towers as kinds
 from ..config import registry
-from ..config.resolve import given_config, resolve_config
+from ..config.resolve import describe_fits, given_config, resolve_config
 from ..config.schema import Config, ConfigError
 from ..errors import CheckpointError, ConfigMissingError
-from .formats import FORMAT_NAMES, RawCheckpoint, Stored, bounded_json
+from .formats import FORMAT_NAMES, RawCheckpoint, bounded_json
 from .content import read_array
 from .content import parse_record, strip_prefixes, tensors_of, unwrap
 from .formats.folders import open_input
-from .formats.pdparams import EXTRAS_KEY
 from ..layouts import Planned, Record, StateDictError, check_keys
 
 META_PREFIX = "parity."  # safetensors metadata keys
@@ -91,7 +90,7 @@ class Checkpoint:
                              for name in ("heads", "activation", "eps")
                              if getattr(getattr(a.config, tower), name) != getattr(getattr(b.config, tower), name)})
             raise ConfigMissingError(
-                f"{self.path}: the config is ambiguous: its shapes fit {_fits(fits)}, which differ in "
+                f"{self.path}: the config is ambiguous: its shapes fit {describe_fits(fits)}, which differ in "
                 f"{', '.join(differ)}, and the file carries no config; give a registered name or a config file")
         if self.config_source != "unknown":  # a library's config file, short of what no such file says
             raise ConfigMissingError(
