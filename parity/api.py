@@ -34,14 +34,14 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
     ck.require_config()
     t, v = ck.config.text, ck.config.vision
     if t.context_length > MAX_CONTEXT or v.image_size > MAX_RESOLUTION:
-        raise ParityError(f"{ck.path}: its shapes give a context of {t.context_length} tokens and images of "
+        raise ParityError(f"its shapes give a context of {t.context_length} tokens and images of "
                           f"{v.image_size} pixels a side; parity computes at most {MAX_CONTEXT} and "
-                          f"{MAX_RESOLUTION} (memory grows with their squares)")
+                          f"{MAX_RESOLUTION} (memory grows with their squares)", path=ck.path)
     if t.vocab_size < 2:
-        raise ParityError(f"{ck.path}: its token embedding has {t.vocab_size} rows: no text can be encoded")
+        raise ParityError(f"its token embedding has {t.vocab_size} rows: no text can be encoded", path=ck.path)
     problem = kinds.text(t).computable(t, ck.vocab_file, captions)
     if problem:
-        raise ParityError(f"{ck.path}: {problem}")
+        raise ParityError(f"{problem}", path=ck.path)
 
 
 def weights_label(ck: Checkpoint) -> str:

@@ -3,7 +3,25 @@ import unicodedata
 
 
 class ParityError(ValueError):
-    """Base of every user-facing error (the CLI prints its message and exits 2)."""
+    """Base of every user-facing error (the CLI prints it and exits 2). `path`: the file or folder it is
+    about, shown before the message ("weights/RN50.pt: ...")."""
+
+    def __init__(self, message: str = "", path=None):
+        super().__init__(message)
+        self.message, self.path = message, path
+
+    def __str__(self) -> str:
+        return self.message if self.path is None else f"{self.path}: {self.message}"
+
+    def __reduce__(self):  # a child process's error crosses the pipe with its path
+        return type(self), (self.message, self.path), self.__dict__
+
+    def at(self, path) -> "ParityError":
+        """This error, about `path`: an error about another file keeps that file's name in its message."""
+        if self.path is not None and str(self.path) != str(path):
+            self.message = f"{self.path}: {self.message}"
+        self.path = path
+        return self
 
 
 class CheckpointError(ParityError):
@@ -47,6 +65,14 @@ def printable(text: str, newlines: bool = False) -> str:
 
 class ConfigError(ParityError):
     """A configuration that is malformed, incomplete for what is asked, or contradicts the tensors."""
+
+
+class StateDictError(ParityError):
+    """A state dict that does not fit the expected layout; the message names every offending key."""
+
+
+class ExportError(ParityError):
+    """An export folder that cannot be read or run: a missing, corrupt or foreign file (exit 2)."""
 
 
 class ConfigMissingError(ParityError):

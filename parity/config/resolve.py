@@ -18,14 +18,14 @@ def read_config_file(path: Path) -> Config:
     try:
         data = bounded_json.read(path, bounded_json.CONFIG)
     except ParityError as e:  # a FIFO, a device, too large, too many values, too deep, not JSON
-        raise ConfigError(str(e)) from None
+        raise ConfigError(e.message, path=e.path) from None
     try:
         if "vision_cfg" in data or "model_cfg" in data:
             from ..layouts import open_clip
             return open_clip.config_from_model_cfg(data.get("model_cfg", data))
         return Config.from_dict(data.get("config", data))
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{e}", path=path) from None
 
 
 def given_config(value) -> tuple[Config, str]:
@@ -82,7 +82,7 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
             if found is not None:
                 config.check_shapes(found, f"the file's config ({source})")
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{e}", path=path) from None
         if found is None:
             found, source = config, named
         elif not found.complete:

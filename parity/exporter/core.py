@@ -69,7 +69,7 @@ def _destination(checkpoint, to: str, out, towers, config, force: bool) -> tuple
     if not force and (out.exists() or out.is_symlink()):
         raise OutputExistsError(f"{out} already exists")
     if not out.parent.is_dir():
-        raise CheckpointError(f"{out.parent}: no such folder to write the export in")
+        raise CheckpointError("no such folder to write the export in", path=out.parent)
     return out, towers
 
 
@@ -96,8 +96,8 @@ def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = 
         unlisted = [t for t in TOWERS if t not in towers and any(
             os.path.lexists(opened_folder.path / name) for name in graph_names(fmt, t))]
         if unlisted:  # a graph the check would never run: the folder is not what its manifest says
-            raise ExportError(f"{opened_folder.path}: holds the {' and '.join(unlisted)} tower's graph, which its "
-                              f"manifest does not list ({', '.join(towers)} only)")
+            raise ExportError(f"holds the {' and '.join(unlisted)} tower's graph, which its "
+                              f"manifest does not list ({', '.join(towers)} only)", path=opened_folder.path)
         vocab, vocabulary = None, kinds.text(cfg).vocabulary
         if vocabulary:  # the text tower's vocabulary: the folder's, a regular file there, not a link
             with opened_folder.open(vocabulary) as source:

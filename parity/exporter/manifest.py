@@ -80,30 +80,30 @@ class Folder:
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ExportError(f"{self.path}: no such folder") from None
+            raise ExportError("no such folder", path=self.path) from None
         except NotADirectoryError:
-            raise ExportError(f"{self.path}: not a folder: an export is a folder") from None
+            raise ExportError("not a folder: an export is a folder", path=self.path) from None
         except OSError as e:
-            raise ExportError(f"{self.path}: cannot be opened ({e.strerror})") from None
+            raise ExportError(f"cannot be opened ({e.strerror})", path=self.path) from None
 
     @contextlib.contextmanager
     def open(self, name: str, missing: str | None = None):
         """A FileSource for the plain name `name`; None where it is missing and `missing` is None, else
         ExportError with `missing` as the reason."""
         if not _plain_name(name):
-            raise ExportError(f"{self.path}: {name!r} is not a file name in the folder")
+            raise ExportError(f"{name!r} is not a file name in the folder", path=self.path)
         try:
             fd = os.open(name, _OPEN, dir_fd=self.fd)
         except FileNotFoundError:
             fd = None
         except OSError as e:
             if e.errno == errno.ELOOP:
-                raise ExportError(f"{self.path / name}: a symbolic link; an export's files lie in its own "
-                                  "folder") from None
-            raise ExportError(f"{self.path / name}: cannot be opened ({e.strerror})") from None
+                raise ExportError("a symbolic link; an export's files lie in its own "
+                                  "folder", path=self.path / name) from None
+            raise ExportError(f"cannot be opened ({e.strerror})", path=self.path / name) from None
         if fd is None:
             if missing is not None:
-                raise ExportError(f"{self.path / name}: {missing}")
+                raise ExportError(f"{missing}", path=self.path / name)
             yield None
             return
         try:
@@ -146,7 +146,7 @@ def read_manifest(folder: Folder) -> Manifest:
     manifest = folder.json(MANIFEST, bounded_json.MANIFEST, "missing: not a parity export folder")
 
     def bad(what: str) -> ExportError:
-        return ExportError(f"{path}: not a parity export manifest ({what})")
+        return ExportError(f"not a parity export manifest ({what})", path=path)
 
     fmt, towers = manifest.get("format"), manifest.get("towers")
     if fmt not in FORMATS:
@@ -190,8 +190,8 @@ def within_limits(cfg, path: Path) -> None:
         for part in name.split("."):
             value = getattr(value, part)
         if value > limit:
-            raise ExportError(f"{path}: not a parity export manifest ({name} {value}: more than the {limit} "
-                              "of any CLIP; give the checkpoint to check it against)")
+            raise ExportError(f"not a parity export manifest ({name} {value}: more than the {limit} "
+                              "of any CLIP; give the checkpoint to check it against)", path=path)
 
 
 def recorded(folder: Folder, towers, inputs: dict, width: int) -> dict:
@@ -211,16 +211,16 @@ def recorded(folder: Folder, towers, inputs: dict, width: int) -> dict:
             ok = (isinstance(features, list) and len(features) == want[0] and
                   all(isinstance(row, list) and len(row) == width and all(map(is_number, row)) for row in features))
             if not ok or not is_number(noise) or not 0 <= noise < float("inf"):
-                raise ExportError(f"{path}: not a recorded reference: {tower} {name} wants features of "
-                                  f"[{want[0]}, {want[1]}] numbers and a noise floor")
+                raise ExportError(f"not a recorded reference: {tower} {name} wants features of "
+                                  f"[{want[0]}, {want[1]}] numbers and a noise floor", path=path)
             features = np.asarray(features, np.float64)
             if not np.isfinite(features).all():
-                raise ExportError(f"{path}: not a recorded reference: {tower} {name} holds a number that is not finite")
+                raise ExportError(f"not a recorded reference: {tower} {name} holds a number that is not finite", path=path)
             scale = float(np.median(np.abs(features))) if features.size else 0.0
             if noise > RECORDED_NOISE * scale:
-                raise ExportError(f"{path}: not a recorded reference: {tower} {name} records a float32 noise floor "
+                raise ExportError(f"not a recorded reference: {tower} {name} records a float32 noise floor "
                                   f"of {noise:.3g}, more than {RECORDED_NOISE:g} of its features' median magnitude "
-                                  f"({scale:.3g}); float32's own is far smaller, and it would widen the gate")
+                                  f"({scale:.3g}); float32's own is far smaller, and it would widen the gate", path=path)
             out[tower][name] = {"features": features, "noise": float(noise)}
     return out
 
@@ -239,16 +239,16 @@ def changed_files(folder: Folder, manifest, limit: int) -> list[str]:
     must be among them, and no file may be larger than `limit` (apparent or stored)."""
     unrecorded = [n for t in manifest.towers for n in graph_names(manifest.format, t) if n not in manifest.files]
     if unrecorded:
-        raise ExportError(f"{folder.path / MANIFEST}: not a parity export manifest (it records no SHA-256 for "
-                          f"{', '.join(unrecorded)})")
+        raise ExportError(f"not a parity export manifest (it records no SHA-256 for "
+                          f"{', '.join(unrecorded)})", path=folder.path / MANIFEST)
     changed, total = [], 0
     for name, digest in sorted(manifest.files.items()):
         with folder.open(name) as source:
             if source is not None:
                 total += source.size
                 if total > limit:
-                    raise ExportError(f"{source.name}: the export's files take more than the {limit} bytes an "
-                                      "export of its model can hold")
+                    raise ExportError(f"the export's files take more than the {limit} bytes an "
+                                      "export of its model can hold", path=source.name)
             if source is None or sha256(source) != digest:
                 changed.append(name)
     return changed

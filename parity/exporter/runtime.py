@@ -49,13 +49,13 @@ def _regular(folder: Path, name: str, shown: Path | None = None) -> os.stat_resu
     try:
         st = os.stat(folder / name, follow_symlinks=False)
     except FileNotFoundError:
-        raise ExportError(f"{shown / name}: missing from the export") from None
+        raise ExportError("missing from the export", path=shown / name) from None
     except OSError as e:
-        raise ExportError(f"{shown / name}: cannot be read ({e.strerror})") from None
+        raise ExportError(f"cannot be read ({e.strerror})", path=shown / name) from None
     if stat.S_ISLNK(st.st_mode):
-        raise ExportError(f"{shown / name}: a symbolic link; an export's files lie in its own folder")
+        raise ExportError("a symbolic link; an export's files lie in its own folder", path=shown / name)
     if not stat.S_ISREG(st.st_mode):
-        raise ExportError(f"{shown / name}: not a regular file")
+        raise ExportError("not a regular file", path=shown / name)
     return st
 
 
@@ -82,7 +82,7 @@ def runner(folder: Path, fmt: str, tower: str, shown: Path | None = None):
 def _failed(shown: Path, e: Exception, what: str) -> ExportError:
     """ExportError for the folder `shown`: `what`, and the first line of the runtime's own error `e`."""
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    error = ExportError(f"{shown}: {what} ({first})")
+    error = ExportError(f"{what} ({first})", path=shown)
     error.memory = _out_of_memory(e)
     return error
 
@@ -257,9 +257,9 @@ class Runtime:
         self.proc.kill()
 
     def _memory(self, tower: str) -> ExportError:
-        return ExportError(f"{self.folder}: the {self.fmt} runtime ran out of its memory bound "
+        return ExportError(f"the {self.fmt} runtime ran out of its memory bound "
                            f"({self.bound / GiB:.1f} GiB) on the {tower} tower: the graph asks for more than a "
-                           "CLIP needs")
+                           "CLIP needs", path=self.folder)
 
     def _died(self, tower: str) -> ExportError:
         try:
@@ -270,15 +270,15 @@ class Runtime:
         self.stderr.seek(max(0, self.stderr.seek(0, os.SEEK_END) - 4096))
         said = self.stderr.read().decode(errors="replace")
         if self.hung:
-            return ExportError(f"{self.folder}: the {self.fmt} runtime did not answer within {self.deadline:.0f} s on "
-                               f"the {tower} tower: stopped")
+            return ExportError(f"the {self.fmt} runtime did not answer within {self.deadline:.0f} s on "
+                               f"the {tower} tower: stopped", path=self.folder)
         if _ALLOCATION.search(said):  # an allocation that failed where nothing could catch it
             return self._memory(tower)
         try:
             how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         except ValueError:
             how = f"killed by signal {-status}"
-        return ExportError(f"{self.folder}: the {self.fmt} runtime's process died ({how}) on the {tower} tower")
+        return ExportError(f"the {self.fmt} runtime's process died ({how}) on the {tower} tower", path=self.folder)
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -3,16 +3,12 @@ output, and ExportError, the one error for a folder that cannot be read or run."
 from __future__ import annotations
 
 from .. import layouts
-from ..errors import ParityError
+from ..errors import ExportError  # noqa: F401  (the exporter's modules take it from here)
 
 FORMATS = ("paddle-inference", "onnx")
 MANIFEST, REFERENCE, REPORT = "manifest.json", "reference.json", "report.md"
 TOWERS = layouts.HUB.TOWERS
 INPUT_DTYPES = {"image": "float32", "text": "int64"}
-
-
-class ExportError(ParityError):
-    """An export folder that cannot be read or run: a missing, corrupt or foreign file (exit 2)."""
 
 
 def graph_names(fmt: str, tower: str) -> list[str]:

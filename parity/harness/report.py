@@ -303,7 +303,7 @@ def _report_dir(report_dir: Path) -> None:
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ParityError(f"{report_dir}: cannot hold the reports ({e.strerror or e}); choose another folder") from None
+        raise ParityError(f"cannot hold the reports ({e.strerror or e}); choose another folder", path=report_dir) from None
 
 
 def write_variant(r: Report, report_dir: Path) -> dict[str, Path]:

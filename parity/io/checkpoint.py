@@ -90,24 +90,24 @@ class Checkpoint:
                              for name in ("heads", "activation", "eps")
                              if getattr(getattr(a.config, tower), name) != getattr(getattr(b.config, tower), name)})
             raise ConfigMissingError(
-                f"{self.path}: the config is ambiguous: its shapes fit {describe_fits(fits)}, which differ in "
-                f"{', '.join(differ)}, and the file carries no config; give a registered name or a config file")
+                f"the config is ambiguous: its shapes fit {describe_fits(fits)}, which differ in "
+                f"{', '.join(differ)}, and the file carries no config; give a registered name or a config file", path=self.path)
         if self.config_source != "unknown":  # a library's config file, short of what no such file says
             raise ConfigMissingError(
-                f"{self.path}: {', '.join(self.config.missing())} is unknown: no tensor says it, nor the file's "
+                f"{', '.join(self.config.missing())} is unknown: no tensor says it, nor the file's "
                 f"config ({self.config_source}), and no registered model of these shapes does; give a "
-                "registered name or a config file")
+                "registered name or a config file", path=self.path)
         raise ConfigMissingError(
-            f"{self.path}: the config is unknown ({', '.join(self.config.missing())}): no tensor says it, the "
+            f"the config is unknown ({', '.join(self.config.missing())}): no tensor says it, the "
             "file carries no config, and its shapes match no registered model; give a registered name or a "
-            "config file")
+            "config file", path=self.path)
 
     def hub_plan(self) -> dict[str, Planned]:
         """The hub (openai) state dict, each tensor made when asked for, in the source's own dtypes."""
         if self.layout == layouts.HUB.NAME:
             return {k: Planned(lambda v=v: read_array(v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
         layout = layouts.get(self.layout)
-        plan, notes = layouts.rows.to_hub(self.state_dict, layout.KEYMAP, layouts.HUB.shapes(self.config),
+        plan, notes = layouts.rows.to_hub(self.state_dict, layout.keymap, layouts.HUB.shapes(self.config),
                                           self.record, layouts.HUB.defaults(self.config))
         self.notes.extend(n for n in notes if n not in self.notes)
         try:  # a record short of a buffer would otherwise make a file that strict loading refuses
@@ -115,7 +115,7 @@ class Checkpoint:
                        layouts.HUB.shapes(self.config), "hub state dict (after the record)",
                        optional=layouts.HUB.ARCHIVE_ENTRIES)
         except StateDictError as e:
-            raise CheckpointError(f"{self.path}: {e}") from None
+            raise CheckpointError(f"{e}", path=self.path) from None
         return plan
 
     def hub_state(self) -> dict[str, np.ndarray]:
@@ -159,15 +159,15 @@ def _record(data: dict | None, config: Config, layout, path) -> Record | None:
     try:
         record = Record.from_dict(data)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: parity's record is malformed ({e})") from None
+        raise CheckpointError(f"parity's record is malformed ({e})", path=path) from None
     expected = layouts.HUB.shapes(config, archive_entries=True)
     wrong = sorted(k for k in list(record.buffers) + list(record.dtypes)
                    if k not in expected or (k in record.buffers and layout.keymap.hub_row(k)[0].layout is not None))
     if wrong:
-        raise CheckpointError(f"{path}: parity's record names keys this CLIP does not have: {', '.join(wrong[:8])}")
+        raise CheckpointError(f"parity's record names keys this CLIP does not have: {', '.join(wrong[:8])}", path=path)
     misshaped = sorted(k for k, v in record.buffers.items() if tuple(v.shape) != tuple(expected[k]))
     if misshaped:
-        raise CheckpointError(f"{path}: parity's record holds buffers of the wrong shape: {', '.join(misshaped[:8])}")
+        raise CheckpointError(f"parity's record holds buffers of the wrong shape: {', '.join(misshaped[:8])}", path=path)
     return record
 
 
@@ -183,7 +183,7 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
     named = [m for m in layouts.LAYOUTS.values() if m.folder and m.folder.config_file != "config.json"]
     carrier = next((m for m in named if parsed(m.folder.config_file)), None)
     if carrier is not None and layout.name != layouts.HUB.NAME:  # open_clip's folder holds openai's key names
-        raise CheckpointError(f"{path}: a {carrier.folder.config_file} beside tensors in the {layout.name} layout")
+        raise CheckpointError(f"a {carrier.folder.config_file} beside tensors in the {layout.name} layout", path=path)
     if carrier is None and parsed("config.json") and layout.folder is not None:
         carrier = layout
     text = (record or {}).get("config") or metadata.get(META_PREFIX + "config")
@@ -192,21 +192,21 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
             text = bounded_json.loads(text, bounded_json.CONFIG, path)
         recorded = Config.from_dict(text) if text else None
     except (ConfigError, CheckpointError) as e:
-        raise CheckpointError(f"{path}: the config stored in the file is malformed ({e})") from None
+        raise CheckpointError(f"the config stored in the file is malformed ({e})", path=path) from None
     if carrier is None:
         return recorded, "the file's own record" if recorded else "unknown"
     name = carrier.folder.config_file
     try:
         config = carrier.folder.config_from_json(metadata[name])
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{e}", path=path) from None
     if config.complete or recorded is None:
         return config, name
     # what no library config says (a BERT's context: its tokenizer's length) may be in parity's record
     try:
         return config.filled(recorded), f"{name}, {', '.join(config.missing())} from parity's record"
     except ConfigError as e:
-        raise CheckpointError(f"{path}: parity's record contradicts {name} ({e})") from None
+        raise CheckpointError(f"parity's record contradicts {name} ({e})", path=path) from None
 
 
 def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
@@ -224,18 +224,18 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
         record = parse_record(raw.metadata[META_PREFIX + "extras"], path)
     refused = next(filter(None, (layout.foreign(tensors) for layout in layouts.LAYOUTS.values())), None)
     if refused:
-        raise CheckpointError(f"{path}: {refused}; parity converts and verifies CLIP's own architecture only")
+        raise CheckpointError(f"{refused}; parity converts and verifies CLIP's own architecture only", path=path)
     try:
         name = layouts.detect(tensors)
         layout = layouts.get(name)
         unheld = layout.unheld(tensors)
         if unheld:
-            raise CheckpointError(f"{path}: {unheld}, so this file cannot be converted or verified")
+            raise CheckpointError(f"{unheld}, so this file cannot be converted or verified", path=path)
         shapes = layouts.HUB.infer(layout.keymap.hub_shapes({k: v.shape for k, v in tensors.items()}))
     except ConfigError as e:
         sample = ", ".join(list(tensors)[:3])
-        raise CheckpointError(f"{path}: not a CLIP checkpoint in a layout parity reads ({e}; {len(tensors)} "
-                              f"tensors, e.g. {sample}); parity reads the layouts {', '.join(layouts.LAYOUTS)}") from None
+        raise CheckpointError(f"not a CLIP checkpoint in a layout parity reads ({e}; {len(tensors)} "
+                              f"tensors, e.g. {sample}); parity reads the layouts {', '.join(layouts.LAYOUTS)}", path=path) from None
     try:
         expected = layout.keymap.layout_shapes(layouts.HUB.shapes(shapes))
         optional = layouts.HUB.ARCHIVE_ENTRIES if name == layouts.HUB.NAME else ()
@@ -253,8 +253,7 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
             fixed = (rule, f"the {name} layout: {layout.fixed.library} builds every CLIP with {layout.fixed.text}")
         resolved, source = resolve_config(shapes, stored, config, path, stored_from, sha256, family, fixed)
     except (StateDictError, ConfigError) as e:
-        message = str(e)
-        raise type(e)(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
+        raise e.at(path) from None
     provenance = {k: v for k, v in (record or {}).items() if k not in ("buffers", "dtypes", "config")}
     provenance.update({k[len(META_PREFIX):]: v for k, v in raw.metadata.items()
                        if k.startswith(META_PREFIX) and k not in (META_PREFIX + "extras", META_PREFIX + "config")})

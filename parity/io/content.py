@@ -46,7 +46,7 @@ def unwrap(content, path) -> tuple[dict, list[str]]:
         unwrapped.append(f"wrapper {wrapper!r}" + (f" (not read beside it: {', '.join(beside)})" if beside else ""))
         content = content[wrapper]
     if not isinstance(content, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state dict")
+        raise CheckpointError(f"holds a {type(content).__name__}, not a state dict", path=path)
     content = dict(content)
     if record is not None and EXTRAS_KEY not in content:
         content[EXTRAS_KEY] = record
@@ -61,10 +61,10 @@ def tensors_of(content: dict, path, notes: list[str]) -> tuple[dict, dict | None
         elif key == EXTRAS_KEY:
             record = parse_record(value, path)
         elif not isinstance(key, str):
-            raise CheckpointError(f"{path}: key {key!r} is not a string")
+            raise CheckpointError(f"key {key!r} is not a string", path=path)
         elif as_array(value) is None:
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor; parity "
-                                  f"unwraps {' and '.join(map(repr, WRAPPERS))} only: extract the state dict first")
+            raise CheckpointError(f"entry {key!r} is a {type(value).__name__}, not a tensor; parity "
+                                  f"unwraps {' and '.join(map(repr, WRAPPERS))} only: extract the state dict first", path=path)
         else:
             tensors[key] = as_array(value)
     return tensors, record
@@ -73,7 +73,7 @@ def tensors_of(content: dict, path, notes: list[str]) -> tuple[dict, dict | None
 def parse_record(value, path) -> dict:
     """parity's record (a JSON object in a string), through the bounded JSON reader, or CheckpointError."""
     if not isinstance(value, (str, bytes)):
-        raise CheckpointError(f"{path}: parity's record ({EXTRAS_KEY}) is a {type(value).__name__}, not JSON text")
+        raise CheckpointError(f"parity's record ({EXTRAS_KEY}) is a {type(value).__name__}, not JSON text", path=path)
     return bounded_json.loads(value, bounded_json.RECORD, path)
 
 

@@ -195,8 +195,8 @@ def check_written(written: Source, fmt: str, tensors: Mapping, record: dict | No
     except CheckpointError as e:  # unreadable, or a CRC-32 that fails: the bytes on disk are not those written
         bad = [str(e).removeprefix(f"{written.name}: ")]
     if bad:
-        raise CheckpointError(f"{written.name}: the written file does not read back as written "
-                              f"({', '.join(bad[:5])}); nothing was kept")
+        raise CheckpointError(f"the written file does not read back as written "
+                              f"({', '.join(bad[:5])}); nothing was kept", path=written.name)
 
 
 def _metadata(ck: Checkpoint, layout: str, recorded: str | None) -> dict[str, str]:
@@ -226,7 +226,7 @@ def target_of(path: Path, to: str | None, layout: str | None, fmt: str | None) -
     target = layouts.get("openai" if layout == "torch" else layout)
     fmt = fmt or target.format
     if fmt not in FORMATS:
-        raise CheckpointError(f"{path}: unknown file format; use one of {', '.join(FORMATS)}")
+        raise CheckpointError(f"unknown file format; use one of {', '.join(FORMATS)}", path=path)
     if (fmt, target.framework) in (("pt", "paddle"), ("pdparams", "torch")):
         raise CheckpointError(f"a {fmt} file holds a {'torch' if fmt == 'pt' else 'Paddle'} layout, not "
                               f"{target.name}; safetensors holds any")

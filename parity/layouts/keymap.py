@@ -18,12 +18,8 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
-from ..errors import ParityError
+from ..errors import StateDictError
 from ..io.formats.source import Stored
-
-
-class StateDictError(ParityError):
-    """A state dict that does not fit the expected layout; the message names every offending key."""
 
 
 @dataclass(frozen=True)

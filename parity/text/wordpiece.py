@@ -88,11 +88,11 @@ class WordPiece:
             # counted before anything is built: a dict of millions of short tokens is 100s of MB
             count = self.data.count(b"\n") + (not self.data.endswith(b"\n"))
             if count > MAX_TOKENS:
-                raise ParityError(f"{path}: a WordPiece vocabulary of {count} lines, more than the {MAX_TOKENS} "
-                                  "tokens a BERT vocabulary has at the most")
+                raise ParityError(f"a WordPiece vocabulary of {count} lines, more than the {MAX_TOKENS} "
+                                  "tokens a BERT vocabulary has at the most", path=path)
             lines = self.data.decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as e:
-            raise ParityError(f"{path}: cannot be read as a WordPiece vocabulary ({e})") from None
+            raise ParityError(f"cannot be read as a WordPiece vocabulary ({e})", path=path) from None
         if lines and lines[-1] == "":
             lines.pop()  # the newline that ends the last line starts no token
         self.vocab: dict[str, int] = {}
@@ -100,7 +100,7 @@ class WordPiece:
             self.vocab[line.strip()] = index  # a repeated token takes its last line, as BERT's loader does
         for special in ("[CLS]", "[SEP]", "[UNK]"):
             if special not in self.vocab:
-                raise ParityError(f"{path}: a WordPiece vocabulary without {special}")
+                raise ParityError(f"a WordPiece vocabulary without {special}", path=path)
         self.path = path
 
     def pieces(self, word: str) -> list[str]:
@@ -145,7 +145,7 @@ def _tokenizer(vocab_file: str) -> WordPiece:
     try:
         st = Path(vocab_file).stat()
     except OSError as e:
-        raise ParityError(f"{vocab_file}: cannot be read as a WordPiece vocabulary ({e})") from None
+        raise ParityError(f"cannot be read as a WordPiece vocabulary ({e})", path=vocab_file) from None
     return _cached(vocab_file, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
 

@@ -63,12 +63,11 @@ def read(source: Source, visit: Callable | None = None) -> RawCheckpoint:
                                       f"{source.size}: tensors share bytes (aliased), which parity refuses")
         return raw
     except CheckpointError as e:
-        msg = str(e)
-        raise type(e)(msg if msg.startswith(f"{source.name}:") else f"{source.name}: {msg}") from None
+        raise e.at(source.name) from None
     except MALFORMED as e:
         detail = str(e).splitlines()[0][:120] if str(e) else "no detail"
-        raise CheckpointError(f"{source.name}: truncated or corrupt {FORMAT_NAMES.get(kind, kind)} file "
-                              f"({type(e).__name__}: {detail})") from None
+        raise CheckpointError(f"truncated or corrupt {FORMAT_NAMES.get(kind, kind)} file "
+                              f"({type(e).__name__}: {detail})", path=source.name) from None
 
 
 __all__ = ["FORMAT_NAMES", "BytesSource", "FileSource", "RawCheckpoint", "Source", "Stored", "contiguous",

@@ -134,8 +134,8 @@ def _open_folder(path: Path) -> int:
     try:
         return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot write in {path.parent} ({e.strerror}); choose another "
-                              "output") from None
+        raise CheckpointError(f"cannot write in {path.parent} ({e.strerror}); choose another "
+                              "output", path=path) from None
 
 
 def _link(fd: int, folder: int, name: str, temp: str | None) -> None:
@@ -216,14 +216,14 @@ def _write_in(folder: int, name: str, path: Path, write: Callable[[BinaryIO], No
         except FileNotFoundError:
             named = None
         if named is None or not os.path.samestat(named, written):
-            raise CheckpointError(f"{path}: another process replaced or removed the output as parity named it; "
-                                  "what is there now is not parity's file")
+            raise CheckpointError("another process replaced or removed the output as parity named it; "
+                                  "what is there now is not parity's file", path=path)
         return written.st_size
     except FileExistsError:
         raise OutputExistsError(f"{path} already exists (it appeared while parity wrote); nothing was "
                                 "written") from None
     except OSError as e:
-        raise CheckpointError(f"{path}: writing failed ({e.strerror or e}); nothing was written") from None
+        raise CheckpointError(f"writing failed ({e.strerror or e}); nothing was written", path=path) from None
     finally:
         if temp is not None:
             _unlink(temp, folder)
@@ -277,7 +277,7 @@ def _make_staging(parent: int, path: Path) -> tuple[str, int, os.stat_result]:
 
 
 def _replaced(path: Path) -> CheckpointError:
-    return CheckpointError(f"{path}: another process replaced the folder parity was writing; nothing was written")
+    return CheckpointError("another process replaced the folder parity was writing; nothing was written", path=path)
 
 
 def _name_folder(parent: int, temp: str, name: str, held: os.stat_result, path: Path, force: bool) -> str | None:
@@ -308,7 +308,7 @@ def _name_folder(parent: int, temp: str, name: str, held: os.stat_result, path: 
             continue
         except NoRenameat2:
             return _name_folder_without_renameat2(parent, temp, name, path, force)
-    raise CheckpointError(f"{path}: the output kept changing while parity named it; nothing was written")
+    raise CheckpointError("the output kept changing while parity named it; nothing was written", path=path)
 
 
 def _name_folder_without_renameat2(parent: int, temp: str, name: str, path: Path, force: bool) -> str | None:
@@ -352,20 +352,20 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
         size = 0
         for name, write, check in files:
             if name in ("", ".", "..") or "/" in name:
-                raise CheckpointError(f"{path}: {name!r} is not a file name")
+                raise CheckpointError(f"{name!r} is not a file name", path=path)
             size += _write_in(folder, name, path / name, write, check, False, None, tidy=False)
             written.append(name)
         os.fchmod(folder, 0o777 & ~_umask())  # a new folder's usual mode, now that it is complete
         old = _name_folder(parent, temp, path.name, held, path, force)
         temp = None  # named: no longer a staging folder to remove
         if not same_entry(path.name, parent, held):
-            raise CheckpointError(f"{path}: another process replaced or removed the output as parity named it; "
-                                  "what is there now is not parity's folder")
+            raise CheckpointError("another process replaced or removed the output as parity named it; "
+                                  "what is there now is not parity's folder", path=path)
         if old is not None:  # the replaced entry, removed without following any symlink in it
             remove_entry(old, parent)
         return size
     except OSError as e:
-        raise CheckpointError(f"{path}: writing failed ({e.strerror or e}); nothing was written") from None
+        raise CheckpointError(f"writing failed ({e.strerror or e}); nothing was written", path=path) from None
     finally:
         if folder >= 0:
             # Not named (a signal can land just after the rename: the output's name tells): the files

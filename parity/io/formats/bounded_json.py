@@ -61,15 +61,15 @@ def _check_shape(data: bytes, kind: Kind, name) -> None:
     # every value but the first follows a comma or opens a container: so this bounds the value count
     values = 1 + bare.count(b",") + opens
     if values > kind.max_values:
-        raise CheckpointError(f"{name}: a {kind.what} of up to {values} JSON values, more than the "
-                              f"{kind.max_values} it may hold")
+        raise CheckpointError(f"a {kind.what} of up to {values} JSON values, more than the "
+                              f"{kind.max_values} it may hold", path=name)
     if opens > kind.max_depth:
         arr = np.frombuffer(bare, np.uint8)
         brackets = arr[np.isin(arr, np.concatenate([_OPEN, _CLOSE]))]  # at most `values` of them
         depth = np.cumsum(np.where(np.isin(brackets, _OPEN), 1, -1), dtype=np.int64)
         if depth.size and depth.max() > kind.max_depth:
-            raise CheckpointError(f"{name}: a {kind.what} nested {int(depth.max())} deep, more than the "
-                                  f"{kind.max_depth} it may be")
+            raise CheckpointError(f"a {kind.what} nested {int(depth.max())} deep, more than the "
+                                  f"{kind.max_depth} it may be", path=name)
 
 
 def loads(data: bytes | str, kind: Kind, name) -> dict:
@@ -78,18 +78,18 @@ def loads(data: bytes | str, kind: Kind, name) -> dict:
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not isinstance(data, (bytes, bytearray)):
-        raise CheckpointError(f"{name}: the {kind.what} is a {type(data).__name__}, not JSON text")
+        raise CheckpointError(f"the {kind.what} is a {type(data).__name__}, not JSON text", path=name)
     if len(data) > kind.max_bytes:
-        raise CheckpointError(f"{name}: a {kind.what} of {len(data)} bytes, more than the {kind.max_bytes} "
-                              "it may hold")
+        raise CheckpointError(f"a {kind.what} of {len(data)} bytes, more than the {kind.max_bytes} "
+                              "it may hold", path=name)
     _check_shape(bytes(data), kind, name)
     try:
         value = json.loads(data)
     except (ValueError, RecursionError, MemoryError) as e:  # UnicodeDecodeError is a ValueError
         detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise CheckpointError(f"{name}: the {kind.what} is not JSON ({type(e).__name__}: {detail})") from None
+        raise CheckpointError(f"the {kind.what} is not JSON ({type(e).__name__}: {detail})", path=name) from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"{name}: the {kind.what} is not a JSON object")
+        raise CheckpointError(f"the {kind.what} is not a JSON object", path=name)
     return value
 
 
@@ -104,8 +104,8 @@ def read_source(source, kind: Kind) -> dict:
     """A JSON object from an opened `Source` (a file opened relative to a folder's descriptor, say): its
     size checked against `kind` before a byte is read; CheckpointError naming it."""
     if source.size > kind.max_bytes:
-        raise CheckpointError(f"{source.name}: a {kind.what} of {source.size} bytes, more than the "
-                              f"{kind.max_bytes} it may hold")
+        raise CheckpointError(f"a {kind.what} of {source.size} bytes, more than the "
+                              f"{kind.max_bytes} it may hold", path=source.name)
     return loads(source.pread(0, source.size), kind, source.name)
 
 

@@ -33,7 +33,7 @@ def read_small(path: Path, what: str) -> bytes:
     """A small file's bytes (a vocabulary), bounded by its size and TEXT_LIMIT; CheckpointError naming it."""
     with open_source(path) as source:
         if source.size > TEXT_LIMIT:
-            raise CheckpointError(f"{path}: a {what} of {source.size} bytes, more than the {TEXT_LIMIT} it may hold")
+            raise CheckpointError(f"a {what} of {source.size} bytes, more than the {TEXT_LIMIT} it may hold", path=path)
         return source.pread(0, source.size)
 
 
@@ -41,13 +41,13 @@ def weight_map(index: dict, where) -> dict[str, str]:
     """A sharded index's map of tensor names to shard files (file names in the folder, nothing else)."""
     mapping = index.get("weight_map")
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-        raise CheckpointError(f"{where}: no weight_map of tensor names to shard files")
+        raise CheckpointError("no weight_map of tensor names to shard files", path=where)
     if not mapping:
-        raise CheckpointError(f"{where}: the index names no tensors")
+        raise CheckpointError("the index names no tensors", path=where)
     for shard in set(mapping.values()):
         if "/" in shard or "\\" in shard or "\0" in shard or shard in ("", ".", "..") or \
                 len(os.fsencode(shard)) > 255:
-            raise CheckpointError(f"{where}: shard {printable(shard[:80])!r} is not a file name in the folder")
+            raise CheckpointError(f"shard {printable(shard[:80])!r} is not a file name in the folder", path=where)
     return mapping
 
 
@@ -94,9 +94,9 @@ class FolderInput:
         elif (self.path / "config.json").is_file():
             self.config_name, self.weight_names, self.indexes = "config.json", WEIGHTS, INDEXES
         else:
-            raise CheckpointError(f"{self.path}: a folder without config.json or {OPEN_CLIP_CONFIG} and its weights: "
+            raise CheckpointError(f"a folder without config.json or {OPEN_CLIP_CONFIG} and its weights: "
                                   "not a Hugging Face, PaddleNLP or open_clip checkpoint folder (for a single file, "
-                                  "give the file)")
+                                  "give the file)", path=self.path)
         self.config_json = bounded_json.read(self.path / self.config_name, bounded_json.CONFIG)
         record = self.path / "parity.json"  # parity's record, where the weights file has no room for it
         self.record_json = bounded_json.read(record, bounded_json.RECORD) if os.path.lexists(record) else None
@@ -115,16 +115,16 @@ class FolderInput:
             return present[:1]  # a library reads the first it finds; so does parity (the others are not read)
         index = next((n for n in self.indexes if (self.path / n).is_file()), None)
         if index is None:
-            raise CheckpointError(f"{self.path}: no weights: none of {', '.join(self.weight_names)} nor a sharded index")
+            raise CheckpointError(f"no weights: none of {', '.join(self.weight_names)} nor a sharded index", path=self.path)
         self.weight_map = weight_map(bounded_json.read(self.path / index, bounded_json.INDEX), self.path / index)
         shards = sorted(set(self.weight_map.values()))
         for shard in shards:
             try:
                 if not stat.S_ISREG(os.stat(self.path / shard).st_mode):
-                    raise CheckpointError(f"{self.path}: shard {shard} is not a file (named by {index})")
+                    raise CheckpointError(f"shard {shard} is not a file (named by {index})", path=self.path)
             except OSError as e:
                 what = "is missing" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})"
-                raise CheckpointError(f"{self.path}: shard {shard} {what} (named by {index})") from None
+                raise CheckpointError(f"shard {shard} {what} (named by {index})", path=self.path) from None
         return shards
 
     def read(self):
@@ -136,23 +136,23 @@ class FolderInput:
             raw = read(source)
             kinds.add(raw.format)
             if not isinstance(raw.content, dict):
-                raise CheckpointError(f"{source.name}: holds a {type(raw.content).__name__}, not a state dict")
+                raise CheckpointError(f"holds a {type(raw.content).__name__}, not a state dict", path=source.name)
             wanted = {k for k, v in getattr(self, "weight_map", {}).items() if v == name}
             if wanted and set(raw.content) - {"parity@@extras"} != wanted:
                 extra = sorted(map(str, set(raw.content) - wanted - {"parity@@extras"}))
                 short = sorted(wanted - set(raw.content))
-                raise CheckpointError(f"{source.name}: the shard does not hold what the index says "
+                raise CheckpointError(f"the shard does not hold what the index says "
                                       f"(missing {', '.join(short[:4]) or 'none'}; not in the index "
-                                      f"{', '.join(extra[:4]) or 'none'})")
+                                      f"{', '.join(extra[:4]) or 'none'})", path=source.name)
             twice = sorted(set(merged) & set(raw.content))
             if twice:
-                raise CheckpointError(f"{source.name}: tensors also in another shard: {', '.join(twice[:4])}")
+                raise CheckpointError(f"tensors also in another shard: {', '.join(twice[:4])}", path=source.name)
             merged.update(raw.content)
             notes += raw.notes
             metadata.update(raw.metadata)
             entries += [(f"{name}:{e[0]}", *e[1:]) for e in raw.entries]
         if len(kinds) > 1:
-            raise CheckpointError(f"{self.path}: shards of different formats ({', '.join(sorted(kinds))})")
+            raise CheckpointError(f"shards of different formats ({', '.join(sorted(kinds))})", path=self.path)
         metadata[self.config_name] = self.config_json
         notes += self.notes
         if self.record_json is not None:
@@ -234,7 +234,7 @@ def refuse_overlap(out, *inputs) -> None:
     above = _stats(real.parents)
     if found and not (stat.S_ISREG(found[0].st_mode) or stat.S_ISDIR(found[0].st_mode)):
         # /dev/stdout, a FIFO, a device: replacing the entry (as root, in /dev) would not write there
-        raise CheckpointError(f"{out}: not a regular file or folder; parity writes files and folders only")
+        raise CheckpointError("not a regular file or folder; parity writes files and folders only", path=out)
     for given in _with_link_targets(inputs):
         src = Path(given)
         try:
@@ -243,10 +243,10 @@ def refuse_overlap(out, *inputs) -> None:
             continue  # an input that is not there: its reader says so
         if found and os.path.samestat(found[0], src_stat):
             what = "folder" if stat.S_ISDIR(src_stat.st_mode) else "file"
-            raise SameFileError(f"{out}: is the input {what} ({src}); parity never writes over its input")
+            raise SameFileError(f"is the input {what} ({src}); parity never writes over its input", path=out)
         if any(os.path.samestat(s, src_stat) for s in above):
-            raise SameFileError(f"{out}: lies inside the input folder {src}; parity never writes into its input")
+            raise SameFileError(f"lies inside the input folder {src}; parity never writes into its input", path=out)
         # above the input as given (a link's own folder) and above what it points to
         around = _stats([*Path(os.path.abspath(src)).parents, *Path(os.path.realpath(src)).parents])
         if found and any(os.path.samestat(found[0], s) for s in around):
-            raise SameFileError(f"{out}: contains the input {src}; replacing it would delete the input")
+            raise SameFileError(f"contains the input {src}; replacing it would delete the input", path=out)

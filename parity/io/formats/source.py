@@ -39,14 +39,14 @@ class Source:
         """Fill `view` (flat bytes) from `offset`, exactly, or CheckpointError."""
         n = len(view)
         if offset < 0 or offset + n > self.size:
-            raise CheckpointError(f"{self.name}: a read of {n} bytes at {offset} reaches past the end of the "
-                                  f"file ({self.size} bytes): truncated or corrupt")
+            raise CheckpointError(f"a read of {n} bytes at {offset} reaches past the end of the "
+                                  f"file ({self.size} bytes): truncated or corrupt", path=self.name)
         done = 0
         while done < n:
             got = self._readinto(offset + done, view[done:])
             if got <= 0:
-                raise CheckpointError(f"{self.name}: the file ends after {offset + done} of its {self.size} "
-                                      "bytes: it was truncated while parity read it")
+                raise CheckpointError(f"the file ends after {offset + done} of its {self.size} "
+                                      "bytes: it was truncated while parity read it", path=self.name)
             done += got
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -58,8 +58,8 @@ class Source:
         """A read-only, seekable file object over [offset, offset + length): for zipfile and pickle."""
         length = self.size - offset if length is None else length
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise CheckpointError(f"{self.name}: a part of {length} bytes at {offset} lies outside the file "
-                                  f"({self.size} bytes): truncated or corrupt")
+            raise CheckpointError(f"a part of {length} bytes at {offset} lies outside the file "
+                                  f"({self.size} bytes): truncated or corrupt", path=self.name)
         return io.BufferedReader(_Window(self, offset, length), buffer_size=1 << 16)
 
     def buffer(self, nbytes: int) -> np.ndarray:
@@ -108,12 +108,12 @@ class FileSource(Source):
             try:  # O_NONBLOCK: opening a FIFO must not hang; a non-regular file is refused next
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError as e:
-                raise CheckpointError(f"{path}: cannot be opened ({e.strerror})") from None
+                raise CheckpointError(f"cannot be opened ({e.strerror})", path=path) from None
         self.fd = fd
         self.stat = os.fstat(fd)
         if not stat.S_ISREG(self.stat.st_mode):
             self.close()
-            raise CheckpointError(f"{path}: not a regular file")
+            raise CheckpointError("not a regular file", path=path)
         self.size = self.stat.st_size
 
     def _readinto(self, offset: int, view: memoryview) -> int:
@@ -122,8 +122,8 @@ class FileSource(Source):
     def check_unchanged(self) -> None:
         now = os.fstat(self.fd)
         if (now.st_size, now.st_ino, now.st_mtime_ns) != (self.size, self.stat.st_ino, self.stat.st_mtime_ns):
-            raise CheckpointError(f"{self.name}: the file changed while parity read it (size {self.size} -> "
-                                  f"{now.st_size} bytes); nothing was written from it")
+            raise CheckpointError(f"the file changed while parity read it (size {self.size} -> "
+                                  f"{now.st_size} bytes); nothing was written from it", path=self.name)
 
     def close(self) -> None:
         if self.own and self.fd >= 0:
@@ -145,9 +145,9 @@ def user_stat(path: Path) -> os.stat_result:
     try:
         return os.stat(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
+        raise CheckpointError("no such file", path=path) from None
     except OSError as e:  # a name too long, a loop of links, a folder without search permission
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+        raise CheckpointError(f"cannot be read ({e.strerror})", path=path) from None
 
 
 # what this process reads (inputs by device and inode, and by their real paths): the clean-up of stale
@@ -174,7 +174,7 @@ def open_source(path) -> FileSource:
     """A FileSource for a path given by a user: CheckpointError, naming it, for anything but a regular file."""
     path = Path(path)
     if not stat.S_ISREG(user_stat(path).st_mode):
-        raise CheckpointError(f"{path}: not a file")
+        raise CheckpointError("not a file", path=path)
     source = FileSource(path)
     mark_input(path, source.stat)
     return source
@@ -246,7 +246,7 @@ class Stored:
         self.source.readinto(self.entry_offset, memoryview(raw))
         if self.crc is not None and self.entry not in self.source.verified:
             if zlib.crc32(raw) != self.crc:
-                raise CheckpointError(f"{self.source.name}: entry {self.entry} fails its CRC-32 check: corrupt")
+                raise CheckpointError(f"entry {self.entry} fails its CRC-32 check: corrupt", path=self.source.name)
             self.source.verified.add(self.entry)
         elements = raw.view(self.stored)
         if self.strides is None:
@@ -288,7 +288,7 @@ def sha256(source: Source | str | Path, entries: list[tuple[str, int, int, int]]
     block = bytearray(1 << 22)
     while position < source.size:
         if stop is not None and stop.is_set():
-            raise CheckpointError(f"{source.name}: hashing stopped")
+            raise CheckpointError("hashing stopped", path=source.name)
         n = min(len(block), source.size - position)
         view = memoryview(block)[:n]
         source.readinto(position, view)
@@ -300,12 +300,12 @@ def sha256(source: Source | str | Path, entries: list[tuple[str, int, int, int]]
             if start + length > end:
                 break
             if crc != expected:
-                raise CheckpointError(f"{source.name}: entry {name} fails its CRC-32 check: corrupt")
+                raise CheckpointError(f"entry {name} fails its CRC-32 check: corrupt", path=source.name)
             pending.pop(0)
             crc = 0
         position = end
     if pending:
-        raise CheckpointError(f"{source.name}: entry {pending[0][0]} reaches past the end of the file: truncated")
+        raise CheckpointError(f"entry {pending[0][0]} reaches past the end of the file: truncated", path=source.name)
     return digest.hexdigest()
 
 
