@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 import parity
 from parity.io import checkpoint, formats
+from parity.io.formats.pdparams import EXTRAS_KEY
 from parity.io.save import same_bits
 import parity.io.formats.safetensors  # noqa: F401  (formats.safetensors, as the tests name it)
 import parity.io.formats.torch_zip  # noqa: F401
@@ -64,7 +65,7 @@ def test_pdparams_written_one_tensor_at_a_time_is_a_plain_pickle(rn50_files):
 
     plain = pickle.loads((rn50_files / "a.pdparams").read_bytes())  # what paddle.load does underneath
     ours = parity.load(rn50_files / "a.pdparams")
-    assert set(plain) == set(ours.state_dict) | {checkpoint.EXTRAS_KEY}
+    assert set(plain) == set(ours.state_dict) | {EXTRAS_KEY}
     for k, v in ours.state_dict.items():
         assert np.array_equal(plain[k], v) and plain[k].dtype == v.dtype and plain[k].strides == v.strides, k
     # Linear weights stay Fortran-ordered (no transposing copy), as numpy itself pickles them
@@ -132,4 +133,4 @@ def test_loaded_pdparams_arrays_are_writable(rn50_files):
     import pickle
 
     plain = pickle.loads((rn50_files / "a.pdparams").read_bytes())
-    assert all(v.flags.writeable for k, v in plain.items() if k != checkpoint.EXTRAS_KEY)
+    assert all(v.flags.writeable for k, v in plain.items() if k != EXTRAS_KEY)
