@@ -80,8 +80,10 @@ def config_to_json(config: Config, source: dict | None = None) -> dict:
     path), exactly as openai/CLIP does, whatever the input (with 49407, at the first end-of-text token,
     which is the same where the text has one). `source`: the config.json of a folder in this layout that
     the model was read from, whose token ids are kept. A BERT text tower: a ChineseCLIPConfig."""
-    if config.text.kind == "bert":
-        return chinese_clip.config_to_json(config)
+    return MODELS[config.text.kind][0](config, source)
+
+
+def _clip_config(config: Config, source: dict | None) -> dict:
     v, t = config.vision, config.text
     return keep_token_ids({
         "architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": config.embed_dim,
@@ -132,11 +134,12 @@ def config_from_json(data: dict) -> Config:
 def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     """The tokenizer and image processor files, made from the BPE vocabulary parity ships with; for a
     Chinese-CLIP, BertTokenizer's from its WordPiece vocabulary (`vocab_file`, else cn_clip's)."""
+    return MODELS[config.text.kind][1](config, vocab_file)
+
+
+def _clip_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     from ..text.bpe import hf_tokenizer_files
 
-    if config.text.kind == "bert":
-        return {**chinese_clip.tokenizer_files(config, vocab_file, "BertTokenizer"),
-                "preprocessor_config.json": chinese_clip.processor_file(config)}
     v = config.vision
     processor = {
         "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
@@ -148,6 +151,16 @@ def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     files = {name: data for name, data in hf_tokenizer_files(config.text.context_length).items()}
     files["preprocessor_config.json"] = json.dumps(processor, indent=2).encode()
     return files
+
+
+def _chinese_clip_files(config: Config, vocab_file=None) -> dict[str, bytes]:
+    return {**chinese_clip.tokenizer_files(config, vocab_file, "BertTokenizer"),
+            "preprocessor_config.json": chinese_clip.processor_file(config)}
+
+
+# text tower kind -> transformers' model of it: (its config.json, its tokenizer and processor files)
+MODELS = {"clip": (_clip_config, _clip_files),
+          "bert": (lambda config, source: chinese_clip.config_to_json(config), _chinese_clip_files)}
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,

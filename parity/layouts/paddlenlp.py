@@ -85,12 +85,18 @@ def detect(keys) -> bool:
 def config_to_json(config: Config, source: dict | None = None) -> dict:
     """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does;
     `source`, a PaddleNLP folder's config.json the model was read from, keeps its own)."""
+    return MODELS[config.text.kind][0](config, source)
+
+
+def _chinese_clip_config(config: Config, source: dict | None = None) -> dict:
+    if config.vision.eps != EPS:
+        raise ConfigError(f"PaddleNLP's ChineseCLIP computes its image tower's LayerNorms with eps {EPS}, "
+                          f"whatever its config says; this model's vision.eps is {config.vision.eps}")
+    return chinese_clip.config_to_json(config, dtype_key="dtype")
+
+
+def _clip_config(config: Config, source: dict | None = None) -> dict:
     v, t = config.vision, config.text
-    if t.kind == "bert":
-        if v.eps != EPS:
-            raise ConfigError(f"PaddleNLP's ChineseCLIP computes its image tower's LayerNorms with eps {EPS}, "
-                              f"whatever its config says; this model's vision.eps is {v.eps}")
-        return chinese_clip.config_to_json(config, dtype_key="dtype")
     for name, eps in (("vision", v.eps), ("text", t.eps)):
         if eps is not None and eps != EPS:
             raise ConfigError(f"PaddleNLP's CLIP computes LayerNorm with eps {EPS}, whatever its config says; "
@@ -151,10 +157,17 @@ def config_from_json(data: dict) -> Config:
 
 def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     """For a Chinese-CLIP, what `ChineseCLIPTokenizer` and `ChineseCLIPProcessor.from_pretrained` read."""
-    if not config.text.kind == "bert":
-        return {}
+    return MODELS[config.text.kind][1](config, vocab_file)
+
+
+def _chinese_clip_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     return {**chinese_clip.tokenizer_files(config, vocab_file, "ChineseCLIPTokenizer"),
             "preprocessor_config.json": chinese_clip.processor_file(config)}
+
+
+# text tower kind -> PaddleNLP's model of it: (its config.json, its tokenizer and processor files)
+MODELS = {"clip": (_clip_config, lambda config, vocab_file=None: {}),
+          "bert": (_chinese_clip_config, _chinese_clip_files)}
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
