@@ -137,3 +137,26 @@ def test_the_checks_can_fail(tmp_path):
     assert g == {"parity": {}, "parity.a": {"parity.b": {"_x"}}, "parity.b": {"parity.a": set()}}
     assert cycles(g) == ["parity.a -> parity.b -> parity.a"]
     assert private_imports(g) == ["parity.a takes _x from parity.b"]
+
+
+def test_both_model_files_build_every_tower_kind():
+    """The model files choose their classes through the tower registry: each kind has its builder and its
+    block class in both, under the same names, and nothing else."""
+    from parity import towers
+    from parity.models import paddle_clip, torch_clip
+
+    for module in (torch_clip, paddle_clip):
+        assert set(module.VISION) == set(towers.REGISTRY["vision"]), module.__name__
+        assert set(module.TEXT) == set(towers.REGISTRY["text"]), module.__name__
+        blocks = {t.block for part in towers.REGISTRY.values() for t in part.values()}
+        assert set(module.BLOCKS) == blocks, module.__name__
+        assert all(module.BLOCKS[name].__name__ == name for name in blocks)
+
+
+def test_every_tower_says_what_its_contract_asks():
+    from parity import towers
+
+    for part, kinds in towers.REGISTRY.items():
+        for kind, tower in kinds.items():
+            assert (tower.kind, tower.part) == (kind, part)
+            assert set(tower.unknown) <= set(tower.unsaid), kind  # what no tensor says, a shapes-only config lacks

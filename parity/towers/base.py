@@ -59,6 +59,13 @@ class TextTower(Tower):
     hub_first: tuple[str, ...] = ()  # its keys that openai/CLIP's state dict lists before the projections
     archive_entries: bool = False  # openai's release archives carry their int entries beside it (context, vocabulary)
 
+    def __post_init__(self):
+        # the fields above default to None only because a dataclass puts defaults after its base's fields
+        unset = [f for f in ("tokenize", "canonical", "canonical_label", "computable", "tokenizer_files",
+                             "image_preprocessing") if getattr(self, f) is None]
+        if unset or not self.captions:
+            raise TypeError(f"text tower {self.kind!r} does not say {', '.join(unset) or 'its captions'}")
+
 
 def block_shapes(prefix: str, w: int, mlp: int) -> Shapes:
     """openai/CLIP's ResidualAttentionBlock at `prefix`: fused attention, pre-LayerNorms, a 2-layer MLP."""
