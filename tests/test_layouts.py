@@ -7,6 +7,7 @@ import pytest
 from parity import layouts
 from parity.config import registry
 from parity.layouts import StateDictError
+from parity.io.tensors import Record
 from parity.layouts.keymap import fill
 from parity.testing.synthetic import cached_state_dict, numpy_state_dict
 from conftest import assert_same_tensors, config_of, variant_params
@@ -81,7 +82,7 @@ def test_cast_records_source_dtypes_and_the_record_serialises():
     source = numpy_state_dict(cached_state_dict("ViT-B/32", 0))
     paddle_sd, record = layouts.to_layout(source, "paddle")
     assert record.dtypes["visual.proj"] == "float16" and "visual.ln_pre.weight" not in record.dtypes
-    restored = layouts.Record.from_dict(record.to_dict())
+    restored = Record.from_dict(record.to_dict())
     assert_same_tensors(layouts.to_hub(paddle_sd, "paddle", restored)[0], source)
 
 

@@ -32,7 +32,8 @@ from .formats import FORMAT_NAMES, RawCheckpoint, bounded_json
 from .content import read_array
 from .content import parse_record, strip_prefixes, tensors_of, unwrap
 from .formats.folders import open_input
-from ..layouts import Planned, Record, StateDictError, check_keys
+from ..layouts import StateDictError, check_keys
+from .tensors import Planned, Record
 
 META_PREFIX = "parity."  # safetensors metadata keys
 

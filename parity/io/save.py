@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from .formats import Source, Stored, contiguous, pdparams, read, safetensors, torch_zip
 from .formats.atomic import atomic_folder, atomic_write
 from .formats.pdparams import EXTRAS_KEY
-from ..layouts import Planned, Record
+from .tensors import Planned, Record
 
 FORMATS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors", "folder": ""}  # -> suffix
 DTYPES = ("keep", "float32", "float16")

@@ -9,7 +9,8 @@ from typing import Mapping
 from ..config.schema import ConfigError
 from . import hf, open_clip, openai, paddle, paddleclip, paddlenlp, passl, keymap as rows
 from .base import Fixed, Folder, Layout
-from .keymap import KeyMap, Planned, Record, Row, StateDictError, check_keys
+from ..io.tensors import Record
+from .keymap import KeyMap, Row, StateDictError, check_keys
 
 LAYOUTS: dict[str, Layout] = {m.LAYOUT.name: m.LAYOUT for m in (openai, paddle, paddleclip, passl, hf, paddlenlp, open_clip)}
 HUB = openai  # the hub's module: its key names and shapes for any config, and the config its shapes give
@@ -69,5 +70,5 @@ def to_hub(state: Mapping, name: str, record: Record | None = None,
     return {k: p() for k, p in plan.items()}, notes
 
 
-__all__ = ["HUB", "LAYOUTS", "Fixed", "Folder", "KeyMap", "Layout", "Planned", "Record", "Row", "StateDictError", "check_keys", "detect", "get",
+__all__ = ["HUB", "LAYOUTS", "Fixed", "Folder", "KeyMap", "Layout", "Row", "StateDictError", "check_keys", "detect", "get",
            "holds", "shapes_of", "to_hub", "to_layout"]

@@ -17,7 +17,7 @@ from .frameworks import import_paddle
 from ..layouts import HUB, StateDictError, check_keys
 from ..layouts import paddle as PADDLE
 from ..layouts.openai import ARCHIVE_ENTRIES
-from ..layouts.keymap import as_numpy, dtype_of
+from ..io.tensors import as_numpy, dtype_of
 
 
 def _complete(config: Config) -> Config:

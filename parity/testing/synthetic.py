@@ -205,7 +205,7 @@ def write_safetensors(model: str | Config, path, seed: int = 0) -> int:
     from functools import partial
 
     from ..io.formats import safetensors as st
-    from ..layouts.keymap import Planned
+    from ..io.tensors import Planned
     from ..io.save import Target
 
     config = config_of(model)
