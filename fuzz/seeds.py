@@ -26,9 +26,9 @@ MICRO = Config(4, VisionConfig("vit", 1, 8, 4, 2, 32, 2, "quick_gelu", 1e-5),
 
 
 def _micro_state():
-    from parity.testing.synthetic import _draw, release_dtype
+    from parity.testing.synthetic import draw, release_dtype
     import torch
-    return {k: v.to(getattr(torch, release_dtype(k))) for k, v in _draw(MICRO, 0).items()}
+    return {k: v.to(getattr(torch, release_dtype(k))) for k, v in draw(MICRO, 0).items()}
 
 
 def _parity_files(state_np: dict) -> dict[str, bytes]:

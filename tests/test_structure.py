@@ -160,3 +160,10 @@ def test_every_tower_says_what_its_contract_asks():
         for kind, tower in kinds.items():
             assert (tower.kind, tower.part) == (kind, part)
             assert set(tower.unknown) <= set(tower.unsaid), kind  # what no tensor says, a shapes-only config lacks
+
+
+def test_the_runtime_never_imports_test_support():
+    g = graph()
+    runtime = [m for m in g if not m.startswith("parity.testing")]
+    reached = sorted(f"{m} imports {dep}" for m in runtime for dep in g[m] if dep.startswith("parity.testing"))
+    assert not reached, reached

@@ -33,7 +33,7 @@ def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Pa
     `report_dir` (`write_variant`); `progress` hears of each variant as it starts and as it ends.
     ParityError, its message led by the variant's name, for a variant that cannot be verified."""
     from ..api import verify as verify_file
-    from ..testing.synthetic import cached_state_dict
+    from .weights import cached_state_dict
     from .run import verify_state_dict
 
     reports = []

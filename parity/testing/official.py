@@ -7,15 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 from functools import lru_cache
-from pathlib import Path
-
-
-@lru_cache(maxsize=None)
-def official_dir() -> Path:
-    spec = importlib.util.find_spec("clip")  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the openai-clip package is not installed: `pip install openai-clip`")
-    return Path(next(iter(spec.submodule_search_locations)))
+from ..text.bpe import official_dir
 
 
 @lru_cache(maxsize=None)

@@ -8,6 +8,9 @@ kept as the last one.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import gzip
 import html
 from functools import lru_cache
@@ -29,9 +32,17 @@ def _byte_alphabet() -> tuple[str, ...]:
     return tuple(chr(b) if b in printable else chr(next(shifted)) for b in range(256))
 
 
-def default_vocabulary() -> str:
-    from ..testing.official import official_dir
+@lru_cache(maxsize=None)
+def official_dir() -> Path:
+    """The installed openai-clip package's folder, found without importing it (its `__init__` imports
+    torchvision): its BPE vocabulary lies there."""
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the openai-clip package is not installed: `pip install openai-clip`")
+    return Path(next(iter(spec.submodule_search_locations)))
 
+
+def default_vocabulary() -> str:
     return str(official_dir() / "bpe_simple_vocab_16e6.txt.gz")
 
 
