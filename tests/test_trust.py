@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import hostile_files as hostile
-from test_red_team import MB, PARITY, digest, one_line, refused, run, spawn
+from helpers import MB, PARITY, digest, one_line, refused, run, spawn
 
 import parity
 from parity.io.save import same_bits
