@@ -198,6 +198,12 @@ def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run("convert", tmp_path / "nope.pt", "--to", "paddle", "--debug")
-    assert result.exit_code != 0 and result.exception is not None
-    assert "no such file" in str(result.exception)
+    from parity.errors import CheckpointError
+
+    missing = tmp_path / "nope.pt"
+    result = run("convert", missing, "--to", "paddle", "--debug")
+    # --debug re-raises the library's error itself (cli_support.fail) in place of the one-line exit 2: it
+    # leaves click uncaught, so Python prints its traceback and exits 1, as CliRunner reports it here
+    assert result.exit_code == 1 and type(result.exception) is CheckpointError, (result.exit_code, result.exception)
+    assert str(result.exception.path) == str(missing) and result.exception.message == "no such file"
+    assert result.output == ""  # no "Error: " line: the traceback says it
