@@ -9,29 +9,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import parity
 from parity import layouts
-from parity.cli import main
 from parity.config.schema import Config, TextConfig, VisionConfig
 from parity.harness.gate import run_torch
 from parity.harness.inputs import canonical_inputs, sample_set
 from parity.testing.official import official_clip
 from parity.testing.synthetic import release_archive
 from conftest import config_of
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def refused(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+from helpers import refused, run
 
 
 # the repro: openai's CLIP with text width 128 and 4 heads, where width/64 would say 2

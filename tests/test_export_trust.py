@@ -7,7 +7,6 @@ One tiny CLIP (a few MB) exported once per format for the module; each case edit
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -17,15 +16,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import hostile_files as hostile
 import parity
-from parity.cli import main
+from helpers import GB, PARITY, digest, linked_copy, one_line, refused, run, spawn
 from parity.harness.inputs import canonical_inputs
-from test_red_team import PARITY, spawn
-
-GB = 1 << 30
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +49,6 @@ def tiny(tmp_path_factory):
             "paddle": paddle}
 
 
-def copy(src: Path, dst: Path) -> Path:
-    """A copy of an export folder, its files hard-linked (cases replace files, never edit them)."""
-    dst.mkdir()
-    for f in src.iterdir():
-        os.link(f, dst / f.name)
-    return dst
-
-
 def put(folder: Path, name: str, data: bytes) -> None:
     (folder / name).unlink(missing_ok=True)
     (folder / name).write_bytes(data)
@@ -77,29 +64,13 @@ def write_manifest(folder: Path, m: dict, rehash: bool = True) -> None:
         for name in m["files"]:
             path = folder / name
             if path.is_file() and not path.is_symlink():
-                m["files"][name] = hashlib.sha256(path.read_bytes()).hexdigest()
+                m["files"][name] = digest(path)
     put(folder, "manifest.json", json.dumps(m).encode())
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line(result, *needles) -> str:
-    """Exit 2, one line that starts with "Error: ", no traceback, no internal error."""
-    output = result.output if hasattr(result, "output") else result
-    lines = output.strip().splitlines()
-    assert getattr(result, "exit_code", 2) == 2, output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    assert "Traceback" not in output and "internal error" not in output, output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # ---------------------------------------------------------------- 1. the manifest records a gate, never sets it
 def test_another_models_graphs_fail_whatever_gate_the_manifest_records(tiny, tmp_path):
-    folder = copy(tiny["onnx"], tmp_path / "swapped")
+    folder = linked_copy(tiny["onnx"], tmp_path / "swapped")
     put(folder, "image.onnx", (tiny["B-onnx"] / "image.onnx").read_bytes())
     m = manifest(folder)
     m["verification"]["gate"] = {"atol": 1e30, "rtol": 1e30, "noise_factor": 1e30}
@@ -132,7 +103,7 @@ def test_a_check_without_the_checkpoint_says_it_proves_only_self_agreement(tiny,
            "itself, not with any checkpoint)" in result.output
     assert "manifest's own gate" not in result.output
     # another model's graphs with that model's own reference: self-consistent, and said to be no more
-    folder = copy(tiny["onnx"], tmp_path / "b")
+    folder = linked_copy(tiny["onnx"], tmp_path / "b")
     put(folder, "image.onnx", (tiny["B-onnx"] / "image.onnx").read_bytes())
     ref = json.loads((tiny["onnx"] / "reference.json").read_text())
     ref["image"] = json.loads((tiny["B-onnx"] / "reference.json").read_text())["image"]
@@ -171,7 +142,7 @@ def _bomb(elements: int) -> bytes:
 
 
 def test_a_graph_that_asks_for_gigabytes_stops_at_the_runtimes_memory_bound(tiny, tmp_path):
-    folder = copy(tiny["onnx"], tmp_path / "bomb")
+    folder = linked_copy(tiny["onnx"], tmp_path / "bomb")
     put(folder, "image.onnx", _bomb(10_000_000_000))  # 40 GB
     write_manifest(folder, manifest(folder))
     start = time.perf_counter()
@@ -207,21 +178,21 @@ def _resized(folder: Path, size) -> None:
 
 
 def test_a_manifests_config_is_checked_before_inputs_are_built_from_it(tiny, tmp_path):
-    folder = copy(tiny["onnx"], tmp_path / "huge")
+    folder = linked_copy(tiny["onnx"], tmp_path / "huge")
     _resized(folder, 3008)  # inputs of 1.8 GB
-    one_line(run("verify-export", folder), "vision.image_size 3008: more than the 1024 of any CLIP")
+    refused(run("verify-export", folder), "vision.image_size 3008: more than the 1024 of any CLIP")
     status, _, err, rss = spawn("verify-export", folder, tiny["A"], "--config", tiny["config"])
     assert status == 2 and rss < 1.0 * GB, (status, err, rss)
     one_line(err, "holds another model than the export")
     _resized(folder, 2_000_000_000)
-    one_line(run("verify-export", folder), "vision.image_size 2000000000")
-    one_line(run("verify-export", folder, tiny["A"], "--config", tiny["config"]), "another model")
+    refused(run("verify-export", folder), "vision.image_size 2000000000")
+    refused(run("verify-export", folder, tiny["A"], "--config", tiny["config"]), "another model")
     m = manifest(tiny["onnx"])  # features of a million values each: refused before the reference is read
     m["config"]["embed_dim"] = 10 ** 6
     m["outputs"] = {t: {"name": "features", "shape": [None, 10 ** 6], "dtype": "float32"} for t in m["towers"]}
-    wide = copy(tiny["onnx"], tmp_path / "wide")
+    wide = linked_copy(tiny["onnx"], tmp_path / "wide")
     write_manifest(wide, m)
-    one_line(run("verify-export", wide), "embed_dim 1000000: more than the 8192")
+    refused(run("verify-export", wide), "embed_dim 1000000: more than the 8192")
 
 
 def test_the_recorded_reference_must_have_the_manifests_shapes(tiny, tmp_path):
@@ -237,18 +208,18 @@ def test_the_recorded_reference_must_have_the_manifests_shapes(tiny, tmp_path):
              "a tower short": lambda r: r.pop("text"),
              "a list": lambda r: r["text"].update(canonical=[1, 2])}
     for name, edit in cases.items():
-        folder = copy(tiny["onnx"], tmp_path / name.replace(" ", "-"))
+        folder = linked_copy(tiny["onnx"], tmp_path / name.replace(" ", "-"))
         changed = json.loads(json.dumps(ref))
         edit(changed)
         put(folder, "reference.json", json.dumps(changed).encode())
         write_manifest(folder, manifest(folder))
-        one_line(run("verify-export", folder), "reference.json: not a recorded reference")
+        refused(run("verify-export", folder), "reference.json: not a recorded reference")
 
 
 def test_a_recorded_noise_floor_cannot_widen_the_gate(tiny, tmp_path):
     """The gate widens to noise_factor x the reference's noise floor: a folder that records a huge one,
     with another model's text graph, must not pass even against itself."""
-    folder = copy(tiny["onnx"], tmp_path / "noisy")
+    folder = linked_copy(tiny["onnx"], tmp_path / "noisy")
     put(folder, "text.onnx", (tiny["B-onnx"] / "image.onnx").read_bytes())  # not A's text tower
     ref = json.loads((tiny["onnx"] / "reference.json").read_text())
     for rows in ref.values():
@@ -256,13 +227,13 @@ def test_a_recorded_noise_floor_cannot_widen_the_gate(tiny, tmp_path):
             entry["noise"] = 1e300
     put(folder, "reference.json", json.dumps(ref).encode())
     write_manifest(folder, manifest(folder))
-    one_line(run("verify-export", folder), "reference.json", "noise floor of 1e+300", "would widen the gate")
+    refused(run("verify-export", folder), "reference.json", "noise floor of 1e+300", "would widen the gate")
 
 
 def test_a_noise_floor_raised_by_one_huge_column_cannot_widen_the_gate(tiny, tmp_path):
     """One column made 1000 in the reference, noise 1.0 recorded (1e-3 of the largest value), and graphs
     that give that constant whatever the input: the cap is on the features' median magnitude."""
-    folder = copy(tiny["onnx"], tmp_path / "spike")
+    folder = linked_copy(tiny["onnx"], tmp_path / "spike")
     ref = json.loads((tiny["onnx"] / "reference.json").read_text())
     for rows in ref.values():
         for entry in rows.values():
@@ -271,24 +242,24 @@ def test_a_noise_floor_raised_by_one_huge_column_cannot_widen_the_gate(tiny, tmp
             entry["noise"] = 1.0
     put(folder, "reference.json", json.dumps(ref).encode())
     write_manifest(folder, manifest(folder))
-    one_line(run("verify-export", folder), "reference.json", "median magnitude")
+    refused(run("verify-export", folder), "reference.json", "median magnitude")
 
 
 def test_a_sparse_graph_file_cannot_raise_the_runtimes_bounds(tiny, tmp_path):
     """A graph file made 10 TB by `truncate` (sparse: nothing stored) is no export of this model: refused
     before it is hashed or loaded, and never counted for the runtime's memory bound or deadline."""
-    folder = copy(tiny["onnx"], tmp_path / "sparse")
+    folder = linked_copy(tiny["onnx"], tmp_path / "sparse")
     put(folder, "image.onnx", (tiny["onnx"] / "image.onnx").read_bytes())
     with open(folder / "image.onnx", "r+b") as f:
         f.truncate(10 << 40)
     write_manifest(folder, manifest(folder), rehash=False)
     start = time.perf_counter()
-    one_line(run("verify-export", folder), "more than the", "bytes an export of its model can hold")
+    refused(run("verify-export", folder), "more than the", "bytes an export of its model can hold")
     assert time.perf_counter() - start < 60
     m = manifest(folder)  # nor left out of the manifest, where nothing would hash it
     m["files"].pop("image.onnx")
     write_manifest(folder, m, rehash=False)
-    one_line(run("verify-export", folder), "records no SHA-256 for image.onnx")
+    refused(run("verify-export", folder), "records no SHA-256 for image.onnx")
 
 
 def test_a_checkpoint_named_in_bytes_that_are_not_utf8_exports(tiny, tmp_path):
@@ -305,7 +276,7 @@ def test_a_checkpoint_named_in_bytes_that_are_not_utf8_exports(tiny, tmp_path):
 def test_every_graph_in_the_folder_is_checked(tiny, tmp_path):
     """A manifest that lists the image tower only, beside a text graph that is not the model's: the check
     would never run it, so the folder is refused for holding what its manifest does not say."""
-    folder = copy(tiny["onnx"], tmp_path / "unlisted")
+    folder = linked_copy(tiny["onnx"], tmp_path / "unlisted")
     put(folder, "text.onnx", (tiny["B-onnx"] / "image.onnx").read_bytes())
     m = manifest(folder)
     m["towers"] = ["image"]
@@ -314,11 +285,11 @@ def test_every_graph_in_the_folder_is_checked(tiny, tmp_path):
     m["files"].pop("text.onnx")
     write_manifest(folder, m)
     for args in ((folder, tiny["A"], "--config", tiny["config"]), (folder,)):
-        one_line(run("verify-export", *args), "holds the text tower's graph, which its manifest does not list")
+        refused(run("verify-export", *args), "holds the text tower's graph, which its manifest does not list")
 
 
 def test_a_file_changed_since_the_export_fails_the_check(tiny, tmp_path):
-    folder = copy(tiny["onnx"], tmp_path / "changed")
+    folder = linked_copy(tiny["onnx"], tmp_path / "changed")
     pre = json.loads((folder / "preprocess.json").read_text())
     pre["mean"] = [0.0, 0.0, 0.0]  # deploys other inputs than those verified
     put(folder, "preprocess.json", json.dumps(pre).encode())
@@ -332,7 +303,7 @@ def test_manifest_file_names_never_leave_the_folder(tiny, tmp_path):
     outside = tmp_path / "secret"
     os.mkfifo(outside)  # opened for reading, it would block the command until the timeout
     for name in ("../secret", str(outside), "/etc/hostname", "", ".", "..", "sub/x", "a\\b"):
-        folder = copy(tiny["onnx"], tmp_path / f"names{len(list(tmp_path.iterdir()))}")
+        folder = linked_copy(tiny["onnx"], tmp_path / f"names{len(list(tmp_path.iterdir()))}")
         m = manifest(folder)
         m["files"][name] = "0" * 64
         write_manifest(folder, m, rehash=False)
@@ -341,29 +312,29 @@ def test_manifest_file_names_never_leave_the_folder(tiny, tmp_path):
             assert done.returncode == 2, done
             one_line(done.stderr, "is not the name of a file in the folder")
         else:
-            one_line(run("verify-export", folder), "is not the name of a file in the folder")
+            refused(run("verify-export", folder), "is not the name of a file in the folder")
 
 
 def test_a_symbolic_link_in_the_folder_is_refused_not_followed(tiny, tmp_path):
-    linked = copy(tiny["onnx"], tmp_path / "linked")
+    linked = linked_copy(tiny["onnx"], tmp_path / "linked")
     (linked / "image.onnx").unlink()
     (linked / "image.onnx").symlink_to(tiny["onnx"] / "image.onnx")  # the right bytes, through a link
-    one_line(run("verify-export", linked), "image.onnx: a symbolic link")
-    one_line(run("verify-export", linked, tiny["A"], "--config", tiny["config"]), "image.onnx: a symbolic link")
-    hashed = copy(tiny["onnx"], tmp_path / "hashed")  # a hashed file that points outside: never read
+    refused(run("verify-export", linked), "image.onnx: a symbolic link")
+    refused(run("verify-export", linked, tiny["A"], "--config", tiny["config"]), "image.onnx: a symbolic link")
+    hashed = linked_copy(tiny["onnx"], tmp_path / "hashed")  # a hashed file that points outside: never read
     (hashed / "preprocess.json").unlink()
     (hashed / "preprocess.json").symlink_to("/etc/hostname")
-    one_line(run("verify-export", hashed), "preprocess.json: a symbolic link")
-    fifo = copy(tiny["onnx"], tmp_path / "fifo")
+    refused(run("verify-export", hashed), "preprocess.json: a symbolic link")
+    fifo = linked_copy(tiny["onnx"], tmp_path / "fifo")
     (fifo / "text.onnx").unlink()
     os.mkfifo(fifo / "text.onnx")
     done = subprocess.run([PARITY, "verify-export", str(fifo)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     one_line(done.stderr, "text.onnx: not a regular file")
-    manifest_link = copy(tiny["onnx"], tmp_path / "manifest-link")
+    manifest_link = linked_copy(tiny["onnx"], tmp_path / "manifest-link")
     (manifest_link / "manifest.json").unlink()
     (manifest_link / "manifest.json").symlink_to(tiny["onnx"] / "manifest.json")
-    one_line(run("verify-export", manifest_link), "manifest.json: a symbolic link")
+    refused(run("verify-export", manifest_link), "manifest.json: a symbolic link")
 
 
 # ---------------------------------------------------------------- 4. a malformed folder is exit 2, never 3
@@ -407,29 +378,29 @@ MANIFEST_CASES = {
 
 @pytest.mark.parametrize("case", list(MANIFEST_CASES))
 def test_a_malformed_manifest_is_one_line_and_exit_2(case, tiny, tmp_path):
-    folder = copy(tiny["onnx"], tmp_path / "bad")
+    folder = linked_copy(tiny["onnx"], tmp_path / "bad")
     m = manifest(folder)
     MANIFEST_CASES[case](m)
     write_manifest(folder, m, rehash=False)
-    one_line(run("verify-export", folder))
-    one_line(run("verify-export", folder, tiny["A"], "--config", tiny["config"]))
+    refused(run("verify-export", folder))
+    refused(run("verify-export", folder, tiny["A"], "--config", tiny["config"]))
 
 
 def test_a_manifest_that_is_not_an_object_or_not_json_is_one_line(tiny, tmp_path):
     for name, data in {"list": b"[1, 2]", "text": b"not json", "deep": b"[" * 100 + b"]" * 100, "empty": b""}.items():
-        folder = copy(tiny["onnx"], tmp_path / name)
+        folder = linked_copy(tiny["onnx"], tmp_path / name)
         put(folder, "manifest.json", data)
-        one_line(run("verify-export", folder), "manifest.json")
+        refused(run("verify-export", folder), "manifest.json")
 
 
 def test_swapped_onnx_towers_are_one_line_and_exit_2(tiny, tmp_path):
-    folder = copy(tiny["onnx"], tmp_path / "swapped")
+    folder = linked_copy(tiny["onnx"], tmp_path / "swapped")
     image, text = (folder / "image.onnx").read_bytes(), (folder / "text.onnx").read_bytes()
     put(folder, "image.onnx", text)
     put(folder, "text.onnx", image)
     write_manifest(folder, manifest(folder))
-    one_line(run("verify-export", folder), "the onnx runtime cannot run the image tower")
-    one_line(run("verify-export", folder, tiny["A"], "--config", tiny["config"]), "cannot run the image tower")
+    refused(run("verify-export", folder), "the onnx runtime cannot run the image tower")
+    refused(run("verify-export", folder, tiny["A"], "--config", tiny["config"]), "cannot run the image tower")
 
 
 # ---------------------------------------------------------------- Paddle Inference: the same process rules
@@ -451,13 +422,13 @@ def test_paddle_inference_runs_in_a_bounded_process_without_torch(tiny, tmp_path
     data_limit = next(line for line in limits.splitlines() if line.startswith("Max data size")).split()[3]
     assert int(data_limit) == runtime.bound < 8 * GB
     # towers swapped: Paddle's own error, one line
-    swapped = copy(out, tmp_path / "swapped")
+    swapped = linked_copy(out, tmp_path / "swapped")
     for suffix in (".json", ".pdiparams"):
         image, text = (out / f"image{suffix}").read_bytes(), (out / f"text{suffix}").read_bytes()
         put(swapped, f"image{suffix}", text)
         put(swapped, f"text{suffix}", image)
     write_manifest(swapped, manifest(swapped))
-    one_line(run("verify-export", swapped), "image tower")
+    refused(run("verify-export", swapped), "image tower")
 
 
 # ---------------------------------------------------------------- export: never into its own input
@@ -466,7 +437,7 @@ def test_export_refuses_an_output_that_holds_its_checkpoint(tiny, tmp_path):
     folder.mkdir()
     source = folder / "A.pt"
     os.link(tiny["A"], source)
-    before = hashlib.sha256(source.read_bytes()).hexdigest()
+    before = digest(source)
     result = run("export", source, "--to", "onnx", "-o", folder, "--force", "--config", tiny["config"])
-    one_line(result, "contains the input")
-    assert hashlib.sha256(source.read_bytes()).hexdigest() == before and sorted(os.listdir(folder)) == ["A.pt"]
+    refused(result, "contains the input")
+    assert digest(source) == before and sorted(os.listdir(folder)) == ["A.pt"]

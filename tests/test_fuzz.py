@@ -1,6 +1,7 @@
 """The fuzzer in the test suite: a short fixed-seed pass over every reader (`make fuzz` runs minutes),
 and every input the fuzzer ever failed on, replayed."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,26 @@ def test_every_input_the_fuzzer_failed_on_is_now_refused_or_read():
         replay(path.parent.name, path.read_bytes())
 
 
+# what each hostile seed's reader says of it, after its name (a regex)
+SEED_REFUSALS = {
+    "deep.pdparams": r"the pickle nests containers more than 100 deep, which no checkpoint does",
+    "deep.pt": r"the pickle nests containers more than 100 deep, which no checkpoint does",
+    "stride0.pt": r"a tensor of size \[268435456\] with strides \[0\] overlaps itself \(storage 0\): refused",
+    "aliased.safetensors": r"tensor 't1' starts at 0 of the data where 65536 was expected: tensors overlap",
+    "inf-shape.safetensors": r"tensor 'w' has a shape that is not a list of non-negative integers$",
+    "deep-list.pdparams": r"containers nested more than 50 deep \(or one that holds itself\)$",
+}
+
+
 def test_the_hostile_seeds_are_refused_by_their_readers():
-    """The seeds made from the red-team cases reach their readers and are refused there (not read)."""
+    """The seeds made from the red-team cases reach their readers and are refused there (not read), each
+    refusal about the seed (its name as the error's path) and saying what is wrong with it."""
     import hostile_files as hostile
     from parity.io import formats
-    from parity.errors import ParityError
+    from parity.errors import CheckpointError
 
+    assert sorted(SEED_REFUSALS) == sorted(hostile.ALL)  # a new seed says here what its reader answers
     for name, make in hostile.ALL.items():
-        with pytest.raises(ParityError):
+        with pytest.raises(CheckpointError, match=f"^{re.escape(name)}: {SEED_REFUSALS[name]}") as refusal:
             formats.read(formats.BytesSource(make(), name))
+        assert refusal.value.path == name, (name, refusal.value.path)

@@ -1,5 +1,4 @@
 """Bad input to `parity convert` / `parity info`: one line, exit status 2, nothing left behind, no code run."""
-import hashlib
 import os
 import pickle
 import shutil
@@ -8,28 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from parity.cli import main
+from helpers import digest, listing, refused, run
 from parity.testing.synthetic import cached_state_dict, release_archive
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_refused(result, *needles):
-    """Exit 2, exactly one line of output, no traceback, the message naming what went wrong."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def listing(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -89,33 +69,33 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, kind):
                 bad.writestr(name, data)
     before = listing(tmp_path)
     target = "torch" if kind == "pdparams" else "paddle"
-    assert_refused(run("convert", src, "--to", target), "refused to load global", "system", "nothing in the file was run")
-    assert_refused(run("info", src), "refused to load global")
+    refused(run("convert", src, "--to", target), "refused to load global", "system", "nothing in the file was run")
+    refused(run("info", src), "refused to load global")
     assert not marker.exists()
     assert listing(tmp_path) == before
 
 
 def test_missing_empty_truncated_and_random_files(tmp_path, rn50):
     _, good = rn50
-    assert_refused(run("convert", tmp_path / "nope.pt", "--to", "paddle"), "nope.pt: no such file")
+    refused(run("convert", tmp_path / "nope.pt", "--to", "paddle"), "nope.pt: no such file")
     (tmp_path / "empty.pt").write_bytes(b"")
-    assert_refused(run("convert", tmp_path / "empty.pt", "--to", "paddle"), "empty file")
+    refused(run("convert", tmp_path / "empty.pt", "--to", "paddle"), "empty file")
     (tmp_path / "noise.bin").write_bytes(np.random.default_rng(0).bytes(4096))
-    assert_refused(run("convert", tmp_path / "noise.bin", "--to", "torch"), "not a checkpoint")
+    refused(run("convert", tmp_path / "noise.bin", "--to", "torch"), "not a checkpoint")
     data = good.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    assert_refused(run("convert", tmp_path / "cut.pt", "--to", "paddle"), "cut.pt", "truncated or corrupt")
-    assert_refused(run("info", tmp_path / "cut.pt"), "truncated or corrupt")
+    refused(run("convert", tmp_path / "cut.pt", "--to", "paddle"), "cut.pt", "truncated or corrupt")
+    refused(run("info", tmp_path / "cut.pt"), "truncated or corrupt")
 
     pd = tmp_path / "whole.pdparams"
     assert run("convert", good, "--to", "paddle", "-o", pd).exit_code == 0
     (tmp_path / "cut.pdparams").write_bytes(pd.read_bytes()[: pd.stat().st_size // 2])
-    assert_refused(run("convert", tmp_path / "cut.pdparams", "--to", "torch", "-o", tmp_path / "back.pt"),
+    refused(run("convert", tmp_path / "cut.pdparams", "--to", "torch", "-o", tmp_path / "back.pt"),
                    "truncated or corrupt")
     st = tmp_path / "whole.safetensors"
     assert run("convert", good, "--to", "safetensors", "-o", st).exit_code == 0
     (tmp_path / "cut.safetensors").write_bytes(st.read_bytes()[: st.stat().st_size - 1000])
-    assert_refused(run("convert", tmp_path / "cut.safetensors", "--to", "torch", "-o", tmp_path / "back.pt"),
+    refused(run("convert", tmp_path / "cut.safetensors", "--to", "torch", "-o", tmp_path / "back.pt"),
                    "truncated or corrupt")
     assert not (tmp_path / "back.pt").exists()
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
@@ -124,21 +104,21 @@ def test_missing_empty_truncated_and_random_files(tmp_path, rn50):
 def test_state_dict_of_another_model(tmp_path):
     src = _save(tmp_path, "resnet.pt", {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.running_mean": torch.zeros(64),
                                         "fc.weight": torch.zeros(1000, 2048)})
-    assert_refused(run("convert", src, "--to", "paddle"), "not a CLIP checkpoint", "conv1.weight")
+    refused(run("convert", src, "--to", "paddle"), "not a CLIP checkpoint", "conv1.weight")
     src = _save(tmp_path, "bert.pt", {"embeddings.word_embeddings.weight": torch.zeros(10, 4)})
-    assert_refused(run("convert", src, "--to", "paddle"), "not a CLIP checkpoint")
+    refused(run("convert", src, "--to", "paddle"), "not a CLIP checkpoint")
     src = _save(tmp_path, "list.pt", [torch.zeros(3)])
-    assert_refused(run("convert", src, "--to", "paddle"), "holds a list, not a state dict")
+    refused(run("convert", src, "--to", "paddle"), "holds a list, not a state dict")
 
 
 def test_missing_extra_and_misshaped_tensors(tmp_path, rn50):
     state, _ = rn50
     missing = {k: v for k, v in state.items() if k != "ln_final.bias"}
-    assert_refused(run("convert", _save(tmp_path, "m.pt", missing), "--to", "paddle"), "missing: ln_final.bias")
+    refused(run("convert", _save(tmp_path, "m.pt", missing), "--to", "paddle"), "missing: ln_final.bias")
     extra = {**state, "visual.head.weight": torch.zeros(3)}
-    assert_refused(run("convert", _save(tmp_path, "e.pt", extra), "--to", "paddle"), "unexpected: visual.head.weight")
+    refused(run("convert", _save(tmp_path, "e.pt", extra), "--to", "paddle"), "unexpected: visual.head.weight")
     bad = {**state, "ln_final.weight": torch.zeros(7)}
-    assert_refused(run("convert", _save(tmp_path, "s.pt", bad), "--to", "paddle"),
+    refused(run("convert", _save(tmp_path, "s.pt", bad), "--to", "paddle"),
                    "mis-shaped: ln_final.weight [7] (expected [512])")
     assert not any(p.suffix == ".pdparams" for p in tmp_path.iterdir())
 
@@ -149,7 +129,7 @@ def test_nan_warns_and_strict_refuses(tmp_path, rn50):
     weight[3] = float("nan")
     src = _save(tmp_path, "nan.pt", {**state, "ln_final.weight": weight})
     strict = run("convert", src, "--to", "paddle", "--strict")
-    assert_refused(strict, "NaN or Inf in 1 tensors (ln_final.weight)", "--strict")
+    refused(strict, "NaN or Inf in 1 tensors (ln_final.weight)", "--strict")
     assert not src.with_suffix(".pdparams").exists()
     result = run("convert", src, "--to", "paddle")
     assert result.exit_code == 0 and "warning: " in result.output and "ln_final.weight" in result.output
@@ -158,9 +138,9 @@ def test_nan_warns_and_strict_refuses(tmp_path, rn50):
 
 def test_variant_option(tmp_path, rn50):
     _, good = rn50
-    assert_refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "x.pdparams", "--variant", "RN42"),
+    refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "x.pdparams", "--variant", "RN42"),
                    "unknown model 'RN42'")
-    assert_refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "x.pdparams", "--variant", "ViT-B/32"),
+    refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "x.pdparams", "--variant", "ViT-B/32"),
                    "the config says embed_dim 512 but", "tensors say 1024")
     ok = run("convert", good, "--to", "paddle", "-o", tmp_path / "x.pdparams", "--variant", "rn50")
     assert ok.exit_code == 0 and ok.output.startswith("RN50: ")
@@ -169,10 +149,10 @@ def test_variant_option(tmp_path, rn50):
 def test_unwritable_output_and_existing_output(tmp_path, rn50):
     _, good = rn50
     (tmp_path / "afile").write_text("not a folder")
-    assert_refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "afile" / "x.pdparams"), "cannot write")
+    refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "afile" / "x.pdparams"), "cannot write")
     existing = tmp_path / "out.pdparams"
     existing.write_bytes(b"precious")
-    assert_refused(run("convert", good, "--to", "paddle", "-o", existing), "already exists", "--force")
+    refused(run("convert", good, "--to", "paddle", "-o", existing), "already exists", "--force")
     assert existing.read_bytes() == b"precious"
     assert run("convert", good, "--to", "paddle", "-o", existing, "--force").exit_code == 0
     assert existing.stat().st_size > 1e8
@@ -182,13 +162,13 @@ def test_input_is_never_the_output_nor_modified(tmp_path, rn50):
     _, good = rn50
     src = tmp_path / "RN50.pt"
     shutil.copy(good, src)
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    assert_refused(run("convert", src, "--to", "torch", "--force"), "is the input file")  # default name = input
-    assert_refused(run("convert", src, "--to", "torch", "-o", tmp_path / "." / "RN50.pt", "--force"), "is the input file")
+    before = digest(src)
+    refused(run("convert", src, "--to", "torch", "--force"), "is the input file")  # default name = input
+    refused(run("convert", src, "--to", "torch", "-o", tmp_path / "." / "RN50.pt", "--force"), "is the input file")
     os.link(src, tmp_path / "alias.pt")
-    assert_refused(run("convert", src, "--to", "torch", "-o", tmp_path / "alias.pt", "--force"), "is the input file")
+    refused(run("convert", src, "--to", "torch", "-o", tmp_path / "alias.pt", "--force"), "is the input file")
     assert run("convert", src, "--to", "paddle").exit_code == 0
-    assert hashlib.sha256(src.read_bytes()).hexdigest() == digest
+    assert digest(src) == before
 
 
 def test_a_fragment_of_a_layout_is_not_a_clip(tmp_path):
@@ -197,7 +177,7 @@ def test_a_fragment_of_a_layout_is_not_a_clip(tmp_path):
     state["cls_token"] = np.zeros((1, 1, 4), np.float32)
     src = tmp_path / "passl.pdparams"
     src.write_bytes(pickle.dumps({"state_dict": {f"model.{k}": v for k, v in state.items()}}, protocol=4))
-    assert_refused(run("convert", src, "--to", "torch"), "not a CLIP checkpoint", "no telltale key")
+    refused(run("convert", src, "--to", "torch"), "not a CLIP checkpoint", "no telltale key")
 
 
 def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
@@ -213,11 +193,17 @@ def test_a_failed_check_keeps_nothing(tmp_path, rn50, monkeypatch):
 
     monkeypatch.setattr(pdparams, "write", corrupting)
     out = tmp_path / "x.pdparams"
-    assert_refused(run("convert", good, "--to", "paddle", "-o", out), "does not read back as written", "ln_final.bias")
+    refused(run("convert", good, "--to", "paddle", "-o", out), "does not read back as written", "ln_final.bias")
     assert listing(tmp_path) == []
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run("convert", tmp_path / "nope.pt", "--to", "paddle", "--debug")
-    assert result.exit_code != 0 and result.exception is not None
-    assert "no such file" in str(result.exception)
+    from parity.errors import CheckpointError
+
+    missing = tmp_path / "nope.pt"
+    result = run("convert", missing, "--to", "paddle", "--debug")
+    # --debug re-raises the library's error itself (cli_support.fail) in place of the one-line exit 2: it
+    # leaves click uncaught, so Python prints its traceback and exits 1, as CliRunner reports it here
+    assert result.exit_code == 1 and type(result.exception) is CheckpointError, (result.exit_code, result.exception)
+    assert str(result.exception.path) == str(missing) and result.exception.message == "no such file"
+    assert result.output == ""  # no "Error: " line: the traceback says it

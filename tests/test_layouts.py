@@ -1,5 +1,6 @@
 """The layouts and their rows: one-to-one on real key sets, both models' state dicts, bit-exact round trips."""
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -40,9 +41,33 @@ def test_every_row_maps_one_to_one_on_real_key_sets(name):
 
 @pytest.mark.parametrize("name", SPOKES)
 def test_rows_are_few_and_never_unrolled_per_layer(name):
-    rows = layouts.get(name).keymap.rows
-    assert len(rows) <= 56  # a layout that renames both towers' blocks, and a BERT's layers, states each once
+    layout = layouts.get(name)
+    rows = layout.keymap.rows
     assert not any(re.search(r"\.\d+(\.|$)", pattern) for row in rows for pattern in (row.hub, row.layout or ""))
+    # the rows a model uses do not follow its depth: each model the layout holds, cut to one layer per stack
+    # and grown to three times its depth, uses the same rows as itself; so one-layer models use every row
+    # (a row stated for some layers would be used only from that depth on)
+    one_layer = set()
+    for entry in registry.ENTRIES.values():
+        if not layouts.holds(layout, entry.config):
+            continue
+        used = {label: {layout.keymap.hub_row(key)[0] for key in
+                        layouts.HUB.shapes(_deepened(entry.config, depth), archive_entries=True)}
+                for label, depth in DEPTHS.items()}
+        assert used["one layer"] == used["its own"] == used["three times"], \
+            (entry.name, {label: len(rows_used) for label, rows_used in used.items()})
+        one_layer |= used["one layer"]
+    assert one_layer == set(rows), f"rows only deeper models use: {set(rows) - one_layer}"
+
+
+DEPTHS = {"one layer": lambda n: 1, "its own": lambda n: n, "three times": lambda n: 3 * n}
+
+
+def _deepened(config, depth):
+    """`config` with every stack of layers (both towers', each of a ResNet's four stages) `depth(n)` deep."""
+    v, t = config.vision, config.text
+    layers = tuple(map(depth, v.layers)) if isinstance(v.layers, tuple) else depth(v.layers)
+    return replace(config, vision=replace(v, layers=layers), text=replace(t, layers=depth(t.layers)))
 
 
 @pytest.mark.parametrize("variant,seed", variant_params())

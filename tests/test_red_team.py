@@ -6,7 +6,6 @@ Commands that could crash or hog memory run in a process of their own, as a user
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pty
 import shutil
@@ -14,69 +13,14 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import hostile_files as hostile
-from parity.cli import main
+from helpers import MB, PARITY, digest, listing, one_line, refused, run, spawn
 from parity.io.formats import atomic
-
-PARITY = str(Path(sys.executable).parent / "parity")
-MB = 1 << 20
-
-
-# ---------------------------------------------------------------- helpers
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line(output: str, *needles: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    assert "Traceback" not in output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
-
-
-def refused(result, path, *needles):
-    """Exit 2 and one line that names the file (CliRunner result)."""
-    assert result.exit_code == 2, result.output
-    return one_line(result.output, str(path), *needles)
-
-
-# A process's peak RSS survives exec (Linux keeps the larger of the old and new), so a child forked from
-# this test process, which holds torch, would report this process's size: a small launcher, started
-# afresh, forks the command and reports the command's own peak.
-LAUNCHER = """import os, subprocess, sys
-proc = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(proc.pid, 0)
-open(sys.argv[1], "w").write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
-"""
-
-
-def spawn(*args, env=None, stderr=None):
-    """`parity ARGS` in its own process: (status, stdout, stderr, peak RSS in bytes)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.NamedTemporaryFile("r") as result:
-        subprocess.run([sys.executable, "-c", LAUNCHER, result.name, PARITY, *map(os.fsencode, args)],
-                       stdout=out, stderr=stderr or err, env={**os.environ, **(env or {})})
-        status, rss = map(int, result.read().split())
-        out.seek(0)
-        err.seek(0)
-        return status, out.read().decode(errors="replace"), err.read().decode(errors="replace"), rss
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 def _saved(folder: Path, name: str, vocab: int) -> Path:

@@ -2,7 +2,7 @@
 config: each hostile input gets exit 2 and one line (never 3, never a hang, never memory that follows the
 file's claims), nothing outside the output is touched, and a file converted to torch verifies without a
 config given. The export folder's classes (1, 5, 7, 8) are in test_export_trust.py, the folder output's
-race (6) and the second traceback (10) in test_atomic_folder.py.
+race (6) and the second traceback (10) in test_io_formats_atomic.py.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import hostile_files as hostile
-from test_red_team import MB, PARITY, digest, one_line, refused, run, spawn
+from helpers import MB, PARITY, digest, one_line, refused, run, spawn
 
 import parity
 from parity.io.save import same_bits

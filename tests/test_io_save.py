@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
+from helpers import listing, refused, run
 import parity
 from parity.io import checkpoint, formats
 from parity.io.formats.pdparams import EXTRAS_KEY
@@ -16,14 +16,7 @@ from parity.io.save import same_bits
 import parity.io.formats.safetensors  # noqa: F401  (formats.safetensors, as the tests name it)
 import parity.io.formats.torch_zip  # noqa: F401
 from parity.io.convert import convert
-from parity.cli import main
 from parity.testing.synthetic import release_archive
-
-
-def _refused(result, needle):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], result.output
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +77,9 @@ def test_archive_is_crc_checked(tmp_path):
     raw[info.header_offset + 30 + int(name_length) + int(extra_length) + 1000] ^= 0x10
     bad.write_bytes(bytes(raw))
     for to in ("paddle", "torch", "safetensors"):
-        _refused(CliRunner().invoke(main, ["convert", str(bad), "--to", to, "-o", str(tmp_path / f"out.{to}")]),
-                 "fails its CRC-32 check")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["RN50.pt"]
-    _refused(CliRunner().invoke(main, ["info", str(bad)]), "fails its CRC-32 check")  # on info's hash pass
+        refused(run("convert", bad, "--to", to, "-o", tmp_path / f"out.{to}"), "fails its CRC-32 check")
+    assert listing(tmp_path) == ["RN50.pt"]
+    refused(run("info", bad), "fails its CRC-32 check")  # on info's hash pass
     with pytest.raises(parity.CheckpointError, match="CRC"):  # and where the tensors are loaded
         parity.load(bad)
 
@@ -123,8 +115,7 @@ def test_a_wrong_byte_in_a_streamed_file_is_caught(tmp_path, monkeypatch, to):
 
     monkeypatch.setattr(module, "write", corrupting)
     out = tmp_path / f"x.{to}"
-    result = CliRunner().invoke(main, ["convert", str(release_archive("RN50")), "--to", to, "-o", str(out)])
-    _refused(result, "does not read back as written")
+    refused(run("convert", release_archive("RN50"), "--to", to, "-o", out), "does not read back as written")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,15 +9,13 @@ import json
 import os
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import parity
+from helpers import linked_copy, refused, run
 from parity.config import registry
-from parity.cli import main
 from parity.exporter import paddle_graph, runner
 from parity.harness.inputs import sample_set
 from parity.models.build import torch_model
@@ -40,14 +38,6 @@ def exports(tmp_path_factory):
             _EXPORTS[key] = (out, parity.export(release_archive(model), fmt, out))
         return _EXPORTS[key]
     return get
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    """A copy of an export folder, its large files hard-linked (the tests replace files, never edit them)."""
-    dst.mkdir()
-    for f in src.iterdir():
-        os.link(f, dst / f.name)
-    return dst
 
 
 @pytest.mark.parametrize("model,fmt", CASES, ids=[f"{m}-{f}" for m, f in CASES])
@@ -89,9 +79,9 @@ def test_both_towers_export_load_in_their_runtime_and_pass_the_gate(model, fmt, 
 
 def test_a_swapped_parameters_file_fails_verify_export(exports, tmp_path):
     out, _ = exports("ViT-B/32", "paddle-inference")
-    swapped = _copy(out, tmp_path / "swapped")
+    swapped = linked_copy(out, tmp_path / "swapped")
     source = release_archive("ViT-B/32")
-    result = CliRunner().invoke(main, ["verify-export", str(out), str(source)])
+    result = run("verify-export", out, source)
     assert result.exit_code == 0 and "PASS" in result.output, result.output
     ck = parity.load(source)
     state = ck.in_layout("paddle").state_dict
@@ -99,10 +89,10 @@ def test_a_swapped_parameters_file_fails_verify_export(exports, tmp_path):
     paddle_graph(state, ck.config, "text", tmp_path)
     os.unlink(swapped / "text.pdiparams")
     shutil.copy(tmp_path / "text.pdiparams", swapped / "text.pdiparams")
-    result = CliRunner().invoke(main, ["verify-export", str(swapped)])
+    result = run("verify-export", swapped)
     assert result.exit_code == 1 and "FAIL" in result.output, result.output
     assert "files changed since the export: text.pdiparams" in result.output
-    result = CliRunner().invoke(main, ["verify-export", str(swapped), str(source), "--json"])
+    result = run("verify-export", swapped, source, "--json")
     assert result.exit_code == 1
     report = json.loads(result.output)
     assert report["results"]["image"]["canonical"]["passed"] and not report["results"]["text"]["canonical"]["passed"]
@@ -110,24 +100,18 @@ def test_a_swapped_parameters_file_fails_verify_export(exports, tmp_path):
 
 def test_a_missing_or_corrupt_file_is_one_line_and_exit_2(exports, tmp_path):
     out, _ = exports("ViT-B/32", "onnx")
-    missing = _copy(out, tmp_path / "missing")
+    missing = linked_copy(out, tmp_path / "missing")
     os.unlink(missing / "image.onnx")
-    result = CliRunner().invoke(main, ["verify-export", str(missing)])
-    assert result.exit_code == 2 and "image.onnx: missing from the export" in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1
+    refused(run("verify-export", missing), "image.onnx: missing from the export")
     out, _ = exports("ViT-B/32", "paddle-inference")
-    corrupt = _copy(out, tmp_path / "corrupt")
+    corrupt = linked_copy(out, tmp_path / "corrupt")
     data = (out / "image.pdiparams").read_bytes()
     os.unlink(corrupt / "image.pdiparams")
     (corrupt / "image.pdiparams").write_bytes(data[: len(data) // 3])
-    result = CliRunner().invoke(main, ["verify-export", str(corrupt)])
-    assert result.exit_code == 2 and "cannot load the image tower" in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1
+    refused(run("verify-export", corrupt), "cannot load the image tower")
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(main, ["verify-export", str(tmp_path / "empty")])
-    assert result.exit_code == 2 and "not a parity export folder" in result.output
-    result = CliRunner().invoke(main, ["export", str(release_archive("ViT-B/32")), "--to", "onnx", "-o", str(out)])
-    assert result.exit_code == 2 and "already exists" in result.output
+    refused(run("verify-export", tmp_path / "empty"), "not a parity export folder")
+    refused(run("export", release_archive("ViT-B/32"), "--to", "onnx", "-o", out), "already exists")
     assert not any(p.name.startswith(".parity-") for p in out.parent.iterdir())
 
 

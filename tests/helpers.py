@@ -1,0 +1,84 @@
+"""What many test files share: running the CLI (in this process, or as a user runs it, in a process of its
+own), the one-line refusal every bad input gets, and looking at folders and files.
+
+tests/ is on sys.path (pytest's default `prepend` import mode puts a test file's folder there, as it does
+for conftest.py and hostile_files.py), so a test file says `from helpers import run, refused`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from parity.cli import main
+
+PARITY = str(Path(sys.executable).parent / "parity")  # the installed command, beside this interpreter
+MB = 1 << 20
+GB = 1 << 30
+
+
+def run(*args):
+    """`parity ARGS` in this process (a CliRunner result): every argument as a string."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line(output: str, *needles) -> str:
+    """Exactly one line, which starts with "Error: ": no traceback, no internal error (exit 3's message), and
+    every needle (a string or a path, as str() gives it) in that line. Returns the line."""
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), output
+    assert "Traceback" not in output and "internal error" not in output, output
+    for needle in map(str, needles):
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def refused(result, *needles) -> str:
+    """Bad input, as a CliRunner result: exit status 2 and `one_line` of its output. Returns the line."""
+    assert result.exit_code == 2, result.output
+    return one_line(result.output, *needles)
+
+
+# A process's peak RSS survives exec (Linux keeps the larger of the old and new), so a child forked from
+# this test process, which holds torch, would report this process's size: a small launcher, started
+# afresh, forks the command and reports the command's own peak.
+LAUNCHER = """import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+open(sys.argv[1], "w").write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss * 1024}")
+"""
+
+
+def spawn(*args, env=None, stderr=None):
+    """`parity ARGS` in its own process: (status, stdout, stderr, peak RSS in bytes)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as result:
+        subprocess.run([sys.executable, "-c", LAUNCHER, result.name, PARITY, *map(os.fsencode, args)],
+                       stdout=out, stderr=stderr or err, env={**os.environ, **(env or {})})
+        status, rss = map(int, result.read().split())
+        out.seek(0)
+        err.seek(0)
+        return status, out.read().decode(errors="replace"), err.read().decode(errors="replace"), rss
+
+
+def listing(folder: Path) -> list[str]:
+    """The names in a folder, sorted."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def digest(path: Path) -> str:
+    """A file's SHA-256 (hex)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A copy of a folder (an export), its files hard-linked: the tests replace files, never edit them."""
+    dst.mkdir()
+    for f in src.iterdir():
+        os.link(f, dst / f.name)
+    return dst
