@@ -1,10 +1,17 @@
 import gc
+import os
 
-import numpy as np
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each, set before torch or Paddle starts its
+    # pool (two threads each would have four fight for two cores; measured: 2 threads on one model are
+    # only ~1.3x faster than 1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from parity import layouts
-from parity.config import registry
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from parity import layouts  # noqa: E402
+from parity.config import registry  # noqa: E402
 
 FAST = ("RN50", "ViT-B/32")
 ALL = tuple(e.name for e in registry.family("openai"))  # open_clip's: tests of their own
@@ -38,10 +45,21 @@ def config_of(name):
 FIGURES: list[str] = []
 
 
+class _Figures:
+    """A test's measured figures, carried on its report: they reach the terminal summary from an xdist
+    worker as from the main process."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def append(self, line: str):
+        self.node.user_properties.append(("parity figure", line))
+
+
 @pytest.fixture
-def figures():
+def figures(request):
     """Lines printed in the terminal summary (the measured parity figures)."""
-    return FIGURES
+    return _Figures(request.node)
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +68,27 @@ def _free_memory():
     gc.collect()  # one model's weights alive at a time
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups
+def pytest_collection_modifyitems(config, items):
+    """xdist's groups (`--dist loadgroup`): a test module's tests run on one worker, as they share its
+    module fixtures and their files; a model's tests (a `variant` parameter, or the `variant_files`
+    fixture's) form a group of their own, so the big models' minutes spread over both workers."""
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        variant = params.get("variant", params.get("variant_files"))  # a test's model, or its fixture's
+        group = item.module.__name__ + (f"-{variant}" if isinstance(variant, str) else "")
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        FIGURES.extend(value for name, value in report.user_properties if name == "parity figure")
+
+
 def pytest_terminal_summary(terminalreporter):
     if FIGURES:
         terminalreporter.section("parity figures")
-        for line in FIGURES:
+        for line in sorted(FIGURES):  # xdist finishes tests in any order
             terminalreporter.write_line(line)
 
 

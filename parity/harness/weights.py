@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PARITY_CACHE", Path(__file__).resolve().parents[2] / ".cache")) / "synthetic"
 
 
+@contextmanager
+def made_once(path: Path):
+    """Held while the cache file `path` is made: another process making the same file (a second test
+    worker, a verify-all beside a test run) waits here, then finds it made. Files are still written
+    atomically, so an interrupted run never leaves half a file."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.lock", "a") as lock:  # the lock's own file; the data never
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, a crashed holder included
+        yield
+
+
 def cached_state_dict(model: str | Config, seed: int = 0) -> dict:
     """`make_state_dict`, generated once and kept as safetensors under `cache_dir()`."""
     from safetensors.torch import load_file, save
@@ -160,10 +174,11 @@ def cached_state_dict(model: str | Config, seed: int = 0) -> dict:
     path = cache_dir() / f"{slug(config)}-seed{seed}-v{GENERATOR_VERSION}.safetensors"
     if path.exists():
         return load_file(path)
-    state = make_state_dict(config, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # atomic: parallel or interrupted runs never see half a file
-    write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
+    with made_once(path):
+        if path.exists():  # made while this process waited
+            return load_file(path)
+        state = make_state_dict(config, seed)
+        write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
     return state
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from .. import towers
 from ..config.schema import Config
 from ..harness.weights import (GENERATOR_VERSION, cache_dir, cached_state_dict, calibration_images, config_of,  # noqa: F401
-                               draw, family_of, init_std, make_state_dict, numpy_state_dict, release_dtype, slug)
+                               draw, family_of, init_std, made_once, make_state_dict, numpy_state_dict, release_dtype,
+                               slug)
 from ..io.formats.atomic import atomic_write
 from ..layouts import HUB
 
@@ -73,19 +74,22 @@ def release_archive(model: str | Config, seed: int = 0) -> Path:
     path = cache_dir() / f"{slug(config)}-seed{seed}-v{GENERATOR_VERSION}.pt"
     if path.exists():
         return path
-    model = build_official(cached_state_dict(config, seed), float32=True)
-    entries = {"input_resolution": config.vision.image_size, "context_length": config.text.context_length,
-               "vocab_size": config.text.vocab_size}
-    for name, value in entries.items():
-        model.__dict__.pop(name, None)  # openai/CLIP keeps two of them as plain ints now
-        model.register_buffer(name, torch.tensor(value, dtype=torch.int64))
-    image = torch.zeros(1, 3, config.vision.image_size, config.vision.image_size)
-    text = torch.ones(1, config.text.context_length, dtype=torch.int64)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings about shape checks in nn.MultiheadAttention
-        traced = torch.jit.trace(model, (image, text), check_trace=False)
-        for key, param in traced.named_parameters():
-            if release_dtype(key) == "float16":
-                param.data = param.data.half()
-    atomic_write(path, lambda f: torch.jit.save(traced, f), force=True)
+    with made_once(path):
+        if path.exists():  # made while this process waited
+            return path
+        model = build_official(cached_state_dict(config, seed), float32=True)
+        entries = {"input_resolution": config.vision.image_size, "context_length": config.text.context_length,
+                   "vocab_size": config.text.vocab_size}
+        for name, value in entries.items():
+            model.__dict__.pop(name, None)  # openai/CLIP keeps two of them as plain ints now
+            model.register_buffer(name, torch.tensor(value, dtype=torch.int64))
+        image = torch.zeros(1, 3, config.vision.image_size, config.vision.image_size)
+        text = torch.ones(1, config.text.context_length, dtype=torch.int64)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape checks in nn.MultiheadAttention
+            traced = torch.jit.trace(model, (image, text), check_trace=False)
+            for key, param in traced.named_parameters():
+                if release_dtype(key) == "float16":
+                    param.data = param.data.half()
+        atomic_write(path, lambda f: torch.jit.save(traced, f), force=True)
     return path
