@@ -20,10 +20,10 @@ $(VENV)/.installed: pyproject.toml Makefile tests/oracles-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(VENV)/oracles/paddleclip paddleclip==1.0.0
 	touch $@
 
-# two workers (pytest-xdist), one thread each: on 2 cores, 36 min alone became ~N min (reports/measurements.md);
-# a test module's tests, or one model's, stay on one worker (tests/conftest.py). PYTEST_ARGS: more options
+# two pytest-xdist workers, one thread each (times: reports/measurements.md); a test module's tests, or one
+# model's, stay on one worker (tests/conftest.py). TEST_WORKERS=0: one process. PYTEST_ARGS: more options
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test: install
 	$(PYTEST)
