@@ -40,6 +40,19 @@ def exports(tmp_path_factory):
     return get
 
 
+_FEATURES: dict = {}
+
+
+def _torch_image_features(model: str, images):
+    """parity's torch model's image features of the photographs, once per model (both formats use them)."""
+    if model not in _FEATURES:
+        import torch
+        net = torch_model(parity.load(release_archive(model)).hub_state(), registry.get(model).config)
+        with torch.no_grad():
+            _FEATURES[model] = net.encode_image(torch.from_numpy(images)).numpy()
+    return _FEATURES[model]
+
+
 @pytest.mark.parametrize("model,fmt", CASES, ids=[f"{m}-{f}" for m, f in CASES])
 def test_both_towers_export_load_in_their_runtime_and_pass_the_gate(model, fmt, exports, figures):
     out, report = exports(model, fmt)
@@ -63,11 +76,7 @@ def test_both_towers_export_load_in_their_runtime_and_pass_the_gate(model, fmt, 
     assert "**PASS**" in (out / "report.md").read_text()
     # one export, batches of 3 and 1, straight from the runtime, against parity's torch model
     shots = sample_set(config.vision.image_size)
-    net = torch_model(parity.load(source).hub_state(), config)
-    import torch
-    with torch.no_grad():
-        want = net.encode_image(torch.from_numpy(shots.images)).numpy()
-    del net
+    want = _torch_image_features(model, shots.images)
     run = runner(out, fmt, "image")
     for batch in (shots.images[:3], shots.images[:1]):
         got = run(batch)
