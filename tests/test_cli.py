@@ -79,6 +79,19 @@ def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path):
     assert layers["first_divergence"] == layers["table"][0]["module"] == "visual.conv1", layers["first_divergence"]
 
 
+def test_verify_all_takes_a_model_released_as_a_folder(tmp_path):
+    # cn_clip's (and open_clip's) entries have no release file to look for under --weights-dir: they
+    # are verified on synthetic weights (this crashed on `weights_dir / None` before)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "cn_clip/RN50", "--report-dir", str(tmp_path / "r"),
+                                       "--weights-dir", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "[1/1] cn_clip/RN50 (synthetic) ... PASS" in result.output
+    row = json.loads((tmp_path / "r" / "verify-all.json").read_text())["results"][0]
+    assert (row["variant"], row["weights"], row["passed"]) == ("cn_clip/RN50", "synthetic seed 0", True)
+
+
 def test_unknown_variant_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-Z/14", "--report-dir", str(tmp_path)])
     assert result.exit_code == 2  # bad input; 1 would say the frameworks disagree

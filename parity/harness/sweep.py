@@ -27,9 +27,9 @@ class Step:
 
 def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Path,
           progress: Callable[[Step], None] = lambda step: None, **options) -> list[Report]:
-    """Each entry verified, in order: on `weights_dir / entry.filename` when that file exists (labelled
-    by its SHA-256, checked against the reference table when official), else on synthetic weights of
-    `seed` (cached). `options`: verify's device, atol, rtol, noise_factor. Each report is written under
+    """Each entry verified, in order: on `weights_dir / entry.filename` when the entry has a release file
+    and it is there (labelled by its SHA-256, checked against the reference table when official), else on
+    synthetic weights of `seed` (cached). `options`: verify's device, atol, rtol, noise_factor. Each report is written under
     `report_dir` (`write_variant`); `progress` hears of each variant as it starts and as it ends.
     ParityError, its message led by the variant's name, for a variant that cannot be verified."""
     from ..api import verify as verify_file
@@ -38,8 +38,9 @@ def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Pa
 
     reports = []
     for i, entry in enumerate(entries, 1):
-        real = weights_dir / entry.filename
-        weights = real if real.is_file() else None
+        # a release file under its release name; entries released as folders (open_clip's, cn_clip's) have none
+        real = weights_dir / entry.filename if entry.filename else None
+        weights = real if real is not None and real.is_file() else None
         progress(Step(i, len(entries), entry, weights))
         try:
             if weights is not None:
