@@ -11,14 +11,14 @@ from typing import Mapping
 from . import layouts
 from . import towers as kinds
 from .config import registry
-from .config.schema import Config
+from .config.schema import Config, a_tower
 from .text import bpe
 from .io.checkpoint import Checkpoint, opened
 from .errors import ParityError
 from .models.frameworks import device_names, select_device
 from .harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from .harness.run import paddle_side, torch_side, verify_pair
-from .harness.inputs import canonical_inputs
+from .harness.inputs import canonical_inputs, input_sizes
 from .models.build import paddle_model, torch_model
 from .harness.report import Report
 
@@ -33,15 +33,30 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
     context or image size beyond what a check needs (memory set by the file's claims, not its size)."""
     ck.require_config()
     t, v = ck.config.text, ck.config.vision
-    if t.context_length > MAX_CONTEXT or v.image_size > MAX_RESOLUTION:
-        raise ParityError(f"its shapes give a context of {t.context_length} tokens and images of "
-                          f"{v.image_size} pixels a side; parity computes at most {MAX_CONTEXT} and "
+    context = t.context_length if t is not None else 0
+    resolution = v.image_size if v is not None else 0
+    if context > MAX_CONTEXT or resolution > MAX_RESOLUTION:
+        raise ParityError(f"its shapes give a context of {context} tokens and images of "
+                          f"{resolution} pixels a side; parity computes at most {MAX_CONTEXT} and "
                           f"{MAX_RESOLUTION} (memory grows with their squares)", path=ck.path)
+    if t is None:
+        return
     if t.vocab_size < 2:
         raise ParityError(f"its token embedding has {t.vocab_size} rows: no text can be encoded", path=ck.path)
     problem = kinds.text(t).computable(t, ck.vocab_file, captions)
     if problem:
         raise ParityError(f"{problem}", path=ck.path)
+
+
+def towers_for(config: Config, towers) -> tuple[str, ...]:
+    """The towers to run: those asked for; for a tower alone, that tower (ParityError where only the
+    other was asked for)."""
+    if config.whole:
+        return tuple(towers)
+    if not set(config.towers) & set(towers):
+        (have,), (asked,) = config.towers, tuple(towers)
+        raise ParityError(f"this model is {a_tower(have)} alone: it has no {asked} tower to run")
+    return config.towers
 
 
 def weights_label(ck: Checkpoint) -> str:
@@ -116,22 +131,26 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False,
-           noise_factor: float = NOISE_FACTOR, towers=layouts.HUB.TOWERS) -> Report:
+           noise_factor: float = NOISE_FACTOR, towers=layouts.HUB.TOWERS, outputs=None) -> Report:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
     checkpoint against a Paddle one (each framework loads its own). Returns the Report; its `passed` is
     the gate, its `to_dict()` the JSON that `parity verify` writes. Official files (by SHA-256) are also checked against the reference table.
     `config` (a Config, a registered name or a JSON file) gives the config where the file has none.
     `towers`: both (the logits too), or ("text",) or ("image",) alone. One tower of one framework is in
-    memory at a time, its tensors read from the file as it is built.
+    memory at a time, its tensors read from the file as it is built. A tower alone (a diffusion
+    pipeline's text encoder, a VLM's vision tower) is compared on its last and penultimate hidden states,
+    its pooled output and its embeds; `outputs` names those that gate the verdict (default: all).
 
     >>> parity.verify("RN50.pt").passed                             # doctest: +SKIP
     True
+    >>> parity.verify("text_encoder_2", outputs=["penultimate_hidden_state", "embeds"])  # doctest: +SKIP
     """
     with ExitStack() as stack:
         s = sides(stack, first, second, config, towers)
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
                              rtol=rtol, photos=photos, layers=layers, reference=s.reference,
-                             noise_factor=noise_factor, towers=towers, vocab_file=s.vocab_file)
+                             noise_factor=noise_factor, towers=towers_for(s.config, towers),
+                             vocab_file=s.vocab_file, outputs=outputs)
     report.sources = s.sources
     return report
 
@@ -149,7 +168,7 @@ def load_model(path, framework: str = "torch", device: str = "auto", config=None
     _check_framework(framework)
     with opened(path, config=config) as ck:
         computable(ck, captions=False)
-        return _model(ck, framework, select_device(device)[framework], towers)
+        return _model(ck, framework, select_device(device)[framework], towers_for(ck.config, towers))
 
 
 def _check_framework(framework: str) -> None:  # before any file is read
@@ -166,13 +185,15 @@ def _model(ck: Checkpoint, framework: str, where: str, towers=layouts.HUB.TOWERS
 def logits(path, framework: str = "torch", device: str = "auto", config=None,
            towers=layouts.HUB.TOWERS) -> dict:
     """The canonical pair through one framework's model, one tower at a time: the logit (with both
-    towers) and the feature vectors."""
+    towers) and the feature vectors; for a tower alone, its `last_hidden_state`,
+    `penultimate_hidden_state` ([1, L, width] as nested lists), `pooled` and, with a projection, `embeds`."""
     _check_framework(framework)
     devices = select_device(device)
     with opened(path, config=config) as ck:
         computable(ck, captions=False)
-        image, text = canonical_inputs(ck.config.vision.image_size, ck.config.text.context_length,
-                                       ck.config.text.kind, ck.vocab_file)
+        towers = towers_for(ck.config, towers)
+        resolution, context, kind = input_sizes(ck.config)
+        image, text = canonical_inputs(resolution, context, kind, ck.vocab_file)
         if framework == "torch":
             out = torch_side(ck.plan_in(layouts.HUB.NAME), ck.config, image, text, None, devices["torch"], towers,
                              noise=False).canonical
@@ -184,6 +205,9 @@ def logits(path, framework: str = "torch", device: str = "auto", config=None,
               "logit": None if out.logits is None else float(out.logits.ravel()[0])}
     result.update({name: out[name].ravel().tolist() for name in ("image_features", "text_features")
                    if out[name] is not None})
+    if out.states:
+        result["tower"] = towers[0]
+        result.update({name: value.tolist() for name, value in out.states.items()})  # nested, batch first
     return result
 
 

@@ -1,21 +1,16 @@
 """The `parity` command: a thin click layer over the library (what the commands share: cli_support)."""
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 
 import click
 
 from .version import __version__
 from . import layouts as layout_registry
-from .cli_support import (TOWER_CHOICES, Main, UserError, config_option, debug_option, debugging, echo, export_gate,
-                          gate, library_errors, progress_bar, report_options, show_conversion, show_export, show_info,
-                          show_logits, show_step, show_variants, show_verified, tower_option)
-from .config import registry
-from .config.schema import ConfigError
-from .errors import ParityError, printable
-from .layouts.coverage import coverage
+from .cli_support import (TOWER_CHOICES, Main, UserError, config_option, debug_option, export_gate, gate,
+                          library_errors, outputs_option, progress_bar, report_options, run_verify_all,
+                          show_conversion, show_export, show_info, show_layouts, show_logits, show_variants,
+                          show_verified, tower_option)
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,10 +47,7 @@ def layouts():
     Example:
       parity layouts
     """
-    click.echo(f"{'layout':10} {'framework':9} {'holds':11} {'registered models covered':44} files")
-    for layout in layout_registry.LAYOUTS.values():
-        click.echo(f"{layout.name:10} {layout.framework:9} {'+'.join(layout.image_kinds):11} {coverage(layout):44} "
-                   f"{layout.files}")
+    show_layouts()
 
 
 @main.command()
@@ -63,13 +55,14 @@ def layouts():
 @click.argument("other", type=click.Path(path_type=Path), required=False)
 @config_option
 @tower_option
+@outputs_option
 @report_options
 @click.option("--layers", is_flag=True, help="Compare every module's output (always done on a failure).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
 @debug_option
 @library_errors
-def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str, atol: float, rtol: float,
-           noise_factor: float, device: str, report_dir: Path, layers: bool, as_json: bool):
+def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str, outputs: str | None, atol: float,
+           rtol: float, noise_factor: float, device: str, report_dir: Path, layers: bool, as_json: bool):
     """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
 
     With one file, each framework gets it (converted in memory for the other); with a torch checkpoint
@@ -78,18 +71,24 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
     REPORT_DIR/<variant>.json, .md and -similarity.png. Exit status 0 when every output is within
     tolerance, 1 when not (the report names the first module where the frameworks part), 2 on bad input.
 
+    A tower alone (a diffusion pipeline's text_encoder/, a VLM's vision tower) is compared on what its
+    users consume: the last and penultimate hidden states, every token, the pooled output and the
+    projected embeds; --outputs picks those that gate the verdict.
+
     \b
     Examples:
       parity verify RN50.pt
       parity verify RN50.pt RN50.pdparams --layers
       parity verify ViT-B-32.pdparams --atol 1e-5 --json
       parity verify open_clip_model.safetensors --config ViT-bigG-14 --tower text
+      parity verify sdxl/text_encoder_2 --outputs penultimate_hidden_state,embeds
     """
     from .api import verify as run
     from .harness.report import write_variant
 
     report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers,
-                 noise_factor=noise_factor, towers=TOWER_CHOICES[tower])
+                 noise_factor=noise_factor, towers=TOWER_CHOICES[tower],
+                 outputs=None if outputs is None else [name.strip() for name in outputs.split(",")])
     paths = write_variant(report, report_dir)
     return lambda: show_verified(report, paths, as_json)
 
@@ -107,12 +106,15 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
 def logits(checkpoint: Path, framework: str, device: str, config: str | None, tower: str, as_json: bool):
     """The canonical logit and features of one framework's model on CHECKPOINT.
 
-    Canonical pair: image = ones/2 of shape (1, 3, R, R), text = ones (1, 77) int64.
+    Canonical pair: image = ones/2 of shape (1, 3, R, R), text = ones (1, 77) int64. For a tower alone:
+    its last_hidden_state, penultimate_hidden_state, pooled and (with a projection) embeds, which --json
+    prints as nested lists.
 
     \b
     Examples:
       parity logits RN50.pt --framework torch
       parity logits RN50.pdparams --framework paddle --json
+      parity logits sd-text-encoder/ --framework paddle --json
     """
     from .api import logits as run
 
@@ -141,27 +143,8 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
     Example:
       parity verify-all --variant RN50 --variant ViT-B/32
     """
-    from .harness.report import markdown_table, write_verify_all
-    from .harness.sweep import sweep
-
-    try:
-        entries = [registry.get(n) for n in names] if names else registry.family("openai")
-    except ConfigError as e:
-        raise UserError(printable(f"{e}. Run `parity variants` for the list."))
-    start = time.perf_counter()
-    try:
-        results = sweep(entries, weights_dir, seed, report_dir, show_step, device=device, atol=atol, rtol=rtol,
-                        noise_factor=noise_factor)
-    except ParityError as e:  # its message names the variant
-        if debugging():
-            raise
-        raise UserError(printable(str(e)))
-    total = time.perf_counter() - start
-    md_path, json_path = write_verify_all(results, report_dir, total)
-    click.echo("\n" + printable(markdown_table(results), newlines=True))
-    echo()
-    echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
-    sys.exit(0 if all(r.passed for r in results) else 1)
+    run_verify_all(names, weights_dir, seed, report_dir, device=device, atol=atol, rtol=rtol,
+                   noise_factor=noise_factor)
 
 
 @main.command()
@@ -179,10 +162,15 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
               help="Key layout of a safetensors output (torch: openai). [default: openai]")
 @click.option("--force", is_flag=True, help="Replace an existing output (never the input).")
 @click.option("--strict", is_flag=True, help="Refuse tensors holding NaN or Inf (default: warn).")
+@click.option("--tower", type=click.Choice(["image", "text"]), default=None,
+              help="Write this tower of a whole CLIP alone (e.g. a diffusion text encoder, a VLM vision tower).")
+@click.option("--with-projection", "projection", is_flag=True,
+              help="With --tower: keep its projection (CLIPTextModelWithProjection, CLIPVisionModelWithProjection).")
+@click.option("--copy-rest", is_flag=True, help="A pipeline folder: copy its other components as they are.")
 @debug_option
 @library_errors
 def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str | None, layout: str | None,
-            force: bool, strict: bool):
+            force: bool, strict: bool, tower: str | None, projection: bool, copy_rest: bool):
     """Convert a CLIP checkpoint between torch, Paddle and safetensors.
 
     SRC may be an official TorchScript release (.pt), a torch state dict (.pt/.pth/.bin, also wrapped in
@@ -199,12 +187,24 @@ def convert(src: Path, to: str, out: Path | None, config: str | None, dtype: str
       parity convert ViT-B-32.pt --to safetensors --layout paddle
       parity convert CLIP-ViT-H-14-laion2B/ --to paddlenlp -o vit-h-14-paddlenlp
       parity convert open_clip_model.safetensors --config ViT-bigG-14 --to paddle
-    """
-    from .io.convert import convert as run
+      parity convert ViT-L-14.pt --tower text --to hf -o sd-text-encoder
+      parity convert stable-diffusion-xl-base-1.0/ --to paddlenlp -o sdxl-paddle   # a pipeline folder
 
+    A pipeline folder (model_index.json) has each CLIP tower subfolder converted under the same name in
+    OUT; the other components are listed as skipped, or copied as they are with --copy-rest.
+    """
+    from .io.convert import convert as run, default_output
+    from .io.pipeline import convert_pipeline, is_pipeline
+
+    if projection and not tower or tower and is_pipeline(src):
+        raise UserError("--tower takes one tower of a CLIP checkpoint, not of a pipeline; --with-projection goes with it")
     with progress_bar(src) as stages:
-        result = run(src, to, out, config=config, dtype=dtype, layout=layout, force=force, strict=strict,
-                     stage=stages)
+        if is_pipeline(src):
+            result = convert_pipeline(src, to, out or default_output(src, "folder", to), copy_rest=copy_rest,
+                                      force=force, dtype=dtype, strict=strict, stage=stages)
+        else:
+            result = run(src, to, out, config=config, dtype=dtype, layout=layout, force=force, strict=strict,
+                         stage=stages, tower=tower, projection=projection)
     return lambda: show_conversion(result)
 
 
@@ -218,15 +218,18 @@ def info(file: Path, config: str | None, as_json: bool):
     """Describe a checkpoint: format, layout, model and config (and where the config came from), tensors,
     dtypes, bytes, SHA-256, official or not.
 
-    The first thing to run on a file one did not make: nothing in it is executed.
+    The first thing to run on a file one did not make: nothing in it is executed. For a pipeline folder
+    (model_index.json): its CLIP tower subfolders and their configs, and its other components.
 
     \b
     Example:
       parity info RN50.pt
+      parity info stable-diffusion-xl-base-1.0/
     """
     from .io.checkpoint import describe
+    from .io.pipeline import describe as describe_pipeline, is_pipeline
 
-    fields = describe(file, config)
+    fields = (describe_pipeline if is_pipeline(file) else describe)(file, config)
     return lambda: show_info(fields, as_json)
 
 

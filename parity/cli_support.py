@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import (ConfigMissingError, NoDeviceError, NonFiniteError, OutputExistsError, ParityError,
                      SameFileError, printable)
-from .harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
+from .harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, TOWER_OUTPUTS
 
 # what the command line adds to a library error: which of its flags fixes it
 HINTS = {OutputExistsError: "pass --force to replace it, or -o to write elsewhere", NonFiniteError: "refused under --strict",
@@ -170,6 +170,12 @@ def progress_bar(src: Path):
 TOWER_CHOICES = {"both": ("image", "text"), "image": ("image",), "text": ("text",)}
 
 
+def outputs_option(f):
+    return click.option("--outputs", default=None, metavar="NAME[,NAME...]",
+                        help="For a tower alone, the outputs that gate the verdict, from "
+                             f"{', '.join(TOWER_OUTPUTS)}. [default: all compared]")(f)
+
+
 def tower_option(f):
     return click.option("--tower", type=click.Choice(list(TOWER_CHOICES)), default="both", show_default=True,
                         help="Which towers compute: both (and the logit), or the image or the text tower alone "
@@ -224,11 +230,20 @@ def show_variants():
         click.echo(f"{family} ({registry.FAMILY_NOTES[family]}):")
         click.echo("  " + header)
         for e in registry.family(family):
-            v, t = e.config.vision, e.config.text
-            layers = str(v.layers) if isinstance(v.layers, int) else ",".join(map(str, v.layers))
-            click.echo(f"  {e.name:21} {e.config.embed_dim:5} {v.image_size:4} {layers:>14} {v.width:5} "
-                       f"{v.patch_size or '-':>5} {v.heads:>5} {v.mlp_width or '-':>5} {v.activation or 'relu':>10} "
-                       f"{f'{t.width}/{t.heads}/{t.layers}/{t.mlp_width}':>17} {t.activation:>10}")
+            click.echo(f"  {e.name:21} {e.config.embed_dim or '-':>5} {_vision_columns(e.config.vision)} "
+                       f"{_text_columns(e.config.text)}")
+
+
+def _vision_columns(v) -> str:
+    if v is None:  # a text tower alone
+        return f"{'-':>4} {'-':>14} {'-':>5} {'-':>5} {'-':>5} {'-':>5} {'-':>10}"
+    layers = str(v.layers) if isinstance(v.layers, int) else ",".join(map(str, v.layers))
+    return (f"{v.image_size:4} {layers:>14} {v.width:5} {v.patch_size or '-':>5} {v.heads:>5} {v.mlp_width or '-':>5} "
+            f"{v.activation or 'relu':>10}")
+
+
+def _text_columns(t) -> str:
+    return f"{'-':>17} {'-':>10}" if t is None else f"{f'{t.width}/{t.heads}/{t.layers}/{t.mlp_width}':>17} {t.activation:>10}"
 
 
 def show_verified(report, paths: dict[str, Path], as_json: bool):
@@ -254,6 +269,11 @@ def show_logits(out: dict, as_json: bool):
             v = np.asarray(out[f"{name}_features"])
             click.echo(f"{name + ' features':14} {v.size} values, norm {np.linalg.norm(v):.6f}, first "
                        f"{v[:4].round(6).tolist()}")
+    for name in TOWER_OUTPUTS:  # a tower alone
+        if name in out:
+            v = np.asarray(out[name])
+            click.echo(f"{name:24} shape {list(v.shape)}, norm {np.linalg.norm(v):.6f}, first "
+                       f"{v.ravel()[:4].round(6).tolist()}")
 
 
 def show_step(step) -> None:
@@ -268,6 +288,12 @@ def show_step(step) -> None:
 
 
 def show_conversion(result):
+    if hasattr(result, "converted"):  # a pipeline: each tower's conversion, then what was left as it was
+        for part in result.converted.values():
+            show_conversion(part)
+        for line in result.summary():
+            echo(line)
+        return
     for line in result.warnings:
         echo(f"warning: {line}", err=True)
     if result.config_warning:
@@ -301,3 +327,41 @@ def show_export(report, as_json: bool):
         if report.changed_files:
             echo(f"files changed since the export: {', '.join(report.changed_files)}")
     sys.exit(0 if report.passed else 1)
+
+
+def run_verify_all(names, weights_dir: Path, seed: int, report_dir: Path, **gate_options) -> None:
+    """`parity verify-all`: the sweep, its table and its files; exits 1 when any variant fails."""
+    import time
+
+    from .config import registry
+    from .config.schema import ConfigError
+    from .harness.report import markdown_table, write_verify_all
+    from .harness.sweep import sweep
+
+    try:
+        entries = [registry.get(n) for n in names] if names else registry.family("openai")
+    except ConfigError as e:
+        raise UserError(printable(f"{e}. Run `parity variants` for the list."))
+    start = time.perf_counter()
+    try:
+        results = sweep(entries, weights_dir, seed, report_dir, show_step, **gate_options)
+    except ParityError as e:  # its message names the variant
+        if debugging():
+            raise
+        raise UserError(printable(str(e)))
+    total = time.perf_counter() - start
+    md_path, json_path = write_verify_all(results, report_dir, total)
+    click.echo("\n" + printable(markdown_table(results), newlines=True))
+    echo()
+    echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
+    sys.exit(0 if all(r.passed for r in results) else 1)
+
+
+def show_layouts() -> None:
+    from . import layouts as layout_registry
+    from .layouts.coverage import alone, coverage
+
+    click.echo(f"{'layout':10} {'framework':9} {'holds':11} {'registered CLIPs covered':36} {'alone':11} files")
+    for layout in layout_registry.LAYOUTS.values():
+        click.echo(f"{layout.name:10} {layout.framework:9} {'+'.join(layout.image_kinds):11} {coverage(layout):36} "
+                   f"{alone(layout):11} {layout.files}")

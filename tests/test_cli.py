@@ -25,8 +25,11 @@ def test_variants_lists_the_families_apart():
     assert [line.split()[0] for line in lines[open_clip + 2:cn_clip]] == [
         "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-H-14", "ViT-g-14", "ViT-bigG-14", "ViT-B-32-quickgelu",
         "ViT-B-16-quickgelu", "ViT-L-14-quickgelu", "ViT-H-14-quickgelu", "ViT-bigG-14-quickgelu"]
-    assert [line.split()[0] for line in lines[cn_clip + 2:]] == [
+    towers = lines.index(next(x for x in lines if x.startswith("towers ")))
+    assert [line.split()[0] for line in lines[cn_clip + 2:towers]] == [
         "cn_clip/ViT-B-16", "cn_clip/ViT-L-14", "cn_clip/ViT-L-14-336", "cn_clip/ViT-H-14", "cn_clip/RN50"]
+    assert [line.split()[0] for line in lines[towers + 2:]] == [
+        "sd1/text_encoder", "sd2/text_encoder", "sdxl/text_encoder_2", "llava/vision_tower"]
     row = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ")}
     assert row["ViT-L/14"] == ["768", "224", "24", "1024", "14", "16", "4096", "quick_gelu", "768/12/12/3072",
                                "quick_gelu"]

@@ -65,9 +65,9 @@ DEPTHS = {"one layer": lambda n: 1, "its own": lambda n: n, "three times": lambd
 
 def _deepened(config, depth):
     """`config` with every stack of layers (both towers', each of a ResNet's four stages) `depth(n)` deep."""
-    v, t = config.vision, config.text
-    layers = tuple(map(depth, v.layers)) if isinstance(v.layers, tuple) else depth(v.layers)
-    return replace(config, vision=replace(v, layers=layers), text=replace(t, layers=depth(t.layers)))
+    v, t = config.vision, config.text  # a tower alone has one of them
+    layers = v and (tuple(map(depth, v.layers)) if isinstance(v.layers, tuple) else depth(v.layers))
+    return replace(config, vision=v and replace(v, layers=layers), text=t and replace(t, layers=depth(t.layers)))
 
 
 @pytest.mark.parametrize("variant,seed", variant_params())

@@ -79,6 +79,24 @@ def _cn_vit(layers, width, patch, resolution=224, head_width=64):
     return VisionConfig("vit", layers, width, resolution, patch, 4 * width, width // head_width, "quick_gelu", 1e-5)
 
 
+# Towers alone, as diffusion pipelines and VLMs ship them (transformers' config.json of each release):
+# SD 1.x's text_encoder is openai's ViT-L/14 text tower (CLIPTextModel); SD 2.x's is open_clip ViT-H's,
+# GELU, saved with 23 of its 24 layers (the pipeline conditions on the penultimate layer); SDXL's
+# text_encoder_2 is bigG's text tower with its projection (CLIPTextModelWithProjection, eos id 2); LLaVA's
+# vision tower is openai's ViT-L/14-336 image tower without its projection (CLIPVisionModel).
+def _text_alone(name, width, layers, heads, activation, embed=None) -> Entry:
+    text = TextConfig(width, layers, 4 * width, 77, 49408, heads, activation, 1e-5)
+    return Entry(name, "towers", Config(embed, None, text))
+
+
+TOWERS = (
+    _text_alone("sd1/text_encoder", 768, 12, 12, "quick_gelu"),
+    _text_alone("sd2/text_encoder", 1024, 23, 16, "gelu"),
+    _text_alone("sdxl/text_encoder_2", 1280, 32, 20, "gelu", embed=1280),
+    Entry("llava/vision_tower", "towers",
+          Config(None, VisionConfig("vit", 24, 1024, 336, 14, 4096, 16, "quick_gelu", 1e-5), None)),
+)
+
 # The reference logits: the canonical logit (image ones/2, text ones) of the official weights, as the
 # published Paddle port of CLIP reported it for both frameworks, to 4 decimals. Checked only for files
 # whose SHA-256 is the release's own; never shown beside synthetic weights.
@@ -108,11 +126,13 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
     _cn_clip("ViT-L-14-336", 768, _cn_vit(24, 1024, 14, 336), "base"),
     _cn_clip("ViT-H-14", 1024, _cn_vit(32, 1280, 14, head_width=80), "large"),
     _cn_clip("RN50", 1024, VisionConfig("resnet", (3, 4, 6, 3), 64, 224, heads=32), "rbt3"),
+    *TOWERS,
 )}
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES.values()))
 FAMILY_NOTES = {"openai": "openai/CLIP's releases, known by their SHA-256",
                 "open_clip": "open_clip's configs by its own names; LAION's weights use GELU, -quickgelu QuickGELU",
-                "cn_clip": "Chinese-CLIP: openai's image towers, a Chinese BERT text tower (text w/h/l/mlp: the BERT's)"}
+                "cn_clip": "Chinese-CLIP: openai's image towers, a Chinese BERT text tower (text w/h/l/mlp: the BERT's)",
+                "towers": "one tower alone, as diffusion pipelines (text encoders) and VLMs (vision towers) ship it"}
 
 
 def _alias(name: str) -> str:

@@ -22,18 +22,54 @@ OPTIONAL = frozenset(f"{tower}.{name}" for tower, names in (
     ("text", ("context_length", "heads", "activation", "eps", "positions", "types"))) for name in names)
 
 
+PARTS = {"image": "vision", "text": "text"}  # a tower's name -> its Config field
+
+
+def a_tower(tower: str) -> str:
+    """'an image tower' or 'a text tower', as messages name one."""
+    return f"{'an' if tower == 'image' else 'a'} {tower} tower"
+
+
 @dataclass(frozen=True)
 class Config:
-    """A whole CLIP: `embed_dim` is the width of the shared image-text space."""
+    """A whole CLIP, or one of its towers alone: `embed_dim` is the width of the shared image-text space
+    (a whole CLIP's projections, or a tower's own projection; None for a tower saved without one, such
+    as transformers' `CLIPTextModel`). A tower-only config has one part, the other None."""
 
-    embed_dim: int
-    vision: VisionConfig
-    text: TextConfig
+    embed_dim: int | None
+    vision: VisionConfig | None
+    text: TextConfig | None
+
+    @property
+    def towers(self) -> tuple[str, ...]:
+        """The towers it has, in the hub's order: ("image", "text"), ("image",) or ("text",)."""
+        return tuple(t for t, part in PARTS.items() if getattr(self, part) is not None)
+
+    @property
+    def whole(self) -> bool:
+        """Both towers, the projections into one space and a logit scale: a CLIP, not one tower of it."""
+        return len(self.towers) == 2
+
+    def parts(self) -> list[tuple[str, object]]:
+        """(Config field, part) for each tower it has, e.g. [("vision", VisionConfig(...))]."""
+        return [(part, getattr(self, part)) for part in PARTS.values() if getattr(self, part) is not None]
+
+    def only(self, tower: str, projection: bool = True) -> "Config":
+        """One tower of this CLIP alone ("image" or "text"), with its projection or without."""
+        if tower not in PARTS:
+            raise ConfigError(f"unknown tower {tower!r}: use image or text")
+        if tower not in self.towers:
+            raise ConfigError(f"this model has no {tower} tower; it has {' and '.join(self.towers)}")
+        part = getattr(self, PARTS[tower])
+        if projection and self.embed_dim is None:
+            raise ConfigError(f"this {tower} tower has no projection to keep")
+        embed = self.embed_dim if projection else None
+        return Config(embed, part, None) if tower == "image" else Config(embed, None, part)
 
     def missing(self) -> list[str]:
         """The fields that no tensor says and that are still unknown, e.g. ['text.heads']."""
-        return [f"{part}.{name}" for part, tower in (("vision", towers.vision(self)), ("text", towers.text(self)))
-                for name in tower.unknown if getattr(getattr(self, part), name) is None]
+        return [f"{part}.{name}" for part, value in self.parts()
+                for name in towers.get(part, value.kind).unknown if getattr(value, name) is None]
 
     @property
     def complete(self) -> bool:
@@ -41,15 +77,17 @@ class Config:
 
     def shapes(self) -> "Config":
         """This config less what tensors cannot say: what a state dict's shapes give."""
-        vision, text = towers.of(self)
-        return Config(self.embed_dim, replace(self.vision, **dict.fromkeys(vision.unsaid)),
-                      replace(self.text, **dict.fromkeys(text.unsaid)))
+        def cleared(part, value):
+            return None if value is None else replace(value, **dict.fromkeys(towers.get(part, value.kind).unsaid))
+        return Config(self.embed_dim, cleared("vision", self.vision), cleared("text", self.text))
 
     def filled(self, other: "Config") -> "Config":
         """This config, its unknown fields taken from `other` (which must agree with every known one:
         ConfigError naming the first that does not)."""
         other.check_shapes(self, "this config")
         def tower(mine, theirs):
+            if mine is None:
+                return None
             return replace(mine, **{f.name: getattr(theirs, f.name) for f in fields(mine) if getattr(mine, f.name) is None})
         return Config(self.embed_dim, tower(self.vision, other.vision), tower(self.text, other.text))
 
@@ -60,10 +98,11 @@ class Config:
     def from_dict(cls, data: Mapping[str, Any]) -> "Config":
         """From `to_dict`'s form (a JSON object); ConfigError naming what is wrong."""
         try:
-            vision, text = dict(data["vision"]), dict(data["text"])
-            if isinstance(vision.get("layers"), list):
+            vision, text = data["vision"], data["text"]
+            vision, text = (None if vision is None else dict(vision)), (None if text is None else dict(text))
+            if vision is not None and isinstance(vision.get("layers"), list):
                 vision["layers"] = tuple(vision["layers"])
-            config = cls(data["embed_dim"], VisionConfig(**vision), TextConfig(**text))
+            config = cls(data["embed_dim"], vision and VisionConfig(**vision), text and TextConfig(**text))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"not a parity config ({type(e).__name__}: {e}); expected "
                               "{'embed_dim': ..., 'vision': {...}, 'text': {...}}") from None
@@ -73,30 +112,36 @@ class Config:
     def validate(self) -> None:
         """ConfigError for a value no CLIP can have (wrong types, sizes under 1, widths not divisible by
         heads, ...), naming the field."""
-        v, t = self.vision, self.text
-        sizes = {"embed_dim": self.embed_dim, **{f"vision.{f.name}": getattr(v, f.name) for f in fields(v)},
-                 **{f"text.{f.name}": getattr(t, f.name) for f in fields(t)}}
+        if not self.towers:
+            raise ConfigError("vision and text are both null: a config has at least one tower")
+        if self.whole and self.embed_dim is None:
+            raise ConfigError("embed_dim is null: a whole CLIP projects both towers into one space")
+        sizes = {"embed_dim": self.embed_dim,
+                 **{f"{part}.{f.name}": getattr(value, f.name) for part, value in self.parts() for f in fields(value)}}
         for name, value in sizes.items():
-            if value is None and name not in OPTIONAL:
+            if value is None and name not in OPTIONAL and name != "embed_dim":
                 raise ConfigError(f"{name} is null: every CLIP has one")
             if name.endswith(("kind", "activation", "eps")) or value is None:
                 continue
             values = value if isinstance(value, tuple) else (value,)
             if not values or not all(type(x) is int and 0 < x < 1 << 31 for x in values):
                 raise ConfigError(f"{name} is {value!r}: a size is a positive integer")
-        vision, text = towers.get("vision", v.kind), towers.get("text", t.kind)
-        text.check(t)
-        vision.check(v)
-        for name, value in (("vision.activation", v.activation), ("text.activation", t.activation)):
-            if value is not None and value not in ACTIVATIONS:
-                raise ConfigError(f"{name} is {value!r}: use one of {', '.join(ACTIVATIONS)}")
-        for name, heads, width in (("vision.heads", v.heads, vision.attention_width(v)),
-                                   ("text.heads", t.heads, text.attention_width(t))):
+        for part, value in reversed(self.parts()):  # the text tower's own checks first
+            tower = towers.get(part, value.kind)
+            tower.check(value)
+            if not self.whole and not tower.alone:
+                raise ConfigError(f"a {tower.label} tower alone: parity computes a ViT image tower or CLIP's "
+                                  "text tower alone, or a whole CLIP")
+        for part, value in self.parts():
+            if value.activation is not None and value.activation not in ACTIVATIONS:
+                raise ConfigError(f"{part}.activation is {value.activation!r}: use one of {', '.join(ACTIVATIONS)}")
+        for part, value in self.parts():
+            heads, width = value.heads, towers.get(part, value.kind).attention_width(value)
             if heads is not None and (heads < 1 or width % heads):
-                raise ConfigError(f"{name} is {heads}, which does not divide the width {width}")
-        for name, eps in (("vision.eps", v.eps), ("text.eps", t.eps)):
-            if eps is not None and (type(eps) is not float or not 0 < eps < 1):
-                raise ConfigError(f"{name} is {eps!r}: a LayerNorm eps lies between 0 and 1")
+                raise ConfigError(f"{part}.heads is {heads}, which does not divide the width {width}")
+        for part, value in self.parts():
+            if value.eps is not None and (type(value.eps) is not float or not 0 < value.eps < 1):
+                raise ConfigError(f"{part}.eps is {value.eps!r}: a LayerNorm eps lies between 0 and 1")
 
     def check_shapes(self, shapes: "Config", what: str = "the tensors") -> None:
         """ConfigError naming the first field where this config contradicts `shapes` (a shapes-only config)."""
@@ -106,15 +151,21 @@ class Config:
                 if mine != theirs:
                     raise ConfigError(f"the config says embed_dim {mine} but {what} say {theirs}")
                 continue
-            for f in fields(mine):
+            if (mine is None) != (theirs is None):
+                says, have = ("no", "one") if mine is None else ("one", "none")
+                raise ConfigError(f"the config says {says} {tower} tower but {what} have {have}")
+            for f in fields(mine) if mine is not None else ():
                 a, b = getattr(mine, f.name), getattr(theirs, f.name)
                 if b is not None and a != b:
                     raise ConfigError(f"the config says {tower}.{f.name} {a} but {what} say {b}")
 
     def describe(self) -> str:
         """One line, e.g. 'ViT 12x768/32 mlp 3072 @224 heads 12 quick_gelu eps 1e-05; text 12x512 mlp 2048 ...'."""
-        vision, text = towers.of(self)
-        return f"{vision.describe(self.vision)}; {text.describe(self.text)}; embed {self.embed_dim}"
+        described = [towers.get(part, value.kind).describe(value) for part, value in self.parts()]
+        if self.whole:
+            return f"{'; '.join(described)}; embed {self.embed_dim}"
+        projection = f"projection {self.embed_dim}" if self.embed_dim is not None else "no projection"
+        return f"{self.towers[0]} tower only: {described[0]}; {projection}"
 
 
 def integer(value, name: str) -> int:
@@ -139,4 +190,4 @@ def section(data: Mapping, key: str, defaults: Mapping):
     return values, lambda name: integer(values[name], f"{key}.{name}")
 
 
-__all__ = ["ACTIVATIONS", "Config", "ConfigError", "TextConfig", "VisionConfig"]
+__all__ = ["ACTIVATIONS", "PARTS", "Config", "ConfigError", "TextConfig", "VisionConfig"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import layouts
 from .. import towers as kinds
+from ..config.schema import a_tower
 from ..errors import CheckpointError, OutputExistsError, ParityError
 from ..harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from ..io.formats.atomic import staging_folder
@@ -38,6 +39,10 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
     with opened(checkpoint, config=config) as ck:
         computable(ck)
         cfg = ck.config
+        if not cfg.whole:  # its graphs would give its features only, not the hidden states its users consume
+            raise ParityError(f"this model is {a_tower(cfg.towers[0])} alone, and parity exports whole CLIPs "
+                              "(one tower of one with --tower); verify and logits compute a tower alone",
+                              path=ck.path)
         plan_torch = ck.plan_in(layouts.HUB.NAME)
         inputs = inputs_for(cfg, ck.vocab_file)
         ref = reference(plan_torch, cfg, inputs, towers)

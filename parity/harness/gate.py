@@ -7,7 +7,7 @@ inputs; torch is the reference.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +15,8 @@ from .. import towers as kinds
 from ..models.frameworks import import_paddle
 
 OUTPUTS = ("logits", "image_features", "text_features")
+# a tower alone's outputs, by transformers' names: what diffusion pipelines and VLMs consume
+TOWER_OUTPUTS = ("last_hidden_state", "penultimate_hidden_state", "pooled", "embeds")
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-5
 NOISE_FACTOR = 4.0  # a framework difference within 4x float32's own noise is rounding, not a bug
 
@@ -24,13 +26,14 @@ class Outputs:
     logits: np.ndarray | None  # logits_per_image (None: one tower only)
     image_features: np.ndarray | None  # encode_image, before normalisation
     text_features: np.ndarray | None
+    states: dict[str, np.ndarray] = field(default_factory=dict)  # a tower alone's TOWER_OUTPUTS
 
     def __getitem__(self, name: str) -> np.ndarray | None:
-        return getattr(self, name)
+        return self.states.get(name) if name in TOWER_OUTPUTS else getattr(self, name)
 
     @property
     def names(self) -> list[str]:
-        return [n for n in OUTPUTS if self[n] is not None]
+        return [n for n in (*OUTPUTS, *TOWER_OUTPUTS) if self[n] is not None]
 
 
 def run_torch(model, image: np.ndarray, text: np.ndarray) -> Outputs:
@@ -110,7 +113,7 @@ def float64(model):
     import torch
     from ..models.torch_clip import BLOCKS
 
-    classes = tuple(BLOCKS[t.block] for t in kinds.of(model.config))  # each tower's residual block class
+    classes = tuple(BLOCKS[t.block] for t in kinds.of(model.config) if t is not None)  # each tower's residual block class
     blocks = [m for m in model.modules() if isinstance(m, classes)]
     inside = {id(t) for b in blocks for t in (*b.parameters(), *b.buffers())}
 

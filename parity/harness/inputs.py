@@ -32,6 +32,14 @@ def canonical_inputs(resolution: int, context_length: int = 77, text: str = "cli
     return image, towers.get("text", text).canonical(context_length, vocab_file)
 
 
+def input_sizes(config) -> tuple[int, int, str]:
+    """(image size, context length, text tower kind) of a config's inputs; a tower alone gets the other
+    tower's defaults (224 pixels; CLIP's 77 BPE tokens), which it never computes on."""
+    resolution = config.vision.image_size if config.vision is not None else 224
+    context, kind = (config.text.context_length, config.text.kind) if config.text is not None else (77, "clip")
+    return resolution, context, kind
+
+
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     """torchvision `Resize(size)`: the shorter side becomes `size`, the longer `int(size * long / short)`."""
     if width <= height:

@@ -12,7 +12,7 @@ from ..config.schema import Config
 from ..models.build import paddle_model, torch_model
 from ..models.frameworks import import_paddle
 from .gate import NOISE_FACTOR, Difference, float64
-from .inputs import canonical_inputs
+from .inputs import canonical_inputs, input_sizes
 from .report import LayerDiagnosis
 
 def _first(output):
@@ -72,8 +72,9 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float
     One tower of one framework is alive at a time. `devices`: each framework's device, as
     `select_device` gives them (default: the CPU)."""
     devices = devices or {"torch": "cpu", "paddle": "cpu"}
-    image, text = canonical_inputs(config.vision.image_size, config.text.context_length, config.text.kind,
-                                   vocab_file)
+    resolution, context, kind = input_sizes(config)
+    image, text = canonical_inputs(resolution, context, kind, vocab_file)
+    towers = [t for t in towers if t in config.towers]
     paddle = import_paddle()
     rows: dict[str, dict] = {}
     order: list[str] = []

@@ -97,6 +97,7 @@ class Report:
     reference: ReferenceCheck | None = None
     layers: LayerDiagnosis | None = None
     sources: dict | None = field(default=None)  # each framework's file: path, format, SHA-256, layout
+    gated: list[str] | None = None  # the compared outputs that gate `passed` (None: all)
 
     def to_dict(self) -> dict:
         """The JSON form: every field, the optional parts only where present."""
@@ -138,7 +139,12 @@ def verdict(r: Report) -> str:
     """`parity verify`'s line: the status, the logit (or the one tower's features) with its |Δ| and bound,
     the feature cosine, the photographs' top-5 agreement, the reference table, the first module apart."""
     d = r.differences.get("logits")
-    if d is None:  # one tower
+    if "last_hidden_state" in r.differences:  # a tower alone: each output consumers use, and what gates
+        outputs = ", ".join(f"{name} |Δ| {x.max_abs:.2e} (bound {x.bound:.1e}) {'ok' if x.passed else 'FAIL'}"
+                            for name, x in r.differences.items())
+        gated = "all" if r.gated is None or list(r.gated) == list(r.differences) else ", ".join(r.gated)
+        text = f"{r.variant}: {status(r)} — {' and '.join(r.inputs.get('towers', []))} tower alone: {outputs}; gated on {gated}"
+    elif d is None:  # one tower
         name = next(iter(r.differences))
         d = r.differences[name]
         text = (f"{r.variant}: {status(r)} — {name} only |Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, "
@@ -157,6 +163,9 @@ def verdict(r: Report) -> str:
 
 def logit_line(r: Report) -> str:
     """`parity verify-all`'s line for a variant done: the status, |Δ logit| and the seconds it took."""
+    if "logits" not in r.differences:  # a tower alone: its penultimate hidden state, what pipelines condition on
+        d = r.differences.get("penultimate_hidden_state") or next(iter(r.differences.values()))
+        return f"{status(r)} |Δ penultimate hidden state| {d.max_abs:.2e} ({r.seconds:.1f} s)"
     return f"{status(r)} |Δ logit| {r.differences['logits'].max_abs:.2e} ({r.seconds:.1f} s)"
 
 

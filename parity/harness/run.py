@@ -18,10 +18,11 @@ from .. import layouts
 from .. import towers as kinds
 from ..config import registry
 from ..config.schema import Config
-from .inputs import SampleSet, canonical_inputs, sample_set
+from .inputs import SampleSet, canonical_inputs, input_sizes, sample_set
 from ..models.frameworks import device_names, import_paddle, select_device
 from ..models.build import paddle_model, torch_model
 from .gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, Outputs, compare, float64, floor
+from ..errors import ParityError
 from .layers import diagnose_layers
 from .report import PhotoFeature, Photos, ReferenceCheck, Report
 
@@ -38,20 +39,36 @@ class SideResult:
     seconds: float = 0.0
 
 
-def _encode_torch(model, tower: str, x: np.ndarray, dtype=None):
+def _encode_torch(model, tower: str, x: np.ndarray, dtype=None, states: bool = False):
+    """A tower's features; with `states`, a tower alone's outputs (`TOWER_OUTPUTS`) as a dict."""
     import torch
 
     device = next(model.parameters()).device
     with torch.no_grad():
         t = torch.from_numpy(x if dtype is None else x.astype(dtype)).to(device)
+        if states:
+            return model.states(tower, t)
         return model.encode_image(t) if tower == "image" else model.encode_text(t)
 
 
+def _encode_paddle(model, tower: str, x: np.ndarray, states: bool = False):
+    paddle = import_paddle()
+    t = paddle.to_tensor(x)
+    if states:
+        return model.states(tower, t)
+    return model.encode_image(t) if tower == "image" else model.encode_text(t)
+
+
+def _f64(t):
+    return None if t is None else (t.double().cpu().numpy() if hasattr(t, "double") else t.numpy().astype(np.float64))
+
+
 def _numpy(features: dict, logits=None) -> Outputs:
-    def f64(t):
-        return None if t is None else (t.double().cpu().numpy() if hasattr(t, "double") else
-                                       t.numpy().astype(np.float64))
-    return Outputs(f64(logits), f64(features.get("image")), f64(features.get("text")))
+    """Outputs from each tower's features, or a tower alone's outputs (a dict under its name)."""
+    alone = next((v for v in features.values() if isinstance(v, dict)), None)
+    if alone is not None:
+        return Outputs(None, None, None, {k: _f64(v) for k, v in alone.items()})
+    return Outputs(_f64(logits), _f64(features.get("image")), _f64(features.get("text")))
 
 
 def torch_side(state_dict, config, image, text, photos: SampleSet | None, device: str,
@@ -65,17 +82,21 @@ def torch_side(state_dict, config, image, text, photos: SampleSet | None, device
     shots_in = {"image": photos.images, "text": photos.tokens} if photos else {}
     fp32, fp64, shots = {}, {}, {}
     logits32 = logits64 = None
+    alone = not config.whole  # a tower alone: its hidden states, pooled output and embeds
+    logit_scale = None
     for tower in towers:
         model = torch_model(state_dict, config, device=device, towers=(tower,))
-        fp32[tower] = _encode_torch(model, tower, inputs[tower])
+        fp32[tower] = _encode_torch(model, tower, inputs[tower], states=alone)
         last = len(fp32) == 2
         with torch.no_grad():
             if last:  # the logits from both towers' features, by the same code as the whole model's forward
                 logits32 = model.logits(fp32["image"], fp32["text"])[0]
-            logit_scale = float(model.logit_scale.detach().exp())
+            if not alone:
+                logit_scale = float(model.logit_scale.detach().exp())
         if noise:
             with torch.no_grad(), float64(model):
-                fp64[tower] = _encode_torch(model, tower, inputs[tower], np.float64 if tower == "image" else None)
+                fp64[tower] = _encode_torch(model, tower, inputs[tower], np.float64 if tower == "image" else None,
+                                            alone)
                 if last:
                     logits64 = model.logits(fp64["image"], fp64["text"])[0]
         if photos:
@@ -98,11 +119,10 @@ def paddle_side(paddle_sd, config, image, text, photos: SampleSet | None, device
     logits = None
     for tower in towers:
         model = paddle_model(paddle_sd, config, device=device, towers=(tower,))
-        encode = model.encode_image if tower == "image" else model.encode_text
         with paddle.no_grad():
-            out[tower] = encode(paddle.to_tensor(inputs[tower]))
+            out[tower] = _encode_paddle(model, tower, inputs[tower], states=not config.whole)
             if photos:
-                shots[tower] = encode(paddle.to_tensor(shots_in[tower]))
+                shots[tower] = _encode_paddle(model, tower, shots_in[tower])
             if len(out) == 2:
                 logits = model.logits(out["image"], out["text"])[0]
         del model
@@ -148,7 +168,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
                 min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR,
-                towers=layouts.HUB.TOWERS, vocab_file=None) -> Report:
+                towers=layouts.HUB.TOWERS, vocab_file=None, outputs=None) -> Report:
     """Compare parity's torch model on `torch_sd` (the hub layout) with parity's Paddle model on
     `paddle_sd` (parity's Paddle layout) on identical inputs; returns the Report. Tensors are arrays, or
     plans (`Planned`) made as each tower is built: one tower of one framework is alive at a time.
@@ -157,30 +177,34 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     `reference`: the reference table's canonical logit for official weights, checked against torch's
     logit within `atol` plus the table's rounding (half a unit in the 4th decimal).
     `vocab_file`: a BERT's WordPiece vocabulary (a checkpoint folder's vocab.txt; else cn_clip's).
+    A tower alone (a tower-only config) is compared on its last and penultimate hidden states, every
+    token, its pooled output and its embeds; `outputs` names those that gate the verdict (None: all).
     Layer diagnosis runs with `layers` and whenever the outputs disagree.
     """
     start = time.perf_counter()
-    towers = tuple(t for t in layouts.HUB.TOWERS if t in towers)
+    towers = tuple(t for t in layouts.HUB.TOWERS if t in towers and t in config.towers)
     devices = select_device(device)
-    v, t_cfg = config.vision, config.text
-    image, text = canonical_inputs(v.image_size, t_cfg.context_length, t_cfg.kind, vocab_file)
-    shots = sample_set(v.image_size, t_cfg.context_length, text=t_cfg.kind, vocab_file=vocab_file) if photos else None
+    resolution, context, kind = input_sizes(config)
+    image, text = canonical_inputs(resolution, context, kind, vocab_file)
+    shots = sample_set(resolution, context, text=kind, vocab_file=vocab_file) if photos else None
     t = torch_side(torch_sd, config, image, text, shots, devices["torch"], towers)
     p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers)
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
+    gated = gated_outputs(diffs, outputs)
     logit = (lambda out: float(out.logits.ravel()[0])) if len(towers) == 2 else (lambda out: None)
-    canonical = {"image": f"image ones/2 (1, 3, {v.image_size}, {v.image_size}) float32",
-                 "text": kinds.text(config).canonical_label(t_cfg.context_length, vocab_file)}
+    canonical = {"image": f"image ones/2 (1, 3, {resolution}, {resolution}) float32",
+                 "text": kinds.get("text", kind).canonical_label(context, vocab_file)}
+    feature = "embeds" if "embeds" in diffs else "pooled"  # a tower alone's feature vector
     report = Report(
         variant=registry.name_of(config) or "custom", weights=weights, config=config.to_dict(),
         devices=device_names(devices), versions=versions(), atol=atol, rtol=rtol, noise_factor=noise_factor,
         inputs={"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
                 "towers": list(towers)},
         torch_logit=logit(t.canonical), paddle_logit=logit(p.canonical), noise_floor=t.noise, differences=diffs,
-        feature_cosine=min(diffs[f"{x}_features"].cosine for x in towers),
+        feature_cosine=min(diffs[f"{x}_features" if config.whole else feature].cosine for x in towers),
         features={"torch": _features(t.canonical), "paddle": _features(p.canonical)},
-        seconds_torch=t.seconds, seconds_paddle=p.seconds)
-    passed = all(d.passed for d in diffs.values())
+        seconds_torch=t.seconds, seconds_paddle=p.seconds, gated=gated)
+    passed = all(diffs[name].passed for name in gated)
     if shots:
         report.photos = _photo_comparison(shots, t.photos, p.photos, min_cosine)
         passed = passed and report.photos.passed
@@ -198,7 +222,21 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     return report
 
 
+def gated_outputs(diffs: dict, outputs=None) -> list[str]:
+    """The compared outputs that gate the verdict: `outputs` (ParityError naming any not compared), else all."""
+    if outputs is None:
+        return list(diffs)
+    unknown = [name for name in outputs if name not in diffs]
+    if unknown or not outputs:
+        raise ParityError(f"cannot gate on {', '.join(unknown) or 'no output'}: this check compares "
+                          f"{', '.join(diffs)}")
+    return list(dict.fromkeys(outputs))
+
+
 def _features(out: Outputs) -> dict:
+    if out.states:  # a tower alone: its feature vector (its embeds, or its pooled output without a projection)
+        name = "embeds" if "embeds" in out.states else "pooled"
+        return {name: out[name].ravel().tolist()}
     return {tower: out[f"{tower}_features"].ravel().tolist() for tower in layouts.HUB.TOWERS
             if out[f"{tower}_features"] is not None}
 

@@ -47,7 +47,7 @@ def family_of(config: Config) -> str:
 
 def init_std(key: str, shape: tuple, config: Config) -> float:
     """Standard deviation of the normal draw for a weight-like tensor (fan-in scaling)."""
-    if key in towers.text(config).embeddings:
+    if config.text is not None and key in towers.text(config).embeddings:
         return 0.02
     if key == "positional_embedding":
         return 0.01
@@ -143,7 +143,7 @@ def make_state_dict(model: str | Config, seed: int = 0) -> dict:
 
     config = config_of(model)
     state = draw(config, seed)
-    if towers.vision(config).calibrated:
+    if config.vision is not None and towers.vision(config).calibrated:
         _calibrate(config, state, seed)
     family = family_of(config)
     return {k: v.to(getattr(torch, release_dtype(k, family))) for k, v in state.items()}

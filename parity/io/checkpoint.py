@@ -70,7 +70,7 @@ class Checkpoint:
     def vocab_file(self) -> Path | None:
         """The text tower's vocabulary in the checkpoint's folder (a BERT's `vocab.txt`), where it has one:
         any entry of that name (a FIFO or a link to a device is refused when read, never passed over)."""
-        name = kinds.text(self.config).vocabulary
+        name = kinds.text(self.config).vocabulary if self.config.text is not None else None
         if name and self.path is not None and self.path.is_dir() and os.path.lexists(self.path / name):
             return self.path / name
         return None
@@ -138,6 +138,18 @@ class Checkpoint:
         if target.name == layouts.HUB.NAME:
             return hub
         return layouts.rows.from_hub(hub, target.keymap, cast)[0]
+
+    def tower(self, tower: str, projection: bool = False) -> "Checkpoint":
+        """One tower of this CLIP alone ("image" or "text"), with its projection or without, in the hub
+        layout: its tensors are the whole model's own, each made when used (bit for bit, in its dtype)."""
+        try:
+            config = self.config.only(tower, projection)
+        except ConfigError as e:
+            raise e.at(self.path) from None
+        hub = self.hub_plan()
+        state = {k: hub[k] for k in layouts.HUB.shapes(config)}
+        return replace(self, state_dict=state, layout=layouts.HUB.NAME, config=config, record=None,
+                       library_config=None, config_source=f"{self.config_source}, its {tower} tower")
 
     def in_layout(self, name: str, dtype: str | None = "float32") -> "Checkpoint":
         """This checkpoint in layout `name`; into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
@@ -324,7 +336,7 @@ def describe(path, config=None) -> dict:
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,
         "model": ck.name or ("registered shapes, ambiguous config" if ck.config_source.startswith("ambiguous")
-                             else "unregistered CLIP"),
+                             else "unregistered CLIP" if ck.config.whole else f"unregistered {ck.config.towers[0]} tower"),
         "config": ck.config.describe() + ("" if ck.config.complete else
                                           f" (unknown: {', '.join(ck.config.missing())})"),
         "config from": ck.config_source, "config_fields": ck.config.to_dict(),

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import CheckpointError
 from .formats import Stored, bounded_json
 from .formats.pdparams import EXTRAS_KEY
+from .tensors import Planned
 
 PADDLE_NAME_TABLE = "StructuredToParameterName@@"  # paddle.save's own entry: structured name -> variable name
 WRAPPERS = ("state_dict", "model")  # {'state_dict': ...} (Chinese-CLIP, PASSL), {'model': ...}
@@ -17,8 +18,10 @@ PREFIXES = ("module.", "model.", "_orig_mod.")  # DDP, wrapper modules, torch.co
 
 
 def read_array(a) -> np.ndarray:
-    """An array, a Stored tensor read."""
-    return a.read() if isinstance(a, Stored) else a
+    """An array, a Stored tensor read, a Planned tensor made."""
+    if isinstance(a, Stored):
+        return a.read()
+    return a() if isinstance(a, Planned) else a
 
 
 def as_array(value) -> np.ndarray | Stored | None:

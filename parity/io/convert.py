@@ -35,7 +35,9 @@ class Converted:
         """One line: model, tensors, bytes, dtype mix, seconds, output path (and what was unwrapped)."""
         mix = Counter(str(self.saved.tensors.spec(k)[0]) for k in self.saved.tensors)
         dtypes = " ".join(f"{d}×{n}" for d, n in sorted(mix.items()))
-        line = (f"{self.source.name or 'unregistered CLIP'}: {len(self.saved.tensors)} tensors, "
+        config = self.source.config
+        unregistered = "unregistered CLIP" if config.whole else f"unregistered {config.towers[0]} tower"
+        line = (f"{self.source.name or unregistered}: {len(self.saved.tensors)} tensors, "
                 f"{_size(self.saved.bytes)}, {dtypes}, {self.seconds:.1f} s -> {self.saved.path}")
         if self.source.unwrapped:
             line += f" (stripped {', '.join(self.source.unwrapped)})"
@@ -78,9 +80,12 @@ def default_output(src: Path, fmt: str, layout: str) -> Path:
 
 
 def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, layout: str | None = None,
-            force: bool = False, strict: bool = False, stage: Callable[[str], None] | None = None) -> Converted:
+            force: bool = False, strict: bool = False, stage: Callable[[str], None] | None = None,
+            tower: str | None = None, projection: bool = False) -> Converted:
     """Convert a checkpoint file to layout `to` (or the legacy torch / paddle / safetensors); the library
     behind `parity convert`. No config is needed to move tensors; a known one is written with them.
+    `tower` ("image" or "text") writes that tower alone, with its projection if `projection` (the layout's
+    tower-only model: transformers' CLIPTextModel or CLIPTextModelWithProjection, ...).
 
     Refuses an output that is, contains or lies inside its input or config file (`force` or not), and an
     existing output (without `force`); NaN/Inf in a tensor is a warning, or an error with `strict`.
@@ -111,6 +116,8 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
                     if strict:
                         raise NonFiniteError(message)
                     warnings.append(message)
+                if tower is not None:
+                    ck = ck.tower(tower, projection)
                 if not ck.config.complete:
                     config_warning = (f"{src}: the config is unknown ({', '.join(ck.config.missing())}); the "
                                       "tensors were moved, and no config was written with them: computing with "

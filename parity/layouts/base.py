@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .. import towers
+from ..config.schema import a_tower
 from .keymap import KeyMap
 
 
@@ -53,6 +54,7 @@ class Layout:
     fixed: Fixed | None = None
     wrap: tuple[str, str] | None = None  # a .pdparams file's tensors under this key, each name behind this prefix
     folder: Folder | None = None
+    alone: tuple[str, ...] = ()  # the towers it also holds alone, without the other ("image", "text")
 
     @property
     def image_kinds(self) -> tuple[str, ...]:
@@ -61,10 +63,14 @@ class Layout:
 
     def holds_config(self, config) -> bool:
         """Whether it has a place for this CLIP's towers."""
+        if not config.whole:
+            return self.refuses(config) is None
         return config.vision.kind in self.holds.get(config.text.kind, ())
 
     def refuses(self, config, model: str | None = None) -> str | None:
         """Why a CLIP of `config` (named `model`, else described) cannot be written in this layout, or None."""
+        if not config.whole:
+            return self._refuses_alone(config)
         text = towers.text(config)
         if config.text.kind not in self.holds:
             return (f"the {self.name} layout holds CLIP's own text tower, not a {config.text.kind.upper()} "
@@ -77,6 +83,20 @@ class Layout:
             return (f"{self.fixed.library} builds every CLIP with {self.fixed.text}, and this model "
                     f"({model or config.describe()}) differs: a {self.name} file would load there and compute something else; "
                     "write a layout whose config file says it (paddle, paddlenlp, hf)")
+        return None
+
+
+    def _refuses_alone(self, config) -> str | None:
+        (tower,) = config.towers
+        if tower not in self.alone:
+            return (f"the {self.name} layout holds whole CLIPs, not {a_tower(tower)} alone: write it as openai, "
+                    "paddle, hf or paddlenlp")
+        part = config.text or config.vision
+        tower_kind = towers.get(config.parts()[0][0], part.kind)
+        if not tower_kind.alone:
+            return f"a {tower_kind.label} tower alone: parity computes a ViT image tower or CLIP's text tower alone"
+        if part.kind not in (*self.holds, *self.image_kinds):
+            return f"the {self.name} layout has no place for a {tower_kind.label} tower"
         return None
 
 

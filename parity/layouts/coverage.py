@@ -19,6 +19,12 @@ def lacks(layout: Layout) -> list[str]:
 def coverage(layout: Layout) -> str:
     """'all 25', or '19 of 25 (no ResNet)': how many registered models `layout` holds, and the tower
     kinds it has no place for."""
-    covered = [e.name for e in registry.ENTRIES.values() if layout.holds_config(e.config)]
-    return (f"all {len(covered)}" if len(covered) == len(registry.ENTRIES) else
-            f"{len(covered)} of {len(registry.ENTRIES)} (no {', no '.join(lacks(layout))})")
+    whole = [e for e in registry.ENTRIES.values() if e.config.whole]
+    covered = [e.name for e in whole if layout.holds_config(e.config)]
+    return (f"all {len(covered)}" if len(covered) == len(whole) else
+            f"{len(covered)} of {len(whole)} (no {', no '.join(lacks(layout))})")
+
+
+def alone(layout: Layout) -> str:
+    """'text, image' or '-': the towers it also holds alone (transformers' CLIPTextModel, ...)."""
+    return ", ".join(t for t in ("text", "image") if t in layout.alone) or "-"

@@ -24,7 +24,9 @@ KEYMAP = KeyMap((Row("{p}", "{p}"),))  # the hub maps to itself
 def detect(keys) -> bool:
     if "bert.embeddings.word_embeddings.weight" in keys:  # Chinese-CLIP: openai's image towers, a BERT
         return any(k.endswith("attn.in_proj_weight") for k in keys) or "visual.bn1.running_mean" in keys
-    return any(k.endswith("attn.in_proj_weight") for k in keys) and "token_embedding.weight" in keys
+    # a whole CLIP, its text tower alone, or its ViT image tower alone
+    return any(k.endswith("attn.in_proj_weight") for k in keys) and (
+        "token_embedding.weight" in keys or "visual.class_embedding" in keys)
 
 
 TOWERS = ("image", "text")
@@ -46,14 +48,18 @@ def tower_shapes(config: Config, towers=TOWERS) -> dict[str, tuple]:
 
 def shapes(config: Config, archive_entries: bool = False) -> dict[str, tuple]:
     """Every key of the hub state dict for `config`, with its shape, in openai/CLIP's order (its text
-    tower's leading keys, the projection and scale, the image tower, the rest of the text tower)."""
+    tower's leading keys, the projection and scale, the image tower, the rest of the text tower). A tower
+    alone has its own keys and its projection, where it has one, and no logit scale."""
     vision, text = towers.of(config)
-    own = text.hub_shapes(config)
-    s = {k: own[k] for k in text.hub_first}
-    s.update({"text_projection": (config.text.width, config.embed_dim), "logit_scale": ()})
-    s.update(vision.hub_shapes(config))
+    own = text.hub_shapes(config) if text else {}
+    s = {k: own[k] for k in (text.hub_first if text else ())}
+    if text and config.embed_dim is not None:
+        s["text_projection"] = (config.text.width, config.embed_dim)
+    if config.whole:
+        s["logit_scale"] = ()
+    s.update(vision.hub_shapes(config) if vision else {})
     s.update(own)
-    if archive_entries and text.archive_entries:
+    if archive_entries and config.whole and text.archive_entries:
         s.update({k: () for k in ARCHIVE_ENTRIES})
     return s
 
@@ -61,7 +67,7 @@ def shapes(config: Config, archive_entries: bool = False) -> dict[str, tuple]:
 def defaults(config: Config, archive_entries: bool = False) -> dict[str, np.ndarray]:
     """Hub-only tensors, where no record says them: BatchNorm's counters at 0, the archive entries from the config."""
     out = {k: np.array(0, dtype=np.int64) for k in shapes(config) if k.endswith("num_batches_tracked")}
-    if archive_entries:
+    if archive_entries and config.whole:
         out.update({"input_resolution": np.array(config.vision.image_size, dtype=np.int64),
                     "context_length": np.array(config.text.context_length, dtype=np.int64),
                     "vocab_size": np.array(config.text.vocab_size, dtype=np.int64)})
@@ -72,19 +78,31 @@ def rule(shapes: Config) -> Config:
     """openai/CLIP's `build_model` rule for what no tensor says: 64-wide heads, QuickGELU, LayerNorm eps
     1e-5, and an MLP 4x the width. Libraries ported from it (paddleclip, PASSL) build every CLIP so."""
     vision, text = towers.of(shapes)
-    if text.rule is None:
+    if text is not None and text.rule is None:
         raise ConfigError(f"openai's rule builds CLIP's own text tower, not a {text.label}")
-    return Config(shapes.embed_dim, vision.rule(shapes.vision), text.rule(shapes.text))
+    return Config(shapes.embed_dim, vision and vision.rule(shapes.vision), text and text.rule(shapes.text))
 
 
 def infer(hub: Mapping[str, tuple]) -> Config:
-    """What the shapes of a hub key set say: every field but heads, activations and eps (None).
+    """What the shapes of a hub key set say: every field but heads, activations and eps (None). A key set
+    with one tower's keys alone is that tower alone, its projection's width the embed_dim (None without).
 
     Works on any {key: shape}; the key check against `shapes(config)` comes after.
     """
-    vision, text = towers.holding("vision", hub).infer(hub), towers.holding("text", hub).infer(hub)
-    return Config(shape(hub, "text_projection")[1], vision, text)
+    has_vision = any(k.startswith("visual.") for k in hub)
+    text_kind = towers.holding("text", hub)
+    has_text = any(t.telltale in hub for t in towers.REGISTRY["text"].values()) or not has_vision
+    vision = towers.holding("vision", hub).infer(hub) if has_vision else None
+    text = text_kind.infer(hub) if has_text else None
+    if vision is not None and text is not None or "text_projection" in hub:
+        embed = shape(hub, "text_projection")[1]  # [width, embed]
+    elif "visual.proj" in hub or "visual.attnpool.c_proj.weight" in hub:
+        embed = shape(hub, "visual.proj")[1] if "visual.proj" in hub else shape(hub, "visual.attnpool.c_proj.weight")[0]
+    else:
+        embed = None
+    return Config(embed, vision, text)
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pt", keymap=KEYMAP, detect=detect,
-                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")})
+                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")},
+                alone=("image", "text"))

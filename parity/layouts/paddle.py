@@ -38,8 +38,11 @@ def detect(keys) -> bool:
     vit = any(k.endswith("attn.q_proj.weight") and not k.startswith("visual.attnpool.") for k in keys)
     if "bert.embeddings.word_embeddings.weight" in keys:  # Chinese-CLIP's towers
         return vit or "visual.bn1._mean" in keys
-    return vit and "token_embedding.weight" in keys and "visual.attnpool.attn.q_proj.weight" not in keys
+    # a whole CLIP, its text tower alone, or its ViT image tower alone
+    return (vit and ("token_embedding.weight" in keys or "visual.class_embedding" in keys)
+            and "visual.attnpool.attn.q_proj.weight" not in keys)
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pdparams", keymap=KEYMAP, detect=detect,
-                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")})
+                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")},
+                alone=("image", "text"))

@@ -12,7 +12,7 @@ under `text_model.encoder.layers`), whose LayerNorms do take the config's eps.
 """
 from __future__ import annotations
 
-from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, section
+from ..config.schema import Config, ConfigError, VisionConfig, integer, section
 from ..config import cn_clip as chinese_clip
 from . import hf
 from .openai import ARCHIVE_ENTRIES
@@ -78,14 +78,15 @@ KEYMAP = KeyMap(ROWS)
 
 def detect(keys) -> bool:
     clip = "text_model.token_embedding.weight" in keys and "text_model.ln_final.weight" in keys
-    return clip or ("text_model.embeddings.word_embeddings.weight" in keys and "vision_projection" in keys)
+    vision_alone = "vision_model.class_embedding" in keys and not any(k.startswith("text_model.") for k in keys)
+    return clip or vision_alone or ("text_model.embeddings.word_embeddings.weight" in keys and "vision_projection" in keys)
 
 
 # ---------------------------------------------------------------- config.json
 def config_to_json(config: Config, source: dict | None = None) -> dict:
     """PaddleNLP's CLIPConfig for `config` (text ids as in hf.py: eos 2 pools at the highest id, as openai does;
     `source`, a PaddleNLP folder's config.json the model was read from, keeps its own)."""
-    return MODELS[config.text.kind][0](config, source)
+    return MODELS[config.text.kind if config.text else "clip"][0](config, source)
 
 
 def _chinese_clip_config(config: Config, source: dict | None = None) -> dict:
@@ -97,10 +98,12 @@ def _chinese_clip_config(config: Config, source: dict | None = None) -> dict:
 
 def _clip_config(config: Config, source: dict | None = None) -> dict:
     v, t = config.vision, config.text
-    for name, eps in (("vision", v.eps), ("text", t.eps)):
-        if eps is not None and eps != EPS:
+    for name, part in config.parts():
+        if part.eps is not None and part.eps != EPS:
             raise ConfigError(f"PaddleNLP's CLIP computes LayerNorm with eps {EPS}, whatever its config says; "
-                              f"this model's {name}.eps is {eps}, so the paddlenlp layout cannot hold it")
+                              f"this model's {name}.eps is {part.eps}, so the paddlenlp layout cannot hold it")
+    if not config.whole:
+        return hf.tower_json(config, source, "dtype", EPS)
     vision = {"model_type": "clip_vision_model", "hidden_size": v.width, "image_size": v.image_size,
               "num_attention_heads": v.heads, "num_channels": 3, "layer_norm_eps": EPS}
     if v.kind == "vit":
@@ -132,10 +135,12 @@ def config_from_json(data: dict) -> Config:
     if chinese_clip.is_chinese_clip(data):
         return chinese_clip.config_from_json(data, vision_eps=EPS)
     try:
-        t, ti = section(data, "text_config", TEXT)
+        alone = hf.tower_from_json(data, TEXT, VISION, EPS)
+        if alone is not None:
+            alone.validate()
+            return alone
         v, vi = section(data, "vision_config", VISION)
-        text = TextConfig(ti("hidden_size"), ti("num_hidden_layers"), ti("intermediate_size"),
-                          ti("max_position_embeddings"), ti("vocab_size"), ti("num_attention_heads"), t["hidden_act"], EPS)
+        text = hf.text_part(data, TEXT, EPS)
         if isinstance(v["num_hidden_layers"], (list, tuple)):
             width = vi("hidden_size")
             layers = tuple(integer(n, "vision_config.num_hidden_layers") for n in v["num_hidden_layers"])
@@ -145,9 +150,6 @@ def config_from_json(data: dict) -> Config:
         else:
             vision = VisionConfig("vit", vi("num_hidden_layers"), vi("hidden_size"), vi("image_size"), vi("patch_size"),
                                   vi("intermediate_size"), vi("num_attention_heads"), v["hidden_act"], EPS)
-        if t.get("eos_token_id", 2) not in (2, 49407):
-            raise ConfigError(f"text_config.eos_token_id is {t['eos_token_id']!r}: the text pools at another token "
-                              "than CLIP's end of text")
         config = Config(integer(data.get("projection_dim", 512), "projection_dim"), vision, text)
     except (TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"config.json is not a PaddleNLP CLIPConfig ({type(e).__name__}: {e})") from None
@@ -157,7 +159,7 @@ def config_from_json(data: dict) -> Config:
 
 def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     """For a Chinese-CLIP, what `ChineseCLIPTokenizer` and `ChineseCLIPProcessor.from_pretrained` read."""
-    return MODELS[config.text.kind][1](config, vocab_file)
+    return MODELS[config.text.kind if config.text else "clip"][1](config, vocab_file)
 
 
 def _chinese_clip_files(config: Config, vocab_file=None) -> dict[str, bytes]:
@@ -172,4 +174,5 @@ MODELS = {"clip": (_clip_config, lambda config, vocab_file=None: {}),
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
                 holds={"clip": ("vit", "resnet"), "bert": ("vit",)},  # ChineseCLIPModel's image tower is a ViT
-                folder=Folder(WEIGHTS, config_to_json, config_from_json, extra_files=extra_files))
+                folder=Folder(WEIGHTS, config_to_json, config_from_json, extra_files=extra_files),
+                alone=("image", "text"))

@@ -12,103 +12,11 @@ import math
 from ..config.schema import Config, TextConfig, VisionConfig
 from .frameworks import import_paddle
 from .paddle_ops import Linear, materialized_views
+from .paddle_resnet import BLOCKS as RESNET_BLOCKS, ModifiedResNet
 
 paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
 import paddle.nn.functional as F  # noqa: E402
 from paddle import nn  # noqa: E402
-
-
-class Bottleneck(nn.Layer):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2D(inplanes, planes, 1, bias_attr=False)
-        self.bn1 = nn.BatchNorm2D(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2D(planes, planes, 3, padding=1, bias_attr=False)
-        self.bn2 = nn.BatchNorm2D(planes)
-        self.relu2 = nn.ReLU()
-        self.avgpool = nn.AvgPool2D(stride) if stride > 1 else nn.Identity()
-        self.conv3 = nn.Conv2D(planes, out, 1, bias_attr=False)
-        self.bn3 = nn.BatchNorm2D(out)
-        self.relu3 = nn.ReLU()
-        self.downsample = None
-        if stride > 1 or inplanes != out:
-            self.downsample = nn.Sequential(
-                ("-1", nn.AvgPool2D(stride)),
-                ("0", nn.Conv2D(inplanes, out, 1, bias_attr=False)),
-                ("1", nn.BatchNorm2D(out)),
-            )
-
-    def forward(self, x):
-        y = self.relu1(self.bn1(self.conv1(x)))
-        y = self.relu2(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(self.avgpool(y)))
-        y = y + (x if self.downsample is None else self.downsample(x))
-        return self.relu3(y)
-
-
-class AttentionPool2d(nn.Layer):
-    def __init__(self, grid: int, embed_dim: int, num_heads: int, output_dim: int):
-        super().__init__()
-        self.positional_embedding = self.create_parameter([grid * grid + 1, embed_dim])
-        self.k_proj = Linear(embed_dim, embed_dim)
-        self.q_proj = Linear(embed_dim, embed_dim)
-        self.v_proj = Linear(embed_dim, embed_dim)
-        self.c_proj = Linear(embed_dim, output_dim)
-        self.num_heads = num_heads
-
-    def _heads(self, x):
-        n, length, width = x.shape
-        # [N, L, C] -> [N, L, heads, C/heads] -> [N, heads, L, C/heads]
-        return x.reshape([n, length, self.num_heads, width // self.num_heads]).transpose([0, 2, 1, 3])
-
-    def forward(self, x):
-        x = x.flatten(2).transpose([0, 2, 1])  # [N, C, H, W] -> [N, HW, C]
-        x = paddle.concat([x.mean(axis=1, keepdim=True), x], axis=1)  # [N, HW+1, C]: the mean token leads
-        x = x + self.positional_embedding.astype(x.dtype)
-        # only the mean token's output is used, so only its query is computed
-        q, k, v = self._heads(self.q_proj(x[:, :1])), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-        head_dim = q.shape[-1]
-        weights = F.softmax(paddle.matmul(q * head_dim ** -0.5, k, transpose_y=True))  # [N, heads, 1, HW+1]
-        out = paddle.matmul(weights, v).transpose([0, 2, 1, 3]).flatten(2)  # [N, 1, C]
-        return self.c_proj(out)[:, 0]  # [N, output_dim]
-
-
-class ModifiedResNet(nn.Layer):
-    def __init__(self, layers, output_dim: int, heads: int, input_resolution: int, width: int):
-        super().__init__()
-        self.input_resolution = input_resolution
-        half = width // 2
-        self.conv1 = nn.Conv2D(3, half, 3, stride=2, padding=1, bias_attr=False)
-        self.bn1 = nn.BatchNorm2D(half)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2D(half, half, 3, padding=1, bias_attr=False)
-        self.bn2 = nn.BatchNorm2D(half)
-        self.relu2 = nn.ReLU()
-        self.conv3 = nn.Conv2D(half, width, 3, padding=1, bias_attr=False)
-        self.bn3 = nn.BatchNorm2D(width)
-        self.relu3 = nn.ReLU()
-        self.avgpool = nn.AvgPool2D(2)
-        inplanes = width
-        for i, (blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2)), start=1):
-            planes = width * 2 ** (i - 1)
-            stage = [Bottleneck(inplanes, planes, stride)]
-            inplanes = planes * Bottleneck.expansion
-            stage += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
-            setattr(self, f"layer{i}", nn.Sequential(*stage))
-        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
-
-    def forward(self, x):
-        x = x.astype(self.conv1.weight.dtype)
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        x = self.relu3(self.bn3(self.conv3(x)))
-        x = self.avgpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.attnpool(x)
 
 
 class QuickGELU(nn.Layer):
@@ -174,8 +82,13 @@ class Transformer(nn.Layer):
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, mlp_width, activation, eps, attn_mask)
                                          for _ in range(layers)])
 
-    def forward(self, x):
-        return self.resblocks(x)
+    def forward(self, x, states: list | None = None):
+        if states is None:
+            return self.resblocks(x)
+        for block in self.resblocks:  # the same blocks in turn, each output kept
+            x = block(x)
+            states.append(x)
+        return x
 
 
 class VisionTransformer(nn.Layer):
@@ -189,16 +102,27 @@ class VisionTransformer(nn.Layer):
         self.ln_pre = nn.LayerNorm(v.width, epsilon=v.eps)
         self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, v.activation, v.eps)
         self.ln_post = nn.LayerNorm(v.width, epsilon=v.eps)
-        self.proj = self.create_parameter([v.width, output_dim])
+        # an image tower saved without its projection (CLIPVisionModel) has none
+        self.proj = self.create_parameter([v.width, output_dim]) if output_dim is not None else None
 
-    def forward(self, x):
+    def forward(self, x, states: list | None = None):
         x = self.conv1(x)  # [N, width, grid, grid]
         x = x.flatten(2).transpose([0, 2, 1])  # [N, grid**2, width]
         cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])  # [N, 1, width]
         x = paddle.concat([cls, x], axis=1)  # [N, grid**2 + 1, width]
         x = self.ln_pre(x + self.positional_embedding.astype(x.dtype))
-        x = self.transformer(x)
-        return paddle.matmul(self.ln_post(x[:, 0, :]), self.proj)
+        if states is not None:
+            states.append(x)  # the blocks' input first
+        x = self.transformer(x, states)
+        pooled = self.ln_post(x[:, 0, :])
+        return pooled if self.proj is None else paddle.matmul(pooled, self.proj)
+
+    def states(self, x) -> dict:
+        """As the torch model's: last and penultimate hidden states, pooled output, embeds."""
+        hidden: list = []
+        embeds = self.forward(x, hidden)
+        pooled = self.ln_post(hidden[-1][:, 0, :])
+        return tower_outputs(hidden, hidden[-1], pooled, None if self.proj is None else embeds)
 
 
 class BertEmbeddings(nn.Layer):
@@ -303,6 +227,12 @@ class Bert(nn.Layer):
         return self.encoder(x, mask)
 
 
+def tower_outputs(hidden: list, last, pooled, embeds) -> dict:
+    """A tower's outputs by transformers' names: `hidden` holds the blocks' input, then each block's output."""
+    out = {"last_hidden_state": last, "penultimate_hidden_state": hidden[-2], "pooled": pooled}
+    return out if embeds is None else {**out, "embeds": embeds}
+
+
 def causal_mask(length: int):
     # additive mask: -inf above the diagonal, so token t attends to tokens <= t
     return paddle.triu(paddle.full([length, length], float("-inf")), diagonal=1)
@@ -324,17 +254,22 @@ def clip_text(model: nn.Layer, t: TextConfig, embed_dim: int) -> None:
     model.token_embedding = nn.Embedding(t.vocab_size, t.width)
     model.positional_embedding = model.create_parameter([t.context_length, t.width])
     model.ln_final = nn.LayerNorm(t.width, epsilon=t.eps)
-    model.text_projection = model.create_parameter([t.width, embed_dim])
+    # a text tower saved without its projection (CLIPTextModel) has none
+    model.text_projection = model.create_parameter([t.width, embed_dim]) if embed_dim is not None else None
 
 
-def encode_clip_text(model: nn.Layer, text):
+def encode_clip_text(model: nn.Layer, text, states: dict | None = None):
     x = model.token_embedding(text).astype(model.dtype)  # [N, L, D]
     x = x + model.positional_embedding.astype(model.dtype)
-    x = model.ln_final(model.transformer(x))
+    hidden = None if states is None else [x]
+    x = model.ln_final(model.transformer(x, hidden))
     # the end-of-text token has the highest id in each sequence: its output is the text feature
     eot = text.argmax(axis=-1)  # [N]
-    x = paddle.take_along_axis(x, eot.reshape([-1, 1, 1]).expand([-1, 1, x.shape[-1]]), axis=1)[:, 0]
-    return paddle.matmul(x, model.text_projection)
+    pooled = paddle.take_along_axis(x, eot.reshape([-1, 1, 1]).expand([-1, 1, x.shape[-1]]), axis=1)[:, 0]
+    embeds = pooled if model.text_projection is None else paddle.matmul(pooled, model.text_projection)
+    if states is not None:  # transformers' CLIPTextModel's outputs: its last hidden state is the normed one
+        states.update(tower_outputs(hidden, x, pooled, None if model.text_projection is None else embeds))
+    return embeds
 
 
 def bert_text(model: nn.Layer, t: TextConfig, embed_dim: int) -> None:
@@ -351,26 +286,38 @@ def encode_bert_text(model: nn.Layer, text):
 # layers on the CLIP under the checkpoint's own names, and encode through it
 VISION = {"vit": vit, "resnet": resnet}
 TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text)}
-BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, "Bottleneck": Bottleneck, "BertLayer": BertLayer}
+BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, **RESNET_BLOCKS, "BertLayer": BertLayer}
 
 
 class CLIP(nn.Layer):
     """Built from a complete Config: every width, head count, activation and eps comes from it.
-    `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole."""
+    `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole. A
+    tower-only config builds its tower, without a logit scale."""
 
     def __init__(self, config: Config, towers=("image", "text")):
         super().__init__()
         self.config = config
+        towers = [t for t in towers if t in config.towers]
         if "image" in towers:
             self.visual = VISION[config.vision.kind](config)
-        self.context_length = config.text.context_length
+        self.context_length = config.text.context_length if config.text is not None else None
         if "text" in towers:
             TEXT[config.text.kind][0](self, config.text, config.embed_dim)
-        self.logit_scale = self.create_parameter([1])
+        if config.whole:
+            self.logit_scale = self.create_parameter([1])
 
     @property
     def dtype(self):
-        return self.logit_scale.dtype
+        return self.logit_scale.dtype if self.config.whole else paddle.float32  # a tower alone computes float32
+
+    @materialized_views
+    def states(self, tower: str, x) -> dict:
+        """As the torch model's: one tower's hidden states, pooled output and embeds."""
+        if tower == "image":
+            return self.visual.states(x.astype(self.dtype))
+        states: dict = {}
+        TEXT[self.config.text.kind][1](self, x, states)
+        return states
 
     @materialized_views
     def encode_image(self, image):

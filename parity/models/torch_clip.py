@@ -9,106 +9,10 @@ import math
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import Config, TextConfig, VisionConfig
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1):
-        super().__init__()
-        out = planes * self.expansion
-        # every conv has stride 1; a stride > 1 is an average pool after conv2 (anti-aliased downsampling)
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu3 = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride > 1 or inplanes != out:
-            # the official names are "-1" (pool), "0" (conv), "1" (bn)
-            self.downsample = nn.Sequential(OrderedDict([
-                ("-1", nn.AvgPool2d(stride)),
-                ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
-                ("1", nn.BatchNorm2d(out)),
-            ]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.relu1(self.bn1(self.conv1(x)))
-        y = self.relu2(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(self.avgpool(y)))
-        y += x if self.downsample is None else self.downsample(x)
-        return self.relu3(y)
-
-
-class AttentionPool2d(nn.Module):
-    def __init__(self, grid: int, embed_dim: int, num_heads: int, output_dim: int):
-        super().__init__()
-        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, embed_dim))
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
-        self.num_heads = num_heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(2).permute(2, 0, 1)  # [N, C, H, W] -> [HW, N, C]
-        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # [HW+1, N, C]: the mean token leads
-        x = x + self.positional_embedding[:, None, :].to(x.dtype)
-        # the same functional call as the official model, so float32 results match it bit for bit
-        x, _ = F.multi_head_attention_forward(
-            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.num_heads,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
-            v_proj_weight=self.v_proj.weight, in_proj_weight=None,
-            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=self.c_proj.weight, out_proj_bias=self.c_proj.bias,
-            use_separate_proj_weight=True, training=self.training, need_weights=False)
-        return x[0]  # the mean token's output: [N, output_dim]
-
-
-class ModifiedResNet(nn.Module):
-    """ResNet with a 3-conv stem, anti-aliased strided blocks and an attention pool."""
-
-    def __init__(self, layers, output_dim: int, heads: int, input_resolution: int, width: int):
-        super().__init__()
-        self.input_resolution = input_resolution
-        half = width // 2
-        self.conv1 = nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(half)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(half, half, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(half)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(half, width, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.relu3 = nn.ReLU(inplace=True)
-        self.avgpool = nn.AvgPool2d(2)
-        inplanes = width
-        for i, (blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2)), start=1):
-            planes = width * 2 ** (i - 1)
-            stage = [Bottleneck(inplanes, planes, stride)]
-            inplanes = planes * Bottleneck.expansion
-            stage += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
-            setattr(self, f"layer{i}", nn.Sequential(*stage))
-        self.attnpool = AttentionPool2d(input_resolution // 32, width * 32, heads, output_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.type(self.conv1.weight.dtype)
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        x = self.relu3(self.bn3(self.conv3(x)))
-        x = self.avgpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.attnpool(x)
+from .torch_resnet import BLOCKS as RESNET_BLOCKS, ModifiedResNet
 
 
 class LayerNorm(nn.LayerNorm):
@@ -163,8 +67,13 @@ class Transformer(nn.Module):
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, mlp_width, activation, eps, attn_mask)
                                          for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resblocks(x)
+    def forward(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        if states is None:
+            return self.resblocks(x)
+        for block in self.resblocks:  # the same blocks in turn, each output kept
+            x = block(x)
+            states.append(x)
+        return x
 
 
 class VisionTransformer(nn.Module):
@@ -178,17 +87,31 @@ class VisionTransformer(nn.Module):
         self.ln_pre = LayerNorm(v.width, eps=v.eps)
         self.transformer = Transformer(v.width, v.layers, v.heads, v.mlp_width, v.activation, v.eps)
         self.ln_post = LayerNorm(v.width, eps=v.eps)
-        self.proj = nn.Parameter(torch.empty(v.width, output_dim))
+        # an image tower saved without its projection (CLIPVisionModel) has none
+        self.proj = nn.Parameter(torch.empty(v.width, output_dim)) if output_dim is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
         x = self.conv1(x)  # [N, width, grid, grid]
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [N, grid**2, width]
         cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype,
                                                               device=x.device)  # [N, 1, width]
         x = torch.cat([cls, x], dim=1)  # [N, grid**2 + 1, width]
         x = self.ln_pre(x + self.positional_embedding.to(x.dtype))
-        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
-        return self.ln_post(x[:, 0, :]) @ self.proj
+        hidden = None if states is None else [x.permute(1, 0, 2)]
+        x = self.transformer(x.permute(1, 0, 2), hidden).permute(1, 0, 2)  # NLD -> LND -> NLD
+        if states is not None:
+            states.extend(h.permute(1, 0, 2) for h in hidden)  # LND -> NLD, the blocks' input first
+        pooled = self.ln_post(x[:, 0, :])
+        return pooled if self.proj is None else pooled @ self.proj
+
+    def states(self, x: torch.Tensor) -> dict:
+        """What users of an image tower alone consume (transformers' CLIPVisionModel's outputs): the last
+        and penultimate hidden states [N, grid**2 + 1, width] (no post-LayerNorm), the pooled output
+        (the post-LayerNormed class token) and, with a projection, the embeds."""
+        hidden: list = []
+        embeds = self.forward(x, hidden)
+        pooled = self.ln_post(hidden[-1][:, 0, :])
+        return tower_outputs(hidden, hidden[-1], pooled, None if self.proj is None else embeds)
 
 
 class BertEmbeddings(nn.Module):
@@ -301,6 +224,12 @@ class Bert(nn.Module):
         return self.encoder(x, mask)
 
 
+def tower_outputs(hidden: list, last, pooled, embeds) -> dict:
+    """A tower's outputs by transformers' names: `hidden` holds the blocks' input, then each block's output."""
+    out = {"last_hidden_state": last, "penultimate_hidden_state": hidden[-2], "pooled": pooled}
+    return out if embeds is None else {**out, "embeds": embeds}
+
+
 def causal_mask(length: int) -> torch.Tensor:
     # additive mask: -inf above the diagonal, so token t attends to tokens <= t; made on the CPU even
     # when the model is built on the meta device (it is in no state dict)
@@ -323,16 +252,23 @@ def clip_text(model: nn.Module, t: TextConfig, embed_dim: int) -> None:
     model.token_embedding = nn.Embedding(t.vocab_size, t.width)
     model.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
     model.ln_final = LayerNorm(t.width, eps=t.eps)
-    model.text_projection = nn.Parameter(torch.empty(t.width, embed_dim))
+    # a text tower saved without its projection (CLIPTextModel) has none
+    model.text_projection = nn.Parameter(torch.empty(t.width, embed_dim)) if embed_dim is not None else None
 
 
-def encode_clip_text(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
+def encode_clip_text(model: nn.Module, text: torch.Tensor, states: dict | None = None) -> torch.Tensor:
     x = model.token_embedding(text).type(model.dtype)  # [N, L, D]
     x = x + model.positional_embedding.type(model.dtype)
-    x = model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # NLD -> LND -> NLD
+    hidden = None if states is None else [x.permute(1, 0, 2)]
+    x = model.transformer(x.permute(1, 0, 2), hidden).permute(1, 0, 2)  # NLD -> LND -> NLD
     x = model.ln_final(x).type(model.dtype)
     # the end-of-text token has the highest id in each sequence: its output is the text feature
-    return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ model.text_projection
+    pooled = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]
+    embeds = pooled if model.text_projection is None else pooled @ model.text_projection
+    if states is not None:  # transformers' CLIPTextModel's outputs: its last hidden state is the normed one
+        states.update(tower_outputs([h.permute(1, 0, 2) for h in hidden], x, pooled,
+                                    None if model.text_projection is None else embeds))
+    return embeds
 
 
 def bert_text(model: nn.Module, t: TextConfig, embed_dim: int) -> None:
@@ -348,26 +284,40 @@ def encode_bert_text(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
 # modules on the CLIP under the checkpoint's own names, and encode through it
 VISION = {"vit": vit, "resnet": resnet}
 TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text)}
-BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, "Bottleneck": Bottleneck, "BertLayer": BertLayer}
+BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, **RESNET_BLOCKS, "BertLayer": BertLayer}
 
 
 class CLIP(nn.Module):
     """Built from a complete Config: every width, head count, activation and eps comes from it.
-    `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole."""
+    `towers`: both, or one ("image", "text") with the logit scale, for a model too big to hold whole. A
+    tower-only config builds its tower, without a logit scale."""
 
     def __init__(self, config: Config, towers=("image", "text")):
         super().__init__()
         self.config = config
+        towers = [t for t in towers if t in config.towers]
         if "image" in towers:
             self.visual = VISION[config.vision.kind](config)
-        self.context_length = config.text.context_length
+        self.context_length = config.text.context_length if config.text is not None else None
         if "text" in towers:
             TEXT[config.text.kind][0](self, config.text, config.embed_dim)
-        self.logit_scale = nn.Parameter(torch.empty(()))
+        if config.whole:
+            self.logit_scale = nn.Parameter(torch.empty(()))
+        else:  # the dtype the tower computes in (`dtype`), in no state dict; made on the CPU, as the causal mask
+            self.register_buffer("compute_dtype", torch.zeros((), device="cpu"), persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.logit_scale.dtype
+        return (self.logit_scale if self.config.whole else self.compute_dtype).dtype
+
+    def states(self, tower: str, x: torch.Tensor) -> dict:
+        """One tower's outputs as its users consume them, for a tower alone: `last_hidden_state`,
+        `penultimate_hidden_state` ([N, L, width]), `pooled` and, with a projection, `embeds`."""
+        if tower == "image":
+            return self.visual.states(x.type(self.dtype))
+        states: dict = {}
+        TEXT[self.config.text.kind][1](self, x, states)
+        return states
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.visual(image.type(self.dtype))

@@ -28,18 +28,27 @@ def get(part: str, kind: str) -> Tower:
         raise ConfigError(f"{part}.kind is {kind!r}: use {' or '.join(map(repr, REGISTRY[part]))}") from None
 
 
+def _part(config, part: str):
+    value = getattr(config, part, config)
+    if value is None:
+        raise ConfigError(f"this model is {'a text' if part == 'vision' else 'an image'} tower alone: it has no "
+                          f"{'image' if part == 'vision' else 'text'} tower")
+    return value
+
+
 def vision(config) -> VisionTower:
-    """The image tower of a Config (or of its vision part)."""
-    return get("vision", getattr(config, "vision", config).kind)
+    """The image tower of a Config (or of its vision part); ConfigError for a text tower alone."""
+    return get("vision", _part(config, "vision").kind)
 
 
 def text(config) -> TextTower:
-    """The text tower of a Config (or of its text part)."""
-    return get("text", getattr(config, "text", config).kind)
+    """The text tower of a Config (or of its text part); ConfigError for an image tower alone."""
+    return get("text", _part(config, "text").kind)
 
 
-def of(config) -> tuple[VisionTower, TextTower]:
-    return vision(config), text(config)
+def of(config) -> tuple[VisionTower | None, TextTower | None]:
+    """A Config's image and text towers, None for the one a tower-only config lacks."""
+    return (None if config.vision is None else vision(config)), (None if config.text is None else text(config))
 
 
 def holding(part: str, hub) -> Tower:

@@ -35,6 +35,9 @@ class Tower:
     unsaid: tuple[str, ...] = ("heads", "activation", "eps")  # fields Config.shapes clears
     attention_width: Callable[[Any], int] = lambda part: part.width  # the width its heads divide
     embeddings: tuple[str, ...] = ()  # hub keys synthetic weights draw as embeddings (std 0.02)
+    # it also computes alone, outside a CLIP, giving its hidden states (both model files' `states`): a
+    # diffusion pipeline's text encoder, a VLM's vision tower
+    alone: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ def hub_shapes(config) -> Shapes:
     for i in range(v.layers):
         s.update(block_shapes(f"visual.transformer.resblocks.{i}", w, v.mlp_width))
     s.update({"visual.ln_post.weight": (w,), "visual.ln_post.bias": (w,)})
+    if config.embed_dim is None:  # an image tower saved without its projection (CLIPVisionModel)
+        del s["visual.proj"]
     return s
 
 
@@ -44,6 +46,6 @@ def rule(v: VisionConfig) -> VisionConfig:
     return replace(v, heads=v.width // 64, mlp_width=4 * v.width, **OPENAI_RULE)
 
 
-TOWER = VisionTower(kind="vit", part="vision", label="ViT", telltale="visual.proj", hub_shapes=hub_shapes,
+TOWER = VisionTower(kind="vit", part="vision", label="ViT", telltale="visual.class_embedding", hub_shapes=hub_shapes,
                     infer=infer, check=check, describe=describe, unknown=("heads", "activation", "eps"),
-                    block="ResidualAttentionBlock", rule=rule)
+                    block="ResidualAttentionBlock", rule=rule, alone=True)

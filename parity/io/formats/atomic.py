@@ -382,3 +382,19 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
                         pass
             os.close(folder)
         os.close(parent)
+
+
+def publish_folder(staging: Path, path, force: bool = False) -> None:
+    """Name a complete `staging_folder` beside `path` as `atomic_folder` names its own (`force`: swap)."""
+    path = Path(path)
+    parent = _open_folder(path)
+    try:
+        held = os.stat(staging.name, dir_fd=parent, follow_symlinks=False)
+        os.chmod(staging, 0o777 & ~_umask())  # a new folder's usual mode, now that it is complete
+        old = _name_folder(parent, staging.name, path.name, held, path, force)
+        if old is not None:
+            remove_entry(old, parent)
+    except OSError as e:
+        raise CheckpointError(f"writing failed ({e.strerror or e}); nothing was written", path=path) from None
+    finally:
+        os.close(parent)
