@@ -174,7 +174,8 @@ def test_paddlenlp_towers_convert_to_transformers_and_compute_the_same(made, cls
     model, info = getattr(transformers, cls).from_pretrained(str(root / f"hf-made-{cls}"), output_loading_info=True)
     assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}, info
     assert_close(hf_outputs(model.eval(), cls), want, *LIBRARY_BOUND, f"transformers {cls}")
-    assert_close(parity_outputs(folder, "torch"), want, PARITY_BOUND, 0.0, f"parity torch on {cls}")
+    for framework in ("torch", "paddle"):
+        assert_close(parity_outputs(folder, framework), want, PARITY_BOUND, 0.0, f"parity {framework} on {cls}")
 
 
 @pytest.mark.parametrize("cls", CLASSES)
