@@ -364,3 +364,31 @@ def test_a_tower_alone_is_refused_where_its_layout_has_no_place_and_configs_say_
     rn50 = registry.get("RN50").config
     with pytest.raises(parity.errors.ConfigError, match="a ResNet tower alone"):
         Config(1024, rn50.vision, None).validate()
+
+
+def test_hostile_pipeline_folders_get_one_line_and_nothing_is_written(made, tmp_path):
+    import os
+
+    _, made = made
+    pipe = _pipeline(tmp_path, made)
+    index = (pipe / "model_index.json").read_text()
+    cases = {
+        "not JSON": ("{not json", "model_index.json"),
+        "an entry that is not [library, class]": (json.dumps({"text_encoder": "CLIPTextModel"}), "not [library, class]"),
+        "a component outside the folder": (json.dumps({"../text_encoder": ["transformers", "CLIPTextModel"]}),
+                                           "not a subfolder name"),
+        "no CLIP tower": (json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}), "names no CLIP tower"),
+    }
+    for what, (text, needle) in cases.items():
+        (pipe / "model_index.json").write_text(text)
+        refused(run("convert", str(pipe), "--to", "paddlenlp", "-o", str(tmp_path / "out")), needle)
+        assert not (tmp_path / "out").exists(), what
+    (pipe / "model_index.json").write_text(index)
+    refused(run("convert", str(pipe), "--to", "paddle", "-o", str(tmp_path / "out")), "hf or paddlenlp folders")
+    refused(run("convert", str(pipe), "--to", "paddlenlp", "--tower", "text", "-o", str(tmp_path / "out")),
+            "not of a pipeline")
+    # a FIFO among the other components is never opened: refused, and no output is left, not even half
+    os.mkfifo(pipe / "unet" / "fifo")
+    refused(run("convert", str(pipe), "--to", "paddlenlp", "--copy-rest", "-o", str(tmp_path / "out")),
+            "not a regular file or folder")
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".parity-")]
