@@ -66,6 +66,15 @@ class Config:
         embed = self.embed_dim if projection else None
         return Config(embed, part, None) if tower == "image" else Config(embed, None, part)
 
+    def not_alone(self) -> str | None:
+        """Why this tower alone cannot compute alone (a ResNet, a BERT), or None (and for a whole CLIP)."""
+        if self.whole:
+            return None
+        (part, value), = self.parts()
+        tower = towers.get(part, value.kind)
+        return None if tower.alone else (f"a {tower.label} tower alone: parity computes a ViT image tower or "
+                                         "CLIP's text tower alone, or a whole CLIP")
+
     def missing(self) -> list[str]:
         """The fields that no tensor says and that are still unknown, e.g. ['text.heads']."""
         return [f"{part}.{name}" for part, value in self.parts()
@@ -127,11 +136,9 @@ class Config:
             if not values or not all(type(x) is int and 0 < x < 1 << 31 for x in values):
                 raise ConfigError(f"{name} is {value!r}: a size is a positive integer")
         for part, value in reversed(self.parts()):  # the text tower's own checks first
-            tower = towers.get(part, value.kind)
-            tower.check(value)
-            if not self.whole and not tower.alone:
-                raise ConfigError(f"a {tower.label} tower alone: parity computes a ViT image tower or CLIP's "
-                                  "text tower alone, or a whole CLIP")
+            towers.get(part, value.kind).check(value)
+        if problem := self.not_alone():
+            raise ConfigError(problem)
         for part, value in self.parts():
             if value.activation is not None and value.activation not in ACTIVATIONS:
                 raise ConfigError(f"{part}.activation is {value.activation!r}: use one of {', '.join(ACTIVATIONS)}")

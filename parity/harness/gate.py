@@ -32,6 +32,11 @@ class Outputs:
         return self.states.get(name) if name in TOWER_OUTPUTS else getattr(self, name)
 
     @property
+    def feature(self) -> str:
+        """A tower alone's feature vector: its embeds, or its pooled output where it has no projection."""
+        return "embeds" if "embeds" in self.states else "pooled"
+
+    @property
     def names(self) -> list[str]:
         return [n for n in (*OUTPUTS, *TOWER_OUTPUTS) if self[n] is not None]
 

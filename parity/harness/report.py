@@ -164,7 +164,7 @@ def verdict(r: Report) -> str:
 def logit_line(r: Report) -> str:
     """`parity verify-all`'s line for a variant done: the status, |Δ logit| and the seconds it took."""
     if "logits" not in r.differences:  # a tower alone: its penultimate hidden state, what pipelines condition on
-        d = r.differences.get("penultimate_hidden_state") or next(iter(r.differences.values()))
+        d = r.differences["penultimate_hidden_state"]
         return f"{status(r)} |Δ penultimate hidden state| {d.max_abs:.2e} ({r.seconds:.1f} s)"
     return f"{status(r)} |Δ logit| {r.differences['logits'].max_abs:.2e} ({r.seconds:.1f} s)"
 

@@ -194,14 +194,13 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     logit = (lambda out: float(out.logits.ravel()[0])) if len(towers) == 2 else (lambda out: None)
     canonical = {"image": f"image ones/2 (1, 3, {resolution}, {resolution}) float32",
                  "text": kinds.get("text", kind).canonical_label(context, vocab_file)}
-    feature = "embeds" if "embeds" in diffs else "pooled"  # a tower alone's feature vector
     report = Report(
         variant=registry.name_of(config) or "custom", weights=weights, config=config.to_dict(),
         devices=device_names(devices), versions=versions(), atol=atol, rtol=rtol, noise_factor=noise_factor,
         inputs={"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
                 "towers": list(towers)},
         torch_logit=logit(t.canonical), paddle_logit=logit(p.canonical), noise_floor=t.noise, differences=diffs,
-        feature_cosine=min(diffs[f"{x}_features" if config.whole else feature].cosine for x in towers),
+        feature_cosine=min(diffs[f"{x}_features" if config.whole else t.canonical.feature].cosine for x in towers),
         features={"torch": _features(t.canonical), "paddle": _features(p.canonical)},
         seconds_torch=t.seconds, seconds_paddle=p.seconds, gated=gated)
     passed = all(diffs[name].passed for name in gated)
@@ -234,9 +233,8 @@ def gated_outputs(diffs: dict, outputs=None) -> list[str]:
 
 
 def _features(out: Outputs) -> dict:
-    if out.states:  # a tower alone: its feature vector (its embeds, or its pooled output without a projection)
-        name = "embeds" if "embeds" in out.states else "pooled"
-        return {name: out[name].ravel().tolist()}
+    if out.states:  # a tower alone: its feature vector
+        return {out.feature: out[out.feature].ravel().tolist()}
     return {tower: out[f"{tower}_features"].ravel().tolist() for tower in layouts.HUB.TOWERS
             if out[f"{tower}_features"] is not None}
 

@@ -67,6 +67,11 @@ class Checkpoint:
         return registry.name_of(self.config)
 
     @property
+    def label(self) -> str:
+        """The registry's name, else what it is: 'unregistered CLIP', 'unregistered text tower', ..."""
+        return self.name or ("unregistered CLIP" if self.config.whole else f"unregistered {self.config.towers[0]} tower")
+
+    @property
     def vocab_file(self) -> Path | None:
         """The text tower's vocabulary in the checkpoint's folder (a BERT's `vocab.txt`), where it has one:
         any entry of that name (a FIFO or a link to a device is refused when read, never passed over)."""
@@ -335,8 +340,8 @@ def describe(path, config=None) -> dict:
     mix = Counter(str(v.dtype) for v in ck.state_dict.values())
     return {
         "file": str(ck.path), "format": FORMAT_NAMES[ck.format], "layout": ck.layout,
-        "model": ck.name or ("registered shapes, ambiguous config" if ck.config_source.startswith("ambiguous")
-                             else "unregistered CLIP" if ck.config.whole else f"unregistered {ck.config.towers[0]} tower"),
+        "model": ("registered shapes, ambiguous config" if not ck.name and ck.config_source.startswith("ambiguous")
+                  else ck.label),
         "config": ck.config.describe() + ("" if ck.config.complete else
                                           f" (unknown: {', '.join(ck.config.missing())})"),
         "config from": ck.config_source, "config_fields": ck.config.to_dict(),

@@ -35,9 +35,7 @@ class Converted:
         """One line: model, tensors, bytes, dtype mix, seconds, output path (and what was unwrapped)."""
         mix = Counter(str(self.saved.tensors.spec(k)[0]) for k in self.saved.tensors)
         dtypes = " ".join(f"{d}×{n}" for d, n in sorted(mix.items()))
-        config = self.source.config
-        unregistered = "unregistered CLIP" if config.whole else f"unregistered {config.towers[0]} tower"
-        line = (f"{self.source.name or unregistered}: {len(self.saved.tensors)} tensors, "
+        line = (f"{self.source.label}: {len(self.saved.tensors)} tensors, "
                 f"{_size(self.saved.bytes)}, {dtypes}, {self.seconds:.1f} s -> {self.saved.path}")
         if self.source.unwrapped:
             line += f" (stripped {', '.join(self.source.unwrapped)})"

@@ -37,10 +37,14 @@ def is_pipeline(path) -> bool:
         return False
 
 
-def components(path) -> dict[str, tuple[str | None, str | None]]:
-    """A pipeline's components as its model_index.json lists them: subfolder -> (library, class); keys
-    starting with "_" (`_class_name`, `_diffusers_version`) are the pipeline's own."""
-    index = bounded_json.read(Path(path) / INDEX, bounded_json.CONFIG)
+def read_index(path) -> dict:
+    """A pipeline's model_index.json, through the one bounded JSON reader."""
+    return bounded_json.read(Path(path) / INDEX, bounded_json.CONFIG)
+
+
+def components(index: dict, path) -> dict[str, tuple[str | None, str | None]]:
+    """A pipeline's components as its model_index.json (`index`, read from `path`) lists them: subfolder ->
+    (library, class); keys starting with "_" (`_class_name`, `_diffusers_version`) are the pipeline's own."""
     out = {}
     for name, value in index.items():
         if name.startswith("_"):
@@ -53,9 +57,9 @@ def components(path) -> dict[str, tuple[str | None, str | None]]:
     return out
 
 
-def clip_parts(path) -> list[str]:
-    """The subfolders of a pipeline that hold a CLIP tower, by the class its model_index.json names."""
-    return [name for name, (_, cls) in components(path).items() if cls in CLIP_CLASSES]
+def clip_parts(parts: dict) -> list[str]:
+    """The subfolders that hold a CLIP tower, by the class `components` says of each."""
+    return [name for name, (_, cls) in parts.items() if cls in CLIP_CLASSES]
 
 
 def describe(path, config=None) -> dict:
@@ -63,9 +67,9 @@ def describe(path, config=None) -> dict:
     checkpoint folder), and the other components."""
     from .checkpoint import describe as describe_checkpoint
 
-    index = bounded_json.read(Path(path) / INDEX, bounded_json.CONFIG)
-    parts = components(path)
-    towers = {name: describe_checkpoint(Path(path) / name, config) for name in clip_parts(path)}
+    index = read_index(path)
+    parts = components(index, path)
+    towers = {name: describe_checkpoint(Path(path) / name, config) for name in clip_parts(parts)}
     return {"pipeline": str(path), "class": index.get("_class_name"),
             "clip": {name: {"class": parts[name][1], "layout": d["layout"], "model": d["model"],
                             "config": d["config"], "config from": d["config from"], "parameters": d["parameters"],
@@ -103,8 +107,9 @@ def convert_pipeline(src, to: str, out, *, copy_rest: bool = False, force: bool 
     src, out = Path(src), Path(out)
     if to not in LIBRARIES:
         raise ParityError(f"a pipeline's towers are written as {' or '.join(LIBRARIES)} folders, not {to}")
-    parts = components(src)
-    towers = clip_parts(src)
+    index = read_index(src)  # read once: what is converted and the index written are of one reading
+    parts = components(index, src)
+    towers = clip_parts(parts)
     if not towers:
         raise CheckpointError(f"{INDEX} names no CLIP tower ({', '.join(sorted(CLIP_CLASSES))})", path=src)
     refuse_overlap(out, src)
@@ -123,7 +128,6 @@ def convert_pipeline(src, to: str, out, *, copy_rest: bool = False, force: bool 
         if copy_rest:
             for name in rest:
                 _copy_entry(src / name, staging / name)
-            index = bounded_json.read(src / INDEX, bounded_json.CONFIG)
             index.update({name: [LIBRARIES[to], parts[name][1]] for name in towers})
             write_bytes(staging / INDEX, json.dumps(index, indent=2).encode(), force=False)
             result.copied = [*rest, INDEX]

@@ -85,18 +85,16 @@ class Layout:
                     "write a layout whose config file says it (paddle, paddlenlp, hf)")
         return None
 
-
     def _refuses_alone(self, config) -> str | None:
         (tower,) = config.towers
         if tower not in self.alone:
             return (f"the {self.name} layout holds whole CLIPs, not {a_tower(tower)} alone: write it as openai, "
                     "paddle, hf or paddlenlp")
-        part = config.text or config.vision
-        tower_kind = towers.get(config.parts()[0][0], part.kind)
-        if not tower_kind.alone:
-            return f"a {tower_kind.label} tower alone: parity computes a ViT image tower or CLIP's text tower alone"
-        if part.kind not in (*self.holds, *self.image_kinds):
-            return f"the {self.name} layout has no place for a {tower_kind.label} tower"
+        (part, value), = config.parts()
+        if problem := config.not_alone():
+            return problem
+        if value.kind not in (*self.holds, *self.image_kinds):
+            return f"the {self.name} layout has no place for a {towers.get(part, value.kind).label} tower"
         return None
 
 

@@ -76,7 +76,7 @@ def keep_token_ids(made: dict, source: dict | None) -> dict:
     def text_of(data):
         if not isinstance(data, dict):
             return None
-        return data if data.get("model_type") == "clip_text_model" else data.get("text_config")
+        return data if data.get("model_type") == MODEL_TYPES["text"] else data.get("text_config")
     theirs, ours = text_of(source), text_of(made)
     if isinstance(theirs, dict) and ours is not None:
         ours.update({k: theirs[k] for k in TOKEN_IDS if k in theirs})
@@ -91,7 +91,7 @@ MODEL_TYPES = {"text": "clip_text_model", "image": "clip_vision_model"}
 
 def text_json(t: TextConfig, embed_dim: int | None, eps: float | None = None) -> dict:
     """A CLIPTextConfig's keys (text ids as openai's released configs have them: see `config_to_json`)."""
-    made = {"model_type": "clip_text_model", "hidden_size": t.width, "intermediate_size": t.mlp_width,
+    made = {"model_type": MODEL_TYPES["text"], "hidden_size": t.width, "intermediate_size": t.mlp_width,
             "num_attention_heads": t.heads, "num_hidden_layers": t.layers,
             "max_position_embeddings": t.context_length, "vocab_size": t.vocab_size,
             "hidden_act": t.activation, "layer_norm_eps": eps or t.eps, "projection_dim": embed_dim,
@@ -101,7 +101,7 @@ def text_json(t: TextConfig, embed_dim: int | None, eps: float | None = None) ->
 
 def vision_json(v: VisionConfig, embed_dim: int | None, eps: float | None = None) -> dict:
     """A CLIPVisionConfig's keys for a ViT."""
-    made = {"model_type": "clip_vision_model", "hidden_size": v.width, "intermediate_size": v.mlp_width,
+    made = {"model_type": MODEL_TYPES["image"], "hidden_size": v.width, "intermediate_size": v.mlp_width,
             "num_attention_heads": v.heads, "num_hidden_layers": v.layers, "image_size": v.image_size,
             "patch_size": v.patch_size, "num_channels": 3, "hidden_act": v.activation,
             "layer_norm_eps": eps or v.eps, "projection_dim": embed_dim}
@@ -119,7 +119,7 @@ def tower_json(config: Config, source: dict | None, dtype_key: str, eps: float |
 def tower_from_json(data: dict, text_defaults: dict, vision_defaults: dict, eps: float | None = None) -> Config | None:
     """The Config of a tower alone's config.json (model_type clip_text_model or clip_vision_model), or
     None for a whole CLIP's; whether it has its projection, its `architectures` says."""
-    tower = {"clip_text_model": "text", "clip_vision_model": "image"}.get(data.get("model_type"))
+    tower = {model_type: tower for tower, model_type in MODEL_TYPES.items()}.get(data.get("model_type"))
     if tower is None:
         return None
     names = data.get("architectures")

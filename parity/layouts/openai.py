@@ -90,10 +90,9 @@ def infer(hub: Mapping[str, tuple]) -> Config:
     Works on any {key: shape}; the key check against `shapes(config)` comes after.
     """
     has_vision = any(k.startswith("visual.") for k in hub)
-    text_kind = towers.holding("text", hub)
     has_text = any(t.telltale in hub for t in towers.REGISTRY["text"].values()) or not has_vision
     vision = towers.holding("vision", hub).infer(hub) if has_vision else None
-    text = text_kind.infer(hub) if has_text else None
+    text = towers.holding("text", hub).infer(hub) if has_text else None
     if vision is not None and text is not None or "text_projection" in hub:
         embed = shape(hub, "text_projection")[1]  # [width, embed]
     elif "visual.proj" in hub or "visual.attnpool.c_proj.weight" in hub:

@@ -105,7 +105,12 @@ class VisionTransformer(nn.Layer):
         # an image tower saved without its projection (CLIPVisionModel) has none
         self.proj = self.create_parameter([v.width, output_dim]) if output_dim is not None else None
 
-    def forward(self, x, states: list | None = None):
+    def forward(self, x):
+        pooled = self.pool(x)
+        return pooled if self.proj is None else paddle.matmul(pooled, self.proj)
+
+    def pool(self, x, states: list | None = None):
+        """As the torch model's: the post-LayerNormed class token, and the blocks' states."""
         x = self.conv1(x)  # [N, width, grid, grid]
         x = x.flatten(2).transpose([0, 2, 1])  # [N, grid**2, width]
         cls = self.class_embedding.astype(x.dtype).expand([x.shape[0], 1, x.shape[-1]])  # [N, 1, width]
@@ -114,15 +119,14 @@ class VisionTransformer(nn.Layer):
         if states is not None:
             states.append(x)  # the blocks' input first
         x = self.transformer(x, states)
-        pooled = self.ln_post(x[:, 0, :])
-        return pooled if self.proj is None else paddle.matmul(pooled, self.proj)
+        return self.ln_post(x[:, 0, :])
 
     def states(self, x) -> dict:
         """As the torch model's: last and penultimate hidden states, pooled output, embeds."""
         hidden: list = []
-        embeds = self.forward(x, hidden)
-        pooled = self.ln_post(hidden[-1][:, 0, :])
-        return tower_outputs(hidden, hidden[-1], pooled, None if self.proj is None else embeds)
+        pooled = self.pool(x, hidden)
+        return tower_outputs(hidden, hidden[-1], pooled,
+                             None if self.proj is None else paddle.matmul(pooled, self.proj))
 
 
 class BertEmbeddings(nn.Layer):

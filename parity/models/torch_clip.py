@@ -90,7 +90,12 @@ class VisionTransformer(nn.Module):
         # an image tower saved without its projection (CLIPVisionModel) has none
         self.proj = nn.Parameter(torch.empty(v.width, output_dim)) if output_dim is not None else None
 
-    def forward(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x)
+        return pooled if self.proj is None else pooled @ self.proj
+
+    def pool(self, x: torch.Tensor, states: list | None = None) -> torch.Tensor:
+        """The post-LayerNormed class token; `states` gets the blocks' input, then each block's output."""
         x = self.conv1(x)  # [N, width, grid, grid]
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [N, grid**2, width]
         cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype,
@@ -101,17 +106,15 @@ class VisionTransformer(nn.Module):
         x = self.transformer(x.permute(1, 0, 2), hidden).permute(1, 0, 2)  # NLD -> LND -> NLD
         if states is not None:
             states.extend(h.permute(1, 0, 2) for h in hidden)  # LND -> NLD, the blocks' input first
-        pooled = self.ln_post(x[:, 0, :])
-        return pooled if self.proj is None else pooled @ self.proj
+        return self.ln_post(x[:, 0, :])
 
     def states(self, x: torch.Tensor) -> dict:
         """What users of an image tower alone consume (transformers' CLIPVisionModel's outputs): the last
         and penultimate hidden states [N, grid**2 + 1, width] (no post-LayerNorm), the pooled output
         (the post-LayerNormed class token) and, with a projection, the embeds."""
         hidden: list = []
-        embeds = self.forward(x, hidden)
-        pooled = self.ln_post(hidden[-1][:, 0, :])
-        return tower_outputs(hidden, hidden[-1], pooled, None if self.proj is None else embeds)
+        pooled = self.pool(x, hidden)
+        return tower_outputs(hidden, hidden[-1], pooled, None if self.proj is None else pooled @ self.proj)
 
 
 class BertEmbeddings(nn.Module):
