@@ -27,10 +27,11 @@ MAX_CONTEXT = 1024  # positions: attention memory grows with the square (a 2 MB 
 MAX_RESOLUTION = 1024  # pixels a side: activations grow with the square
 
 
-def computable(ck: Checkpoint, captions: bool = True) -> None:
+def computable(ck: Checkpoint, captions: bool = True, vocab_file=None) -> None:
     """ParityError, naming the file, where its shapes give a model that cannot run parity's inputs:
     a vocabulary short of the tokenizer's ids (with `captions`), captions longer than its context, or a
-    context or image size beyond what a check needs (memory set by the file's claims, not its size)."""
+    context or image size beyond what a check needs (memory set by the file's claims, not its size).
+    `vocab_file`: the text tower's vocabulary where the checkpoint has none beside it (a pair's other file's)."""
     ck.require_config()
     t, v = ck.config.text, ck.config.vision
     context = t.context_length if t is not None else 0
@@ -43,7 +44,7 @@ def computable(ck: Checkpoint, captions: bool = True) -> None:
         return
     if t.vocab_size < 2:
         raise ParityError(f"its token embedding has {t.vocab_size} rows: no text can be encoded", path=ck.path)
-    problem = kinds.text(t).computable(t, ck.vocab_file, captions)
+    problem = kinds.text(t).computable(t, vocab_file or ck.vocab_file, captions)
     if problem:
         raise ParityError(f"{problem}", path=ck.path)
 
@@ -96,16 +97,17 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
     """Each framework's plan and what a report says of them: each tensor is read when a model of its
     tower is built, from files that `stack` holds open."""
     a = stack.enter_context(opened(first, config=config))
-    computable(a, captions="text" in towers)
-    if second is None:
+    b = None if second is None else stack.enter_context(opened(second, config=config))
+    vocab = a.vocab_file or (b and b.vocab_file)  # a tokenizer beside either file serves both
+    computable(a, "text" in towers, vocab)
+    if b is None:
         torch_ck, paddle_ck = a, a
         via = f"{a.layout} layout, through parity's rows"
         sources = {"torch": _provenance(a, None if a.layout == layouts.HUB.NAME else via),
                    "paddle": _provenance(a, None if a.layout == layouts.paddle.NAME else via)}
         label, official = weights_label(a), a.official
     else:
-        b = stack.enter_context(opened(second, config=config))
-        computable(b, captions="text" in towers)
+        computable(b, "text" in towers, vocab)
         if {_framework(a), _framework(b)} != {"torch", "paddle"}:
             raise ParityError(f"{first} and {second} are both {_framework(a)} checkpoints ({a.layout}, "
                               f"{b.layout}): give one torch checkpoint and one Paddle checkpoint, or a single "
@@ -123,7 +125,6 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
     entry = registry.by_sha256(torch_ck.sha256)
     reference = entry.reference_logit if official and entry is not None else None
     # Paddle computes float32 on a CPU; float16 -> float32 is exact
-    vocab = torch_ck.vocab_file or paddle_ck.vocab_file
     return Sides(torch_plan=torch_ck.plan_in(layouts.HUB.NAME),
                  paddle_plan=paddle_ck.plan_in(layouts.paddle.NAME, "float32"), config=torch_ck.config,
                  label=label, sources=sources, reference=reference, vocab_file=vocab)

@@ -224,13 +224,14 @@ def gate(atol: float | None, rtol: float | None, noise_factor: float | None) -> 
 def show_variants():
     from .config import registry
 
-    header = (f"{'name':21} {'embed':>5} {'res':>4} {'vision layers':>14} {'width':>5} {'patch':>5} {'heads':>5} "
+    n = max(21, *(len(name) for name in registry.ENTRIES))
+    header = (f"{'name':{n}} {'embed':>5} {'res':>4} {'vision layers':>14} {'width':>5} {'patch':>5} {'heads':>5} "
               f"{'mlp':>5} {'act':>10} {'text w/h/l/mlp':>17} {'text act':>10}")
     for family in registry.FAMILIES:
         click.echo(f"{family} ({registry.FAMILY_NOTES[family]}):")
         click.echo("  " + header)
         for e in registry.family(family):
-            click.echo(f"  {e.name:21} {e.config.embed_dim or '-':>5} {_vision_columns(e.config.vision)} "
+            click.echo(f"  {e.name:{n}} {e.config.embed_dim or '-':>5} {_vision_columns(e.config.vision)} "
                        f"{_text_columns(e.config.text)}")
 
 
@@ -361,7 +362,9 @@ def show_layouts() -> None:
     from . import layouts as layout_registry
     from .layouts.coverage import alone, coverage
 
-    click.echo(f"{'layout':10} {'framework':9} {'holds':11} {'registered CLIPs covered':36} {'alone':11} files")
-    for layout in layout_registry.LAYOUTS.values():
-        click.echo(f"{layout.name:10} {layout.framework:9} {'+'.join(layout.image_kinds):11} {coverage(layout):36} "
-                   f"{alone(layout):11} {layout.files}")
+    rows = [(layout.name, layout.framework, "+".join(layout.image_kinds), coverage(layout), alone(layout), layout.files)
+            for layout in layout_registry.LAYOUTS.values()]
+    header = ("layout", "framework", "holds", "registered models covered", "alone", "files")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(5)]
+    for row in (header, *rows):
+        click.echo(" ".join(f"{x:{w}}" for x, w in zip(row, widths)) + f" {row[5]}")

@@ -28,8 +28,10 @@ def test_variants_lists_the_families_apart():
     towers = lines.index(next(x for x in lines if x.startswith("towers ")))
     assert [line.split()[0] for line in lines[cn_clip + 2:towers]] == [
         "cn_clip/ViT-B-16", "cn_clip/ViT-L-14", "cn_clip/ViT-L-14-336", "cn_clip/ViT-H-14", "cn_clip/RN50"]
-    assert [line.split()[0] for line in lines[towers + 2:]] == [
+    siglip = lines.index(next(x for x in lines if x.startswith("siglip ")))
+    assert [line.split()[0] for line in lines[towers + 2:siglip]] == [
         "sd1/text_encoder", "sd2/text_encoder", "sdxl/text_encoder_2", "llava/vision_tower"]
+    assert [line.split()[0] for line in lines[siglip + 2:]][:2] == ["siglip-base-patch16-224", "siglip-base-patch16-256"]
     row = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  ")}
     assert row["ViT-L/14"] == ["768", "224", "24", "1024", "14", "16", "4096", "quick_gelu", "768/12/12/3072",
                                "quick_gelu"]

@@ -19,30 +19,35 @@ SPOKES = [name for name in layouts.LAYOUTS if name != layouts.HUB.NAME]
 @pytest.mark.parametrize("name", SPOKES)
 def test_every_row_maps_one_to_one_on_real_key_sets(name):
     layout = layouts.get(name)
+    keymaps = [layout.keymap, *layout.families.values()]  # one per tower family (CLIP's, SigLIP's)
     used = set()
     for entry in registry.ENTRIES.values():
         if not layouts.holds(layout, entry.config):
             continue
+        keymap = layout.rows_for(entry.config)
         hub_keys = layouts.HUB.shapes(entry.config, archive_entries=True)
         produced = {}
         for key in hub_keys:
-            row, _ = layout.keymap.hub_row(key)
+            row, _ = keymap.hub_row(key)
             used.add(row)
-            for lkey in layout.keymap.layout_keys(key):
+            for lkey in keymap.layout_keys(key):
                 assert lkey not in produced, f"{lkey} produced by {produced.get(lkey)} and {key}"
                 produced[lkey] = key
                 # read backwards, the layout key finds the same row and comes home to the same hub key
-                back_row, groups = layout.keymap.layout_row(lkey)
+                back_row, groups = keymap.layout_row(lkey)
                 assert back_row == row
                 assert fill(row.hub, {k: v for k, v in groups.items() if k != "qkv"}) == key
-        assert set(produced) == set(layout.keymap.layout_shapes(layouts.HUB.shapes(entry.config)))
-    assert used == set(layout.keymap.rows), f"rows never used: {set(layout.keymap.rows) - used}"
+        assert set(produced) == set(keymap.layout_shapes(layouts.HUB.shapes(entry.config)))
+        # and the key set, read back, finds its own family's rows
+        assert layout.rows_for(set(produced)) is keymap
+    every = {row for keymap in keymaps for row in keymap.rows}
+    assert used == every, f"rows never used: {every - used}"
 
 
 @pytest.mark.parametrize("name", SPOKES)
 def test_rows_are_few_and_never_unrolled_per_layer(name):
     layout = layouts.get(name)
-    rows = layout.keymap.rows
+    rows = [row for keymap in (layout.keymap, *layout.families.values()) for row in keymap.rows]
     assert not any(re.search(r"\.\d+(\.|$)", pattern) for row in rows for pattern in (row.hub, row.layout or ""))
     # the rows a model uses do not follow its depth: each model the layout holds, cut to one layer per stack
     # and grown to three times its depth, uses the same rows as itself; so one-layer models use every row
@@ -51,7 +56,7 @@ def test_rows_are_few_and_never_unrolled_per_layer(name):
     for entry in registry.ENTRIES.values():
         if not layouts.holds(layout, entry.config):
             continue
-        used = {label: {layout.keymap.hub_row(key)[0] for key in
+        used = {label: {layout.rows_for(entry.config).hub_row(key)[0] for key in
                         layouts.HUB.shapes(_deepened(entry.config, depth), archive_entries=True)}
                 for label, depth in DEPTHS.items()}
         assert used["one layer"] == used["its own"] == used["three times"], \

@@ -112,7 +112,7 @@ def test_parity_torch_computes_what_transformers_computes(siglip):
         close(got_v["pooled"], want_v.pooler_output, TORCH_BOUND, what="vision pooled (MAP head)")
         close(got_t["last_hidden_state"], want_t.last_hidden_state, TORCH_BOUND, what="text last")
         close(got_t["penultimate_hidden_state"], want_t.hidden_states[-2], TORCH_BOUND, what="text penultimate")
-        close(got_t["embeds"], want_t.pooler_output, TORCH_BOUND, what="text embeds")
+        close(got_t["pooled"], want_t.pooler_output, TORCH_BOUND, what="text pooled (head)")
         # the sigmoid logits: SiglipModel's own
         from parity.models.torch_siglip import logits
         out = siglip(input_ids=t, pixel_values=i)

@@ -97,6 +97,35 @@ TOWERS = (
           Config(None, VisionConfig("vit", 24, 1024, 336, 14, 4096, 16, "quick_gelu", 1e-5), None)),
 )
 
+# SigLIP, by its Hugging Face names (google/NAME), loaded as transformers' SiglipModel: transformers'
+# convert_siglip_to_hf.py (its get_siglip_config: base is SiglipConfig()'s defaults, 768 wide, 12 layers and
+# heads, MLP 3072; large 1024/24/16/4096; so400m 1152/27/16/4304; patch 16 or 14; vocabulary 32000, 250000
+# for -multilingual; so400m at 224 pixels has a 16-token context), checked against open_clip's
+# model_configs (ViT-*-SigLIP*.json) and timm's vit_*_siglip_* widths. Every one: gelu_pytorch_tanh and
+# LayerNorm eps 1e-6 in both towers (SiglipConfig's defaults), a 64-token context, the text head projecting
+# to the image width. SigLIP2 at a fixed resolution loads as SiglipModel too (transformers' siglip2 docs:
+# "FixRes ... backwards compatible with SigLIP"), with Gemma's 256000-token vocabulary.
+_SIGLIP = {"base": (768, 12, 12, 3072), "large": (1024, 24, 16, 4096), "so400m": (1152, 27, 16, 4304)}
+
+
+def _siglip(name, size, patch, resolution, vocab=32000, context=64) -> Entry:
+    width, layers, heads, mlp = _SIGLIP[size]
+    vision = VisionConfig("siglip_vit", layers, width, resolution, patch, mlp, heads, "gelu_tanh", 1e-6)
+    text = TextConfig(width, layers, mlp, context, vocab, heads, "gelu_tanh", 1e-6, kind="siglip_text")
+    return Entry(name, "siglip", Config(width, vision, text))
+
+
+SIGLIP = (
+    *(_siglip(f"siglip-base-patch16-{r}", "base", 16, r) for r in (224, 256, 384, 512)),
+    _siglip("siglip-base-patch16-256-multilingual", "base", 16, 256, vocab=250000),
+    *(_siglip(f"siglip-large-patch16-{r}", "large", 16, r) for r in (256, 384)),
+    _siglip("siglip-so400m-patch14-224", "so400m", 14, 224, context=16),
+    _siglip("siglip-so400m-patch14-384", "so400m", 14, 384),  # 27 x 27 patches: the last 6 pixels dropped
+    _siglip("siglip2-base-patch16-224", "base", 16, 224, vocab=256000),
+    _siglip("siglip2-so400m-patch14-384", "so400m", 14, 384, vocab=256000),
+    _siglip("siglip2-so400m-patch16-384", "so400m", 16, 384, vocab=256000),
+)
+
 # The reference logits: the canonical logit (image ones/2, text ones) of the official weights, as the
 # published Paddle port of CLIP reported it for both frameworks, to 4 decimals. Checked only for files
 # whose SHA-256 is the release's own; never shown beside synthetic weights.
@@ -127,12 +156,14 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in (
     _cn_clip("ViT-H-14", 1024, _cn_vit(32, 1280, 14, head_width=80), "large"),
     _cn_clip("RN50", 1024, VisionConfig("resnet", (3, 4, 6, 3), 64, 224, heads=32), "rbt3"),
     *TOWERS,
+    *SIGLIP,
 )}
 FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES.values()))
 FAMILY_NOTES = {"openai": "openai/CLIP's releases, known by their SHA-256",
                 "open_clip": "open_clip's configs by its own names; LAION's weights use GELU, -quickgelu QuickGELU",
                 "cn_clip": "Chinese-CLIP: openai's image towers, a Chinese BERT text tower (text w/h/l/mlp: the BERT's)",
-                "towers": "one tower alone, as diffusion pipelines (text encoders) and VLMs (vision towers) ship it"}
+                "towers": "one tower alone, as diffusion pipelines (text encoders) and VLMs (vision towers) ship it",
+                "siglip": "SigLIP and fixed-resolution SigLIP2 (google/NAME on the Hub), as transformers' SiglipModel"}
 
 
 def _alias(name: str) -> str:

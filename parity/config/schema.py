@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from .. import towers
 from .parts import TextConfig, VisionConfig
 
-ACTIVATIONS = ("quick_gelu", "gelu")
+ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")  # gelu: the exact (erf) form; gelu_tanh: its tanh approximation
 # the fields that may be None: unknown until given (heads, activation, eps, a BERT's context), or another
 # tower kind's (a ResNet has no patch or MLP width, a CLIP text tower no positions or token types)
 OPTIONAL = frozenset(f"{tower}.{name}" for tower, names in (
@@ -61,9 +61,12 @@ class Config:
         if tower not in self.towers:
             raise ConfigError(f"this model has no {tower} tower; it has {' and '.join(self.towers)}")
         part = getattr(self, PARTS[tower])
-        if projection and self.embed_dim is None:
-            raise ConfigError(f"this {tower} tower has no projection to keep")
-        embed = self.embed_dim if projection else None
+        kind = towers.get(PARTS[tower], part.kind).projection_kind
+        if projection and (self.embed_dim is None or kind == "none"):
+            raise ConfigError(f"this {tower} tower has no projection to keep" + (
+                ": its MAP head's output is its embedding" if kind == "none" else ""))
+        # SigLIP's text head is part of its tower, kept whether asked for or not
+        embed = self.embed_dim if projection or kind == "inside" else None
         return Config(embed, part, None) if tower == "image" else Config(embed, None, part)
 
     def not_alone(self) -> str | None:
@@ -73,7 +76,7 @@ class Config:
         (part, value), = self.parts()
         tower = towers.get(part, value.kind)
         return None if tower.alone else (f"a {tower.label} tower alone: parity computes a ViT image tower or "
-                                         "CLIP's text tower alone, or a whole CLIP")
+                                         "a CLIP or SigLIP text tower alone, or a whole model")
 
     def missing(self) -> list[str]:
         """The fields that no tensor says and that are still unknown, e.g. ['text.heads']."""
@@ -87,17 +90,22 @@ class Config:
     def shapes(self) -> "Config":
         """This config less what tensors cannot say: what a state dict's shapes give."""
         def cleared(part, value):
-            return None if value is None else replace(value, **dict.fromkeys(towers.get(part, value.kind).unsaid))
+            if value is None:
+                return None
+            tower = towers.get(part, value.kind)
+            return tower.said(replace(value, **dict.fromkeys(tower.unsaid)))
         return Config(self.embed_dim, cleared("vision", self.vision), cleared("text", self.text))
 
     def filled(self, other: "Config") -> "Config":
         """This config, its unknown fields taken from `other` (which must agree with every known one:
-        ConfigError naming the first that does not)."""
+        ConfigError naming the first that does not), and those the tensors say only roughly (SigLIP's
+        image size) too."""
         other.check_shapes(self, "this config")
         def tower(mine, theirs):
             if mine is None:
                 return None
-            return replace(mine, **{f.name: getattr(theirs, f.name) for f in fields(mine) if getattr(mine, f.name) is None})
+            return replace(mine, **{f.name: getattr(theirs, f.name) for f in fields(mine)
+                                    if getattr(mine, f.name) is None or getattr(theirs, f.name) is not None})
         return Config(self.embed_dim, tower(self.vision, other.vision), tower(self.text, other.text))
 
     def to_dict(self) -> dict:
@@ -137,6 +145,7 @@ class Config:
                 raise ConfigError(f"{name} is {value!r}: a size is a positive integer")
         for part, value in reversed(self.parts()):  # the text tower's own checks first
             towers.get(part, value.kind).check(value)
+        towers.family(self)  # both towers of one family
         if problem := self.not_alone():
             raise ConfigError(problem)
         for part, value in self.parts():
@@ -161,8 +170,9 @@ class Config:
             if (mine is None) != (theirs is None):
                 says, have = ("no", "one") if mine is None else ("one", "none")
                 raise ConfigError(f"the config says {says} {tower} tower but {what} have {have}")
+            said = towers.get(tower, mine.kind).said(mine) if mine is not None else None
             for f in fields(mine) if mine is not None else ():
-                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                a, b = getattr(said, f.name), getattr(theirs, f.name)
                 if b is not None and a != b:
                     raise ConfigError(f"the config says {tower}.{f.name} {a} but {what} say {b}")
 

@@ -53,11 +53,13 @@ def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
     return left, top, left + size, top + size
 
 
-def preprocess(image, resolution: int = 224) -> np.ndarray:
+def preprocess(image, resolution: int = 224, spec: dict | None = None) -> np.ndarray:
     """One image (a path or a PIL image) as CLIP sees it: float32 array of shape (3, R, R).
 
     Shorter side to R by PIL bicubic resampling, centre crop R x R, RGB, /255, minus CLIP's mean, over
-    its std. Stack the results for a batch: `np.stack([preprocess(p, 224) for p in paths])`.
+    its std. Stack the results for a batch: `np.stack([preprocess(p, 224) for p in paths])`. `spec`: a text
+    tower's `image_preprocessing(R)` where its family differs (SigLIP's: straight to R x R, bicubic, no
+    crop, mean and std 0.5).
     """
     from PIL import Image
 
@@ -67,13 +69,15 @@ def preprocess(image, resolution: int = 224) -> np.ndarray:
     if image.size[0] < 1 or image.size[1] < 1:
         raise ValueError(f"an image of size {image.size} cannot be preprocessed")
     width, height = image.size
-    new = resized_size(width, height, resolution)
+    squash = spec is not None and spec.get("center_crop") is None  # straight to R x R, the aspect ratio lost
+    new = (resolution, resolution) if squash else resized_size(width, height, resolution)
     if new != (width, height):
         image = image.resize(new, Image.BICUBIC)
-    image = image.crop(crop_box(*new, resolution)).convert("RGB")
+    image = (image if squash else image.crop(crop_box(*new, resolution))).convert("RGB")
     pixels = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)  # (R, R, 3) in [0, 1]
     pixels = pixels.transpose(2, 0, 1)  # (R, R, 3) -> (3, R, R)
-    return ((pixels - MEAN[:, None, None]) / STD[:, None, None]).astype(np.float32)
+    mean, std = (np.asarray((spec or {}).get(k, default), np.float32) for k, default in (("mean", MEAN), ("std", STD)))
+    return ((pixels - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
 
 
 def sample_dir() -> Path:
@@ -107,5 +111,6 @@ def sample_set(resolution: int, context_length: int = 77, names: Sequence[str] |
     tower = towers.get("text", text)
     names = list(names or SAMPLES)
     captions = [tower.captions[n] for n in names]
-    images = np.stack([preprocess(sample_path(n), resolution) for n in names])
+    spec = tower.image_preprocessing(resolution) if tower.family != "clip" else None  # SigLIP's own
+    images = np.stack([preprocess(sample_path(n), resolution, spec) for n in names])
     return SampleSet(names, captions, images, tower.tokenize(captions, context_length, vocab_file))

@@ -3,6 +3,7 @@ whole run `verify-all.md` and `verify-all.json`. Every file is written whole or 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -98,6 +99,13 @@ class Report:
     layers: LayerDiagnosis | None = None
     sources: dict | None = field(default=None)  # each framework's file: path, format, SHA-256, layout
     gated: list[str] | None = None  # the compared outputs that gate `passed` (None: all)
+    loss: str = "softmax"  # how its logits become probabilities: "softmax" over texts (CLIP), "sigmoid" (SigLIP)
+
+    def probabilities(self) -> tuple[float, float] | None:
+        """SigLIP's canonical sigmoid probability in torch and Paddle (None for CLIP, or one tower)."""
+        if self.loss != "sigmoid" or self.torch_logit is None:
+            return None
+        return tuple(float(1 / (1 + math.exp(-x))) for x in (self.torch_logit, self.paddle_logit))
 
     def to_dict(self) -> dict:
         """The JSON form: every field, the optional parts only where present."""
@@ -152,6 +160,8 @@ def verdict(r: Report) -> str:
     else:
         text = (f"{r.variant}: {status(r)} — logit torch {r.torch_logit:.6f} paddle {r.paddle_logit:.6f} "
                 f"|Δ| {d.max_abs:.2e} (bound {d.bound:.1e}, {d.bound_kind}), feature cosine {r.feature_cosine:.8f}")
+        if p := r.probabilities():
+            text += f", sigmoid torch {p[0]:.6f} paddle {p[1]:.6f}"
     if r.photos and r.photos.topk_agreement is not None:
         text += f", top-5 agreement {r.photos.topk_agreement:.0%}"
     if r.reference:
@@ -203,6 +213,9 @@ def variant_markdown(r: Report, picture: str | None) -> str:
                   f"{d.bound:.2e} ({d.bound_kind}) | {'PASS' if d.passed else 'FAIL'} |")
     if r.torch_logit is not None:
         md += ["", f"Canonical logit: torch {r.torch_logit:.6f}, paddle {r.paddle_logit:.6f}."]
+        if p := r.probabilities():
+            md[-1] += (f" Its sigmoid probability (SigLIP scores each pair on its own): torch {p[0]:.6f}, "
+                       f"paddle {p[1]:.6f}.")
     else:
         md += ["", f"One tower verified ({', '.join(r.inputs.get('towers', []))}): no logit."]
     if r.reference is not None:

@@ -202,7 +202,8 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
         torch_logit=logit(t.canonical), paddle_logit=logit(p.canonical), noise_floor=t.noise, differences=diffs,
         feature_cosine=min(diffs[f"{x}_features" if config.whole else t.canonical.feature].cosine for x in towers),
         features={"torch": _features(t.canonical), "paddle": _features(p.canonical)},
-        seconds_torch=t.seconds, seconds_paddle=p.seconds, gated=gated)
+        seconds_torch=t.seconds, seconds_paddle=p.seconds, gated=gated,
+        loss=kinds.text(config).logits if config.whole else "softmax")
     passed = all(diffs[name].passed for name in gated)
     if shots:
         report.photos = _photo_comparison(shots, t.photos, p.photos, min_cosine)
@@ -253,5 +254,5 @@ def versions() -> dict:
 def verify_state_dict(state_dict: Mapping, weights: str, config: Config, **options) -> Report:
     """Hub-layout weights through parity's torch model and, through the Paddle layout's rows (each
     tensor made as its tower is built), its Paddle model."""
-    plan, _ = layouts.rows.from_hub(state_dict, layouts.paddle.KEYMAP, "float32")
+    plan, _ = layouts.rows.from_hub(state_dict, layouts.paddle.LAYOUT.rows_for(config), "float32")
     return verify_pair(state_dict, plan, config, weights=weights, **options)

@@ -57,9 +57,9 @@ def init_std(key: str, shape: tuple, config: Config) -> float:
     fan_in = math.prod(shape[1:])
     std = fan_in ** -0.5
     if key.endswith(("attn.out_proj.weight", "mlp.c_proj.weight", "attention.output.dense.weight",
-                     "output.dense.weight")):
+                     "output.dense.weight", "mlp.fc2.weight")):
         # residual-branch outputs shrink with depth (GPT-2 / openai init), keeping the stream of order one
-        layers = config.vision.layers if key.startswith("visual.") else config.text.layers
+        layers = config.vision.layers if HUB.towers_of(key) == ("image",) else config.text.layers
         std *= (2 * layers) ** -0.5
     return std
 
@@ -75,12 +75,14 @@ def draw(config: Config, seed: int) -> dict:
             out[key] = torch.zeros((), dtype=torch.int64)
             continue
         if key == "logit_scale":
-            t = torch.tensor(math.log(100.0))
+            t = torch.full(shape, math.log(100.0))
+        elif key == "logit_bias":
+            t = torch.full(shape, -10.0)  # SigLIP's initial bias
         elif key.endswith("running_mean"):
             t = torch.zeros(shape)
         elif key.endswith("running_var"):
             t = torch.ones(shape)
-        elif re.search(r"(ln_\w+|bn\d|downsample\.1|LayerNorm)\.weight$", key):
+        elif re.search(r"(ln_\w+|bn\d|downsample\.1|LayerNorm|layer_?norm\d?|final_layer_norm)\.weight$", key):
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen)  # norm gains near one
             if re.search(r"layer\d\.\d+\.bn3\.weight$", key):
                 # the residual branch's last norm shrinks with depth, as the transformers' output

@@ -69,7 +69,10 @@ class Checkpoint:
     @property
     def label(self) -> str:
         """The registry's name, else what it is: 'unregistered CLIP', 'unregistered text tower', ..."""
-        return self.name or ("unregistered CLIP" if self.config.whole else f"unregistered {self.config.towers[0]} tower")
+        if self.name:
+            return self.name
+        return (f"unregistered {kinds.FAMILIES[kinds.family(self.config)]}" if self.config.whole
+                else f"unregistered {self.config.towers[0]} tower")
 
     @property
     def vocab_file(self) -> Path | None:
@@ -113,7 +116,7 @@ class Checkpoint:
         if self.layout == layouts.HUB.NAME:
             return {k: Planned(lambda v=v: read_array(v), v.dtype, tuple(v.shape)) for k, v in self.state_dict.items()}
         layout = layouts.get(self.layout)
-        plan, notes = layouts.rows.to_hub(self.state_dict, layout.keymap, layouts.HUB.shapes(self.config),
+        plan, notes = layouts.rows.to_hub(self.state_dict, layout.rows_for(self.config), layouts.HUB.shapes(self.config),
                                           self.record, layouts.HUB.defaults(self.config))
         self.notes.extend(n for n in notes if n not in self.notes)
         try:  # a record short of a buffer would otherwise make a file that strict loading refuses
@@ -142,7 +145,7 @@ class Checkpoint:
         hub = self.hub_plan()
         if target.name == layouts.HUB.NAME:
             return hub
-        return layouts.rows.from_hub(hub, target.keymap, cast)[0]
+        return layouts.rows.from_hub(hub, target.rows_for(self.config), cast)[0]
 
     def tower(self, tower: str, projection: bool = False) -> "Checkpoint":
         """One tower of this CLIP alone ("image" or "text"), with its projection or without, in the hub
@@ -166,7 +169,7 @@ class Checkpoint:
             return replace(self, state_dict=hub, layout=name, record=None)
         target = layouts.get(name)
         cast = dtype if target.framework == "paddle" else None
-        plan, record = layouts.rows.from_hub(hub, target.keymap, cast)
+        plan, record = layouts.rows.from_hub(hub, target.rows_for(self.config), cast)
         return replace(self, state_dict={k: p() for k, p in plan.items()}, layout=name, record=record)
 
 
@@ -180,7 +183,7 @@ def _record(data: dict | None, config: Config, layout, path) -> Record | None:
         raise CheckpointError(f"parity's record is malformed ({e})", path=path) from None
     expected = layouts.HUB.shapes(config, archive_entries=True)
     wrong = sorted(k for k in list(record.buffers) + list(record.dtypes)
-                   if k not in expected or (k in record.buffers and layout.keymap.hub_row(k)[0].layout is not None))
+                   if k not in expected or (k in record.buffers and layout.rows_for(config).hub_row(k)[0].layout is not None))
     if wrong:
         raise CheckpointError(f"parity's record names keys this CLIP does not have: {', '.join(wrong[:8])}", path=path)
     misshaped = sorted(k for k, v in record.buffers.items() if tuple(v.shape) != tuple(expected[k]))
@@ -249,13 +252,14 @@ def from_raw(raw: RawCheckpoint, path, config=None, sha256=None) -> Checkpoint:
         unheld = layout.unheld(tensors)
         if unheld:
             raise CheckpointError(f"{unheld}, so this file cannot be converted or verified", path=path)
-        shapes = layouts.HUB.infer(layout.keymap.hub_shapes({k: v.shape for k, v in tensors.items()}))
+        keymap = layout.rows_for(tensors)
+        shapes = layouts.HUB.infer(keymap.hub_shapes({k: v.shape for k, v in tensors.items()}))
     except ConfigError as e:
         sample = ", ".join(list(tensors)[:3])
         raise CheckpointError(f"not a CLIP checkpoint in a layout parity reads ({e}; {len(tensors)} "
                               f"tensors, e.g. {sample}); parity reads the layouts {', '.join(layouts.LAYOUTS)}", path=path) from None
     try:
-        expected = layout.keymap.layout_shapes(layouts.HUB.shapes(shapes))
+        expected = keymap.layout_shapes(layouts.HUB.shapes(shapes))
         optional = layouts.HUB.ARCHIVE_ENTRIES if name == layouts.HUB.NAME else ()
         check_keys(tensors, expected, f"{name} state dict", optional=optional)
         stored, stored_from = _metadata_config(record, raw.metadata, layout, path)

@@ -100,7 +100,7 @@ def _target(ck: Checkpoint, layout, fmt: str, dtype: str | None) -> tuple[Target
         return Target(_cast(ck.hub_plan(), dtype), False), None
     default = "float32" if layout.framework == "paddle" else None  # Paddle computes float32 on a CPU
     # the hub as a plan: each hub tensor is made (and its source tensors read) only when its target is
-    plan, record = layouts.rows.from_hub(ck.hub_plan(), layout.keymap, None if dtype == "keep" else dtype or default)
+    plan, record = layouts.rows.from_hub(ck.hub_plan(), layout.rows_for(ck.config), None if dtype == "keep" else dtype or default)
     return Target(plan, fmt == "pdparams"), record
 
 

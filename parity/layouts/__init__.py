@@ -12,7 +12,9 @@ from .base import Fixed, Folder, Layout
 from ..io.tensors import Record
 from .keymap import KeyMap, Row, StateDictError, check_keys
 
-LAYOUTS: dict[str, Layout] = {m.LAYOUT.name: m.LAYOUT for m in (openai, paddle, paddleclip, passl, hf, paddlenlp, open_clip)}
+from .base import LAYOUTS
+
+LAYOUTS.update({m.LAYOUT.name: m.LAYOUT for m in (openai, paddle, paddleclip, passl, hf, paddlenlp, open_clip)})
 HUB = openai  # the hub's module: its key names and shapes for any config, and the config its shapes give
 
 
@@ -30,8 +32,12 @@ def holds(layout: Layout, config) -> bool:
 
 def detect(keys) -> str:
     """The layout whose telltale keys the key set has; ConfigError for none, or for keys of two."""
-    keys = set(keys)
+    state, keys = keys, set(keys)
     found = [name for name, layout in LAYOUTS.items() if layout.detect(keys)]
+    if len(found) > 1 and isinstance(state, Mapping):
+        # the same names in two layouts (SigLIP's text tower alone in hf's and in Paddle's, whose Linears
+        # are transposed): the layouts whose shapes the tensors fit
+        found = [name for name in found if _fits(state, name)] or found
     if len(found) == 1:
         return found[0]
     if found:
@@ -40,22 +46,31 @@ def detect(keys) -> str:
                       f"{', '.join(LAYOUTS)}")
 
 
+def _fits(state, name: str) -> bool:
+    try:
+        shapes_of(state, name)
+    except (ConfigError, StateDictError):
+        return False
+    return True
+
+
 def shapes_of(state, name: str):
     """The shapes-only config of a state dict in layout `name`, its keys checked against it (sorted
     missing / unexpected / mis-shaped lists): StateDictError or ConfigError."""
     layout = get(name)
-    shapes = HUB.infer(layout.keymap.hub_shapes({k: v.shape for k, v in state.items()}))
+    keymap = layout.rows_for(state)
+    shapes = HUB.infer(keymap.hub_shapes({k: v.shape for k, v in state.items()}))
     optional = HUB.ARCHIVE_ENTRIES if name == HUB.NAME else ()
-    check_keys(state, layout.keymap.layout_shapes(HUB.shapes(shapes)), f"{layout.name} state dict", optional)
+    check_keys(state, keymap.layout_shapes(HUB.shapes(shapes)), f"{layout.name} state dict", optional)
     return shapes
 
 
 def to_layout(hub: Mapping, name: str, dtype: str | None = "float32") -> tuple[dict, Record]:
     """A hub state dict (checked first) in layout `name`, and the record of what that layout has no
     place for. Into a Paddle layout, floats are cast to `dtype` (None keeps them)."""
-    shapes_of(hub, HUB.NAME)
+    shapes = shapes_of(hub, HUB.NAME)
     layout = get(name)
-    plan, record = rows.from_hub(hub, layout.keymap, dtype if layout.framework == "paddle" else None)
+    plan, record = rows.from_hub(hub, layout.rows_for(shapes), dtype if layout.framework == "paddle" else None)
     return {k: p() for k, p in plan.items()}, record
 
 
@@ -65,7 +80,7 @@ def to_hub(state: Mapping, name: str, record: Record | None = None,
     without one, hub-only tensors get defaults (BatchNorm counters 0, with `archive_entries` the archive
     entries from the shapes) and the notes say so."""
     shapes = shapes_of(state, name)
-    plan, notes = rows.to_hub(state, get(name).keymap, HUB.shapes(shapes), record,
+    plan, notes = rows.to_hub(state, get(name).rows_for(shapes), HUB.shapes(shapes), record,
                               HUB.defaults(shapes, archive_entries))
     return {k: p() for k, p in plan.items()}, notes
 

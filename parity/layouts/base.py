@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .. import towers
-from ..config.schema import a_tower
+from ..config.schema import Config, ConfigError, a_tower
 from .keymap import KeyMap
 
 
@@ -45,7 +45,7 @@ class Layout:
     framework: str  # "torch" or "paddle": whose loader reads it, and the dtype a Paddle layout is written in
     files: str  # its file convention, in words (`parity layouts`)
     format: str  # what it is written as by default: "pt", "pdparams" or "folder"
-    keymap: KeyMap
+    keymap: KeyMap  # its rows for CLIP's towers (CLIP's and BERT's text towers beside openai's image towers)
     detect: Callable[[set], bool]  # whether a key set is in this layout
     # text tower kind -> the image tower kinds it has places for beside it (its first text kind: the CLIP one)
     holds: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"clip": ("vit", "resnet")})
@@ -55,6 +55,27 @@ class Layout:
     wrap: tuple[str, str] | None = None  # a .pdparams file's tensors under this key, each name behind this prefix
     folder: Folder | None = None
     alone: tuple[str, ...] = ()  # the towers it also holds alone, without the other ("image", "text")
+    families: Mapping[str, KeyMap] = field(default_factory=dict)  # its rows for another family's towers ("siglip")
+
+    def rows_for(self, what) -> KeyMap:
+        """The key map that reads `what`: a Config (by its towers' family), or a key set in this layout (by
+        the family whose towers' telltale keys its rows find there). One map per family, because one name
+        can mean two things: SigLIP's hub key `vision_model.encoder.layers.0.self_attn.q_proj.weight` is
+        the name of a third of CLIP's fused attention in the hf layout."""
+        family = towers.family(what) if isinstance(what, Config) else self.family_of(what)
+        if family == "clip":
+            return self.keymap
+        if family not in self.families:
+            raise ConfigError(f"the {self.name} layout has no place for {family}'s towers")
+        return self.families[family]
+
+    def family_of(self, keys) -> str:
+        """The tower family of a key set in this layout ("clip" where no other family's rows find one)."""
+        for family, keymap in self.families.items():
+            hub = {keymap.hub_key(k) for k in keys}
+            if any(t.telltale in hub for part in towers.REGISTRY.values() for t in part.values() if t.family == family):
+                return family
+        return "clip"
 
     @property
     def image_kinds(self) -> tuple[str, ...]:
@@ -73,8 +94,9 @@ class Layout:
             return self._refuses_alone(config)
         text = towers.text(config)
         if config.text.kind not in self.holds:
-            return (f"the {self.name} layout holds CLIP's own text tower, not a {config.text.kind.upper()} "
-                    "(Chinese-CLIP's): write openai or paddle")
+            where = ", ".join(n for n, layout in LAYOUTS.items() if layout.holds_config(config))
+            held = " and ".join(towers.called(towers.get("text", k)) for k in self.holds)
+            return f"the {self.name} layout holds {held}, not {towers.called(text)}: write {where or 'another layout'}"
         kinds = self.holds[config.text.kind]
         if config.vision.kind not in kinds:
             beside = "" if config.text.kind == next(iter(self.holds)) else f" beside a {text.label}"
@@ -96,6 +118,15 @@ class Layout:
         if value.kind not in (*self.holds, *self.image_kinds):
             return f"the {self.name} layout has no place for a {towers.get(part, value.kind).label} tower"
         return None
+
+
+LAYOUTS: dict[str, Layout] = {}  # parity.layouts fills it: every layout, by name
+
+
+def siglip_keys(keys) -> bool:
+    """Whether a key set holds SigLIP's towers under transformers' names (hf's, and Paddle's with its MAP
+    head's q, k, v apart): its text head or its image tower's MAP probe."""
+    return "text_model.head.weight" in keys or "vision_model.head.probe" in keys
 
 
 def resnet_unheld(layout: str, why: str) -> Callable[[set], str | None]:

@@ -9,10 +9,15 @@ from .base import Layout
 def lacks(layout: Layout) -> list[str]:
     """The tower kinds, and pairs of kinds, `layout` has no place for, e.g. ['ResNet', 'BERT']."""
     vision, text = towers.REGISTRY["vision"], towers.REGISTRY["text"]
-    out = [t.label for kind, t in vision.items() if kind not in layout.image_kinds]
-    out += [t.label for kind, t in text.items() if kind not in layout.holds]
+    unheld = {*(k for k in vision if k not in layout.image_kinds), *(k for k in text if k not in layout.holds)}
+    # a family none of whose towers it holds is named once ("SigLIP")
+    gone = [f for f in towers.FAMILIES if all(t.kind in unheld for part in (vision, text)
+                                              for t in part.values() if t.family == f)]
+    out = [t.label for part in (vision, text) for t in part.values() if t.kind in unheld and t.family not in gone]
+    out += [towers.FAMILIES[f] for f in gone]
     out += [f"{v.label} beside a {t.label}" for text_kind, t in text.items() if text_kind in layout.holds
-            for kind, v in vision.items() if kind in layout.image_kinds and kind not in layout.holds[text_kind]]
+            for kind, v in vision.items() if kind in layout.image_kinds and kind not in layout.holds[text_kind]
+            and v.family == t.family]  # a pair of two families is no model
     return out
 
 

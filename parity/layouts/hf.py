@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 
 from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real, section
-from ..config import cn_clip as chinese_clip
-from .base import Folder, Layout, resnet_unheld
+from ..config import cn_clip as chinese_clip, siglip
+from .base import Folder, Layout, resnet_unheld, siglip_keys
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "hf", "torch"
@@ -54,9 +54,12 @@ ROWS = (
     Row("bert.{p}", "text_model.{p}"),  # ChineseCLIPModel's BERT: cn_clip's names under text_model (last: a catch-all)
 )
 KEYMAP = KeyMap(ROWS)
+SIGLIP = KeyMap((Row("{p}", "{p}"),))  # SiglipModel's names are the hub's for SigLIP
 
 
 def detect(keys) -> bool:
+    if siglip_keys(keys):  # SiglipModel, SiglipTextModel, SiglipVisionModel: the MAP head's attention fused
+        return "vision_model.head.attention.q_proj.weight" not in keys
     text = "text_model.embeddings.token_embedding.weight" in keys
     if "visual_projection.weight" in keys and (text or "text_model.embeddings.word_embeddings.weight" in keys):
         return True
@@ -140,7 +143,7 @@ def config_to_json(config: Config, source: dict | None = None) -> dict:
     path), exactly as openai/CLIP does, whatever the input (with 49407, at the first end-of-text token,
     which is the same where the text has one). `source`: the config.json of a folder in this layout that
     the model was read from, whose token ids are kept. A BERT text tower: a ChineseCLIPConfig."""
-    return MODELS[config.text.kind if config.text else "clip"][0](config, source)
+    return MODELS[_model(config)][0](config, source)
 
 
 def _clip_config(config: Config, source: dict | None) -> dict:
@@ -166,6 +169,8 @@ def config_from_json(data: dict) -> Config:
     """The Config that transformers builds from this config.json (its defaults where a key is absent)."""
     if chinese_clip.is_chinese_clip(data):
         return chinese_clip.config_from_json(data)
+    if siglip.is_siglip(data):
+        return siglip.config_from_json(data)
     try:
         config = tower_from_json(data, TEXT, VISION) or Config(
             integer(data.get("projection_dim", 512), "projection_dim"), vision_part(data, VISION),
@@ -199,7 +204,12 @@ def vision_part(data: dict, defaults: dict, eps: float | None = None) -> VisionC
 def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
     """The tokenizer and image processor files, made from the BPE vocabulary parity ships with; for a
     Chinese-CLIP, BertTokenizer's from its WordPiece vocabulary (`vocab_file`, else cn_clip's)."""
-    return MODELS[config.text.kind if config.text else "clip"][1](config, vocab_file)
+    return MODELS[_model(config)][1](config, vocab_file)
+
+
+def _model(config: Config) -> str:
+    # the text tower's kind names transformers' model; an image tower alone, its family's text tower
+    return config.text.kind if config.text else {"vit": "clip", "siglip_vit": "siglip_text"}[config.vision.kind]
 
 
 def _clip_files(config: Config, vocab_file=None) -> dict[str, bytes]:
@@ -227,10 +237,12 @@ def _chinese_clip_files(config: Config, vocab_file=None) -> dict[str, bytes]:
 
 # text tower kind -> transformers' model of it: (its config.json, its tokenizer and processor files)
 MODELS = {"clip": (_clip_config, _clip_files),
-          "bert": (lambda config, source: chinese_clip.config_to_json(config), _chinese_clip_files)}
+          "bert": (lambda config, source: chinese_clip.config_to_json(config), _chinese_clip_files),
+          "siglip_text": (siglip.config_to_json, siglip.processor_files)}
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
-                holds={"clip": ("vit",), "bert": ("vit",)}, unheld=resnet_unheld(NAME, NO_RESNET),
+                holds={"clip": ("vit",), "bert": ("vit",), "siglip_text": ("siglip_vit",)},
+                unheld=resnet_unheld(NAME, NO_RESNET),
                 folder=Folder(WEIGHTS, config_to_json, config_from_json, extra_files=extra_files),
-                alone=("image", "text"))
+                alone=("image", "text"), families={"siglip": SIGLIP})

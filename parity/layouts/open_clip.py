@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real
 from .openai import ARCHIVE_ENTRIES
-from .base import Folder, Layout, resnet_unheld
+from .base import Folder, Layout, resnet_unheld, siglip_keys
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "open_clip", "torch"
@@ -152,6 +152,8 @@ TELLTALES = (
 def refusal(keys) -> str | None:
     """What open_clip model other than CLIP a key set is, or None."""
     keys = set(keys)
+    if siglip_keys(keys):  # SigLIP under transformers' names (hf, paddle): parity computes it
+        return None
     for telltale, what in TELLTALES:
         if any(telltale in k if telltale.startswith(".") else k.startswith(telltale) for k in keys):
             return f"open_clip's {what}, not a CLIP that parity computes"

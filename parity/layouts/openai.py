@@ -32,13 +32,16 @@ def detect(keys) -> bool:
 TOWERS = ("image", "text")
 
 
+SCALARS = ("logit_scale", "logit_bias")  # a whole model's tensors beside its towers (SigLIP's bias too)
+
+
 def towers_of(key: str) -> tuple[str, ...]:
-    """The towers a hub key belongs to: the logit scale to both (a one-tower model holds it too)."""
-    if key == "logit_scale":
+    """The towers a hub key belongs to: the logit scale (and bias) to both (a one-tower model holds it too)."""
+    if key in SCALARS:
         return TOWERS
     if key in ARCHIVE_ENTRIES:
         return ()
-    return ("image",) if key.startswith("visual.") else ("text",)
+    return ("image",) if key.startswith(towers.vision_prefixes()) else ("text",)
 
 
 def tower_shapes(config: Config, towers=TOWERS) -> dict[str, tuple]:
@@ -49,14 +52,17 @@ def tower_shapes(config: Config, towers=TOWERS) -> dict[str, tuple]:
 def shapes(config: Config, archive_entries: bool = False) -> dict[str, tuple]:
     """Every key of the hub state dict for `config`, with its shape, in openai/CLIP's order (its text
     tower's leading keys, the projection and scale, the image tower, the rest of the text tower). A tower
-    alone has its own keys and its projection, where it has one, and no logit scale."""
+    alone has its own keys and its projection, where it has one, and no logit scale. The text tower says
+    the model's own tensors (CLIP's 0-d scale; SigLIP's scale and bias, of shape [1])."""
     vision, text = towers.of(config)
+    if vision and text:
+        towers.family(config)
     own = text.hub_shapes(config) if text else {}
     s = {k: own[k] for k in (text.hub_first if text else ())}
-    if text and config.embed_dim is not None:
+    if text and text.projection and config.embed_dim is not None:
         s["text_projection"] = (config.text.width, config.embed_dim)
     if config.whole:
-        s["logit_scale"] = ()
+        s.update(text.scalars)
     s.update(vision.hub_shapes(config) if vision else {})
     s.update(own)
     if archive_entries and config.whole and text.archive_entries:
@@ -89,19 +95,16 @@ def infer(hub: Mapping[str, tuple]) -> Config:
 
     Works on any {key: shape}; the key check against `shapes(config)` comes after.
     """
-    has_vision = any(k.startswith("visual.") for k in hub)
+    has_vision = any(k.startswith(towers.vision_prefixes()) for k in hub)
     has_text = any(t.telltale in hub for t in towers.REGISTRY["text"].values()) or not has_vision
-    vision = towers.holding("vision", hub).infer(hub) if has_vision else None
-    text = towers.holding("text", hub).infer(hub) if has_text else None
-    if vision is not None and text is not None or "text_projection" in hub:
-        embed = shape(hub, "text_projection")[1]  # [width, embed]
-    elif "visual.proj" in hub or "visual.attnpool.c_proj.weight" in hub:
-        embed = shape(hub, "visual.proj")[1] if "visual.proj" in hub else shape(hub, "visual.attnpool.c_proj.weight")[0]
-    else:
-        embed = None
-    return Config(embed, vision, text)
+    vision = towers.holding("vision", hub) if has_vision else None
+    text = towers.holding("text", hub) if has_text else None
+    embed = (text or vision).embed(hub)  # the text tower's projection says it for a whole model
+    if vision and text and embed is None:
+        shape(hub, "text_projection")  # ConfigError: a whole CLIP without its projection
+    return Config(embed, vision and vision.infer(hub), text and text.infer(hub))
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pt", keymap=KEYMAP, detect=detect,
                 holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")},
-                alone=("image", "text"))
+                alone=("image", "text"), families={"siglip": KEYMAP})

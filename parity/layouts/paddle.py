@@ -7,7 +7,7 @@ Linear weights are [in, out], BatchNorm holds `_mean`/`_variance` and no `num_ba
 from __future__ import annotations
 
 from .openai import ARCHIVE_ENTRIES
-from .base import Layout
+from .base import Layout, siglip_keys
 from .keymap import KeyMap, Row
 
 NAME, FRAMEWORK = "paddle", "paddle"
@@ -32,9 +32,21 @@ ROWS = (
     Row("{p}", "{p}"),  # every other name is shared (validated against the expected shapes)
 )
 KEYMAP = KeyMap(ROWS)
+# SigLIP's towers under transformers' names: every Linear transposed, the MAP head's fused in_proj split
+SIGLIP = KeyMap((
+    Row("vision_model.head.attention.in_proj_weight", "vision_model.head.attention.{qkv}_proj.weight",
+        "split_qkv_linear"),
+    Row("vision_model.head.attention.in_proj_bias", "vision_model.head.attention.{qkv}_proj.bias", "split_qkv"),
+    Row("{p}_proj.weight", "{p}_proj.weight", "linear"),  # the blocks' q, k, v, out; the head's out_proj
+    Row("{p}.mlp.fc{i}.weight", "{p}.mlp.fc{i}.weight", "linear"),
+    Row("text_model.head.weight", "text_model.head.weight", "linear"),
+    Row("{p}", "{p}"),  # embeddings, the probe, LayerNorms, biases, the scale and bias ([1] already)
+))
 
 
 def detect(keys) -> bool:
+    if siglip_keys(keys):  # the MAP head's q, k, v apart (a text tower alone: its shapes tell it from hf's)
+        return "vision_model.head.attention.in_proj_weight" not in keys
     vit = any(k.endswith("attn.q_proj.weight") and not k.startswith("visual.attnpool.") for k in keys)
     if "bert.embeddings.word_embeddings.weight" in keys:  # Chinese-CLIP's towers
         return vit or "visual.bn1._mean" in keys
@@ -44,5 +56,5 @@ def detect(keys) -> bool:
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="pdparams", keymap=KEYMAP, detect=detect,
-                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet")},
-                alone=("image", "text"))
+                holds={"clip": ("vit", "resnet"), "bert": ("vit", "resnet"), "siglip_text": ("siglip_vit",)},
+                alone=("image", "text"), families={"siglip": SIGLIP})

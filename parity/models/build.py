@@ -66,7 +66,7 @@ def paddle_model(state_dict: Mapping, config: Config, device: str = "cpu", tower
     from .paddle_clip import CLIP
 
     _complete(config)
-    expected = PADDLE.KEYMAP.layout_shapes(HUB.tower_shapes(config, towers))
+    expected = PADDLE.LAYOUT.rows_for(config).layout_shapes(HUB.tower_shapes(config, towers))
     check_keys({k: v for k, v in state_dict.items() if k in expected} if set(towers) != set(HUB.TOWERS)
                else state_dict, expected, "paddle state dict")
     with paddle.LazyGuard():  # no random initialisation of parameters that are overwritten next (10 s for RN50x64)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 
+from .. import towers as kinds
 from ..config.schema import Config, TextConfig, VisionConfig
 from .frameworks import import_paddle
 from .paddle_ops import Linear, materialized_views
 from .paddle_resnet import BLOCKS as RESNET_BLOCKS, ModifiedResNet
+from .paddle_siglip import GELUTanh, SiglipEncoderLayer, SiglipTextTransformer, SiglipVisionTransformer
+from .paddle_siglip import logits as sigmoid_logits
 
 paddle = import_paddle()  # before `paddle.nn`, so its import-time warning stays quiet
 import paddle.nn.functional as F  # noqa: E402
@@ -24,7 +27,7 @@ class QuickGELU(nn.Layer):
         return x * F.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # nn.GELU: the exact (erf) form
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU, "gelu_tanh": GELUTanh}  # nn.GELU: the exact (erf) form
 
 
 class MultiHeadAttention(nn.Layer):
@@ -288,9 +291,28 @@ def encode_bert_text(model: nn.Layer, text):
 
 # tower kind (parity.towers) -> how this file builds it: image towers as `visual`; text towers put their
 # layers on the CLIP under the checkpoint's own names, and encode through it
-VISION = {"vit": vit, "resnet": resnet}
-TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text)}
-BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, **RESNET_BLOCKS, "BertLayer": BertLayer}
+def siglip_vit(config: Config) -> nn.Layer:
+    v = config.vision
+    return SiglipVisionTransformer(v.width, v.layers, v.heads, v.mlp_width, v.image_size, v.patch_size, v.activation, v.eps)
+
+
+def siglip_text(model: nn.Layer, t: TextConfig, embed_dim: int) -> None:
+    model.text_model = SiglipTextTransformer(t.width, t.layers, t.heads, t.mlp_width, t.vocab_size, t.context_length,
+                                             embed_dim, t.activation, t.eps)
+
+
+def encode_siglip_text(model: nn.Layer, text, states: dict | None = None):
+    out = model.text_model.states(text)
+    if states is not None:
+        states.update(out)
+    return out["pooled"]  # the head's output
+
+
+VISION = {"vit": vit, "resnet": resnet, "siglip_vit": siglip_vit}
+TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text),
+        "siglip_text": (siglip_text, encode_siglip_text)}
+BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, **RESNET_BLOCKS, "BertLayer": BertLayer,
+          "SiglipEncoderLayer": SiglipEncoderLayer}
 
 
 class CLIP(nn.Layer):
@@ -303,12 +325,13 @@ class CLIP(nn.Layer):
         self.config = config
         towers = [t for t in towers if t in config.towers]
         if "image" in towers:
-            self.visual = VISION[config.vision.kind](config)
+            setattr(self, kinds.vision(config).prefix[:-1], VISION[config.vision.kind](config))
         self.context_length = config.text.context_length if config.text is not None else None
         if "text" in towers:
             TEXT[config.text.kind][0](self, config.text, config.embed_dim)
-        if config.whole:
-            self.logit_scale = self.create_parameter([1])
+        if config.whole:  # the logit scale (and SigLIP's bias), [1] in Paddle
+            for name in kinds.text(config).scalars:
+                setattr(self, name, self.create_parameter([1]))
 
     @property
     def dtype(self):
@@ -318,14 +341,18 @@ class CLIP(nn.Layer):
     def states(self, tower: str, x) -> dict:
         """As the torch model's: one tower's hidden states, pooled output and embeds."""
         if tower == "image":
-            return self.visual.states(x.astype(self.dtype))
+            return self.image_tower.states(x.astype(self.dtype))
         states: dict = {}
         TEXT[self.config.text.kind][1](self, x, states)
         return states
 
+    @property
+    def image_tower(self) -> nn.Layer:
+        return getattr(self, kinds.vision(self.config).prefix[:-1])
+
     @materialized_views
     def encode_image(self, image):
-        return self.visual(image.astype(self.dtype))
+        return self.image_tower(image.astype(self.dtype))
 
     @materialized_views
     def encode_text(self, text):
@@ -337,7 +364,10 @@ class CLIP(nn.Layer):
 
     @materialized_views
     def logits(self, image_features, text_features):
-        """(logits per image, per text) from the two towers' features."""
+        """(logits per image, per text) from the two towers' features (CLIP's, or SigLIP's sigmoid logits)."""
+        if kinds.text(self.config).logits == "sigmoid":
+            logits_per_image = sigmoid_logits(image_features, text_features, self.logit_scale, self.logit_bias)
+            return logits_per_image, logits_per_image.t()
         image_features = image_features / image_features.norm(axis=1, keepdim=True)
         text_features = text_features / text_features.norm(axis=1, keepdim=True)
         logits_per_image = self.logit_scale.exp() * paddle.matmul(image_features, text_features, transpose_y=True)

@@ -155,14 +155,12 @@ class SiglipTextTransformer(nn.Layer):
         self.head = Linear(width, projection)
 
     def forward(self, ids):
-        return self.states(ids)["embeds"]
+        return self.states(ids)["pooled"]
 
     def states(self, ids) -> dict:
         hidden = [self.embeddings(ids)]
         last = self.final_layer_norm(self.encoder(hidden[0], hidden))
-        pooled = last[:, -1, :]
-        return {"last_hidden_state": last, "penultimate_hidden_state": hidden[-2], "pooled": pooled,
-                "embeds": self.head(pooled)}
+        return {"last_hidden_state": last, "penultimate_hidden_state": hidden[-2], "pooled": self.head(last[:, -1, :])}
 
 
 def logits(image_embeds, text_embeds, logit_scale, logit_bias):

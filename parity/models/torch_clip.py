@@ -11,8 +11,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .. import towers as kinds
 from ..config.schema import Config, TextConfig, VisionConfig
 from .torch_resnet import BLOCKS as RESNET_BLOCKS, ModifiedResNet
+from .torch_siglip import SiglipEncoderLayer, SiglipTextTransformer, SiglipVisionTransformer, logits as sigmoid_logits
 
 
 class LayerNorm(nn.LayerNorm):
@@ -29,7 +31,8 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}  # nn.GELU: the exact (erf) form
+# nn.GELU: the exact (erf) form; gelu_tanh: its tanh approximation (transformers' gelu_pytorch_tanh)
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh")}
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -283,11 +286,31 @@ def encode_bert_text(model: nn.Module, text: torch.Tensor) -> torch.Tensor:
     return model.bert(text)[:, 0, :] @ model.text_projection  # the [CLS] token's output is the text feature
 
 
-# tower kind (parity.towers) -> how this file builds it: image towers as `visual`; text towers put their
-# modules on the CLIP under the checkpoint's own names, and encode through it
-VISION = {"vit": vit, "resnet": resnet}
-TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text)}
-BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, **RESNET_BLOCKS, "BertLayer": BertLayer}
+def siglip_vit(config: Config) -> nn.Module:
+    v = config.vision
+    return SiglipVisionTransformer(v.width, v.layers, v.heads, v.mlp_width, v.image_size, v.patch_size, v.activation, v.eps)
+
+
+def siglip_text(model: nn.Module, t: TextConfig, embed_dim: int) -> None:
+    model.text_model = SiglipTextTransformer(t.width, t.layers, t.heads, t.mlp_width, t.vocab_size, t.context_length,
+                                             embed_dim, t.activation, t.eps)
+
+
+def encode_siglip_text(model: nn.Module, text: torch.Tensor, states: dict | None = None) -> torch.Tensor:
+    out = model.text_model.states(text)
+    if states is not None:
+        states.update(out)
+    return out["pooled"]  # the head's output  # the head's output
+
+
+# tower kind (parity.towers) -> how this file builds it: image towers under their hub prefix (`visual`,
+# `vision_model`); text towers put their modules on the CLIP under the checkpoint's own names, and encode
+# through it
+VISION = {"vit": vit, "resnet": resnet, "siglip_vit": siglip_vit}
+TEXT = {"clip": (clip_text, encode_clip_text), "bert": (bert_text, encode_bert_text),
+        "siglip_text": (siglip_text, encode_siglip_text)}
+BLOCKS = {"ResidualAttentionBlock": ResidualAttentionBlock, **RESNET_BLOCKS, "BertLayer": BertLayer,
+          "SiglipEncoderLayer": SiglipEncoderLayer}
 
 
 class CLIP(nn.Module):
@@ -300,12 +323,13 @@ class CLIP(nn.Module):
         self.config = config
         towers = [t for t in towers if t in config.towers]
         if "image" in towers:
-            self.visual = VISION[config.vision.kind](config)
+            setattr(self, kinds.vision(config).prefix[:-1], VISION[config.vision.kind](config))
         self.context_length = config.text.context_length if config.text is not None else None
         if "text" in towers:
             TEXT[config.text.kind][0](self, config.text, config.embed_dim)
-        if config.whole:
-            self.logit_scale = nn.Parameter(torch.empty(()))
+        if config.whole:  # the logit scale (0-d in CLIP; SigLIP's scale and bias [1])
+            for name, shape in kinds.text(config).scalars.items():
+                setattr(self, name, nn.Parameter(torch.empty(shape)))
         else:  # the dtype the tower computes in (`dtype`), in no state dict; made on the CPU, as the causal mask
             self.register_buffer("compute_dtype", torch.zeros((), device="cpu"), persistent=False)
 
@@ -317,13 +341,17 @@ class CLIP(nn.Module):
         """One tower's outputs as its users consume them, for a tower alone: `last_hidden_state`,
         `penultimate_hidden_state` ([N, L, width]), `pooled` and, with a projection, `embeds`."""
         if tower == "image":
-            return self.visual.states(x.type(self.dtype))
+            return self.image_tower.states(x.type(self.dtype))
         states: dict = {}
         TEXT[self.config.text.kind][1](self, x, states)
         return states
 
+    @property
+    def image_tower(self) -> nn.Module:
+        return getattr(self, kinds.vision(self.config).prefix[:-1])
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return self.visual(image.type(self.dtype))
+        return self.image_tower(image.type(self.dtype))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         return TEXT[self.config.text.kind][1](self, text)
@@ -332,7 +360,11 @@ class CLIP(nn.Module):
         return self.logits(self.encode_image(image), self.encode_text(text))
 
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor):
-        """(logits per image, per text) from the two towers' features."""
+        """(logits per image, per text) from the two towers' features: CLIP's scaled cosines, or SigLIP's
+        sigmoid logits (scaled cosines plus a bias)."""
+        if kinds.text(self.config).logits == "sigmoid":
+            logits_per_image = sigmoid_logits(image_features, text_features, self.logit_scale, self.logit_bias)
+            return logits_per_image, logits_per_image.t()
         image_features = image_features / image_features.norm(dim=1, keepdim=True)
         text_features = text_features / text_features.norm(dim=1, keepdim=True)
         logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()

@@ -146,16 +146,15 @@ class SiglipTextTransformer(nn.Module):
         self.head = nn.Linear(width, projection)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.states(ids)["embeds"]
+        return self.states(ids)["pooled"]
 
     def states(self, ids: torch.Tensor) -> dict:
-        """As transformers' SiglipTextModel gives them: no mask, pads attended to as in training; pooled at
-        the last position (a pad, or the end of a full text), after the final LayerNorm, then `head`."""
+        """As transformers' SiglipTextModel gives them: no mask, pads attended to as in training; the
+        pooled output is the last position (a pad, or the end of a full text) after the final LayerNorm,
+        through `head`: the text embedding (no projection follows)."""
         hidden = [self.embeddings(ids)]
         last = self.final_layer_norm(self.encoder(hidden[0], hidden))
-        pooled = last[:, -1, :]
-        return {"last_hidden_state": last, "penultimate_hidden_state": hidden[-2], "pooled": pooled,
-                "embeds": self.head(pooled)}
+        return {"last_hidden_state": last, "penultimate_hidden_state": hidden[-2], "pooled": self.head(last[:, -1, :])}
 
 
 def logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,

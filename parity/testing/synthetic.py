@@ -31,8 +31,10 @@ def _planned_draw(key: str, shape: tuple, config: Config, seed: int) -> np.ndarr
 
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     if key == "logit_scale":
-        return np.array(math.log(100.0), np.float32)
-    if re.search(r"(ln_\w+|LayerNorm)\.weight$", key):
+        return np.full(shape, math.log(100.0), np.float32)
+    if key == "logit_bias":
+        return np.full(shape, -10.0, np.float32)  # SigLIP's initial bias
+    if re.search(r"(ln_\w+|LayerNorm|layer_?norm\d?|final_layer_norm)\.weight$", key):
         return (1.0 + 0.1 * rng.standard_normal(shape, np.float32)).astype(np.float32)
     if key.endswith("bias"):
         return 0.02 * rng.standard_normal(shape, np.float32)

@@ -85,9 +85,9 @@ class SentencePieceTokenizer:
         return out
 
 
-def load(path) -> SentencePieceTokenizer:
-    """The SentencePiece model at `path` (a file, or a folder holding `spiece.model`), read through one
-    descriptor and bounded by its size; CheckpointError naming it for anything else."""
+def read_model(path) -> bytes:
+    """The bytes of the SentencePiece model at `path` (a file, or a folder holding `spiece.model`), read
+    through one descriptor and bounded by its size; CheckpointError naming it for anything else."""
     from ..io.formats.source import open_source
 
     path = Path(path)
@@ -97,7 +97,13 @@ def load(path) -> SentencePieceTokenizer:
         if source.size > MAX_BYTES:
             raise CheckpointError(f"a SentencePiece model of {source.size} bytes, more than the {MAX_BYTES} "
                                   "it may hold", path=path)
-        return _cached(source.pread(0, source.size), str(path))
+        return source.pread(0, source.size)
+
+
+def load(path) -> SentencePieceTokenizer:
+    """The SentencePiece model at `path` (see `read_model`), as SigLIP tokenizes with it."""
+    path = Path(path)
+    return _cached(read_model(path), str(path / VOCABULARY if path.is_dir() else path))
 
 
 @lru_cache(maxsize=4)

@@ -8,14 +8,22 @@ registered under the same kind), and its registry entries.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import bert, clip_text, resnet, vit
+from . import bert, clip_text, resnet, siglip_text, siglip_vit, vit
 from .base import TextTower, Tower, VisionTower
 
 # part -> kind -> tower, in the order a config's kind is listed to the user
 REGISTRY: dict[str, dict[str, Tower]] = {
-    "vision": {t.kind: t for t in (vit.TOWER, resnet.TOWER)},
-    "text": {t.kind: t for t in (clip_text.TOWER, bert.TOWER)},
+    "vision": {t.kind: t for t in (vit.TOWER, resnet.TOWER, siglip_vit.TOWER)},
+    "text": {t.kind: t for t in (clip_text.TOWER, bert.TOWER, siglip_text.TOWER)},
 }
+FAMILIES = {"clip": "CLIP", "siglip": "SigLIP"}  # tower family -> its name in messages
+
+
+def called(tower: Tower) -> str:
+    """How a message names a tower kind: "CLIP's own text tower", "a BERT (Chinese-CLIP's)", ..."""
+    return tower.called or f"a {tower.label} tower"
+
+
 # where a state dict has no tower's telltale key, the error names the keys of this kind
 FALLBACK = {"vision": "resnet", "text": "clip"}
 
@@ -51,6 +59,22 @@ def of(config) -> tuple[VisionTower | None, TextTower | None]:
     return (None if config.vision is None else vision(config)), (None if config.text is None else text(config))
 
 
+def family(config) -> str:
+    """The family of a Config's towers ("clip", "siglip"): whose key maps read its keys. ConfigError for
+    towers of two families (a SigLIP image tower beside CLIP's text tower)."""
+    found = {t.family: t for t in of(config) if t is not None}
+    if len(found) > 1:
+        vision, text = of(config)
+        raise ConfigError(f"a {vision.label} tower beside a {text.label} tower: a model's two towers are of one "
+                          "family (CLIP's or SigLIP's)")
+    return next(iter(found))
+
+
+def vision_prefixes() -> tuple[str, ...]:
+    """The prefixes of the image towers' hub keys ("visual.", "vision_model.")."""
+    return tuple(dict.fromkeys(t.prefix for t in REGISTRY["vision"].values()))
+
+
 def holding(part: str, hub) -> Tower:
     """The tower kind whose telltale key the hub key set holds."""
     towers = REGISTRY[part]
@@ -58,4 +82,4 @@ def holding(part: str, hub) -> Tower:
                 towers[FALLBACK[part]])
 
 
-__all__ = ["REGISTRY", "TextTower", "Tower", "VisionTower", "get", "holding", "of", "text", "vision"]
+__all__ = ["FAMILIES", "REGISTRY", "called", "TextTower", "Tower", "VisionTower", "family", "get", "holding", "of", "text", "vision", "vision_prefixes"]

@@ -33,11 +33,21 @@ class Tower:
     block: str  # its residual block's class, the same name in both model files (float64, layer diagnosis)
     rule: Callable[[Any], Any] | None = None  # openai's build_model rule for what no tensor says, if it builds this kind
     unsaid: tuple[str, ...] = ("heads", "activation", "eps")  # fields Config.shapes clears
+    said: Callable[[Any], Any] = lambda part: part  # a part as its tensors say it (a field they say only roughly)
     attention_width: Callable[[Any], int] = lambda part: part.width  # the width its heads divide
     embeddings: tuple[str, ...] = ()  # hub keys synthetic weights draw as embeddings (std 0.02)
     # it also computes alone, outside a CLIP, giving its hidden states (both model files' `states`): a
     # diffusion pipeline's text encoder, a VLM's vision tower
     alone: bool = False
+    # its projection into the shared space: "apart" (CLIP's: a tensor of its own, kept or left when the tower
+    # is taken alone), "inside" (SigLIP's text head: part of the tower), "none" (SigLIP's image tower: its MAP
+    # head's output is its embedding)
+    projection_kind: str = "apart"
+    called: str = ""  # how a refusal names it, e.g. "a BERT (Chinese-CLIP's)" (default: its label)
+    prefix: str = ""  # the prefix of its hub keys ("visual." for openai's image towers; "" for CLIP's text tower)
+    family: str = "clip"  # whose key maps read its keys: a layout has rows per family (CLIP's, SigLIP's)
+    # hub {key: shape} -> the width of its projection into the shared space, None where it has none
+    embed: Callable[[Mapping[str, tuple]], int | None] = lambda hub: None
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,11 @@ class TextTower(Tower):
     image_preprocessing: Callable[[int], dict] = None  # image size -> resize and crop
     hub_first: tuple[str, ...] = ()  # its keys that openai/CLIP's state dict lists before the projections
     archive_entries: bool = False  # openai's release archives carry their int entries beside it (context, vocabulary)
+    # a whole model's tensors beside its towers, with shapes: CLIP's logit scale is 0-d; SigLIP's scale and
+    # bias have shape [1]
+    scalars: Mapping[str, tuple] = field(default_factory=lambda: {"logit_scale": ()})
+    projection: bool = True  # its projection is a hub key of its own, `text_projection` [width, embed]
+    logits: str = "softmax"  # how the model turns cosines into logits: "softmax" (CLIP's) or "sigmoid" (SigLIP's)
 
     def __post_init__(self):
         # the fields above default to None only because a dataclass puts defaults after its base's fields
@@ -93,12 +108,27 @@ def count(keys, prefix: str) -> int:
     return len({m.group(1) for k in keys if (m := pat.match(k))})
 
 
-def grid(n_positions: int, what: str) -> int:
-    """The side of a square grid of n_positions - 1 patches (one class or pooled position)."""
-    side = round((n_positions - 1) ** 0.5)
-    if side * side + 1 != n_positions:
-        raise ConfigError(f"{what} has {n_positions} rows, not grid**2 + 1")
+def grid(n_positions: int, what: str, extra: int = 1) -> int:
+    """The side of a square grid of n_positions - extra patches (`extra`: one class or pooled position, or none)."""
+    side = round(max(n_positions - extra, 0) ** 0.5)
+    if side * side + extra != n_positions:
+        raise ConfigError(f"{what} has {n_positions} rows, not grid**2{' + 1' if extra else ''}")
     return side
+
+
+def encoder_shapes(prefix: str, layers: int, w: int, mlp: int) -> Shapes:
+    """transformers' encoder at `prefix` (`{prefix}.layers.{i}`): q, k, v and out projections apart, pre-LayerNorms
+    `layer_norm1`/`2`, a 2-layer MLP `fc1`/`fc2`; in its state dict's order."""
+    s: Shapes = {}
+    for i in range(layers):
+        p = f"{prefix}.layers.{i}"
+        s.update({f"{p}.layer_norm1.weight": (w,), f"{p}.layer_norm1.bias": (w,)})
+        for x in ("k", "v", "q", "out"):
+            s.update({f"{p}.self_attn.{x}_proj.weight": (w, w), f"{p}.self_attn.{x}_proj.bias": (w,)})
+        s.update({f"{p}.layer_norm2.weight": (w,), f"{p}.layer_norm2.bias": (w,),
+                  f"{p}.mlp.fc1.weight": (mlp, w), f"{p}.mlp.fc1.bias": (mlp,),
+                  f"{p}.mlp.fc2.weight": (w, mlp), f"{p}.mlp.fc2.bias": (w,)})
+    return s
 
 
 OPENAI_RULE = dict(activation="quick_gelu", eps=1e-5)  # openai/CLIP's build_model, beside 64-wide heads and a 4x MLP

@@ -104,4 +104,5 @@ TOWER = TextTower(
                 "bert.embeddings.token_type_embeddings.weight"),
     tokenize=tokenize, canonical=lambda context, vocab_file=None: tokenize(CANONICAL, context, vocab_file),
     canonical_label=canonical_label, captions=CAPTIONS, computable=computable, tokenizer_files=tokenizer_files,
-    vocabulary="vocab.txt", image_preprocessing=image_preprocessing)
+    vocabulary="vocab.txt", image_preprocessing=image_preprocessing, prefix="bert.", called="a BERT (Chinese-CLIP's)",
+    embed=lambda hub: shape(hub, "text_projection")[1] if "text_projection" in hub else None)  # [width, embed]

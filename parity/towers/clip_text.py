@@ -100,4 +100,5 @@ TOWER = TextTower(
     rule=rule, embeddings=("token_embedding.weight",), tokenize=tokenize, canonical=canonical,
     canonical_label=lambda context, vocab_file=None: f"text ones (1, {context}) int64", captions=CAPTIONS,
     computable=computable, tokenizer_files=tokenizer_files, image_preprocessing=image_preprocessing,
-    hub_first=("positional_embedding",), archive_entries=True, alone=True)
+    hub_first=("positional_embedding",), archive_entries=True, alone=True, called="CLIP's own text tower",
+    embed=lambda hub: shape(hub, "text_projection")[1] if "text_projection" in hub else None)  # [width, embed]

@@ -62,4 +62,5 @@ def rule(v: VisionConfig) -> VisionConfig:
 
 TOWER = VisionTower(kind="resnet", part="vision", label="ResNet", telltale="visual.attnpool.positional_embedding",
                     hub_shapes=hub_shapes, infer=infer, check=check, describe=describe, unknown=("heads",),
-                    block="Bottleneck", rule=rule, attention_width=lambda v: 32 * v.width, calibrated=True)
+                    block="Bottleneck", rule=rule, attention_width=lambda v: 32 * v.width, calibrated=True,
+                    prefix="visual.", embed=lambda hub: shape(hub, "visual.attnpool.c_proj.weight")[0])  # [embed, 32 width]

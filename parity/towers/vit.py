@@ -48,4 +48,5 @@ def rule(v: VisionConfig) -> VisionConfig:
 
 TOWER = VisionTower(kind="vit", part="vision", label="ViT", telltale="visual.class_embedding", hub_shapes=hub_shapes,
                     infer=infer, check=check, describe=describe, unknown=("heads", "activation", "eps"),
-                    block="ResidualAttentionBlock", rule=rule, alone=True)
+                    block="ResidualAttentionBlock", rule=rule, alone=True, prefix="visual.",
+                    embed=lambda hub: shape(hub, "visual.proj")[1] if "visual.proj" in hub else None)  # [width, embed]
