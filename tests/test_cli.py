@@ -44,12 +44,12 @@ def test_layouts_lists_the_hub_first():
     result = CliRunner().invoke(main, ["layouts"])
     assert result.exit_code == 0
     rows = [line.split()[:4] for line in result.output.splitlines()[1:]]
-    assert rows[0] == ["openai", "torch", "vit+resnet", "all"]
-    assert ["paddle", "paddle", "vit+resnet", "all"] in rows
+    assert rows[0] == ["openai", "torch", "vit+resnet", "25"]  # of 37: not SigLIP's twelve
+    assert ["paddle", "paddle", "vit+resnet+siglip_vit", "all"] in rows
     hf = next(line for line in result.output.splitlines() if line.startswith("hf "))
-    assert "19 of 25 (no ResNet)" in hf  # the 15 ViT CLIPs and Chinese-CLIP's four ViTs
+    assert "31 of 37 (no ResNet)" in hf  # the 15 ViT CLIPs, Chinese-CLIP's four ViTs, the 12 SigLIPs
     paddlenlp = next(line for line in result.output.splitlines() if line.startswith("paddlenlp "))
-    assert "24 of 25 (no ResNet beside a BERT)" in paddlenlp
+    assert "24 of 37 (no SigLIP, no ResNet beside a BERT)" in paddlenlp
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):
