@@ -91,15 +91,20 @@ class Sides:
     sources: dict  # each framework's file: path, format, SHA-256, layout
     reference: float | None  # the reference table's logit, for an official release file
     vocab_file: Path | None  # a BERT's vocabulary file
+    photos: bool = True  # whether the photographs' captions can be tokenized (SigLIP's need its spiece.model)
 
 
-def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS) -> Sides:
+def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.TOWERS, photos=True) -> Sides:
     """Each framework's plan and what a report says of them: each tensor is read when a model of its
-    tower is built, from files that `stack` holds open."""
+    tower is built, from files that `stack` holds open. `photos`: whether the captions must be encodable
+    (a text tower whose tokenizer is its folder's own has none without it: the photographs are left out)."""
     a = stack.enter_context(opened(first, config=config))
     b = None if second is None else stack.enter_context(opened(second, config=config))
     vocab = a.vocab_file or (b and b.vocab_file)  # a tokenizer beside either file serves both
-    computable(a, "text" in towers, vocab)
+    a.require_config()
+    text = kinds.text(a.config) if a.config.text is not None else None
+    photos = photos and not (text is not None and text.needs_vocabulary and vocab is None)
+    computable(a, "text" in towers and photos, vocab)
     if b is None:
         torch_ck, paddle_ck = a, a
         via = f"{a.layout} layout, through parity's rows"
@@ -107,7 +112,7 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
                    "paddle": _provenance(a, None if a.layout == layouts.paddle.NAME else via)}
         label, official = weights_label(a), a.official
     else:
-        computable(b, "text" in towers, vocab)
+        computable(b, "text" in towers and photos, vocab)
         if {_framework(a), _framework(b)} != {"torch", "paddle"}:
             raise ParityError(f"{first} and {second} are both {_framework(a)} checkpoints ({a.layout}, "
                               f"{b.layout}): give one torch checkpoint and one Paddle checkpoint, or a single "
@@ -127,7 +132,7 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
     # Paddle computes float32 on a CPU; float16 -> float32 is exact
     return Sides(torch_plan=torch_ck.plan_in(layouts.HUB.NAME),
                  paddle_plan=paddle_ck.plan_in(layouts.paddle.NAME, "float32"), config=torch_ck.config,
-                 label=label, sources=sources, reference=reference, vocab_file=vocab)
+                 label=label, sources=sources, reference=reference, vocab_file=vocab, photos=photos)
 
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
@@ -147,9 +152,9 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     >>> parity.verify("text_encoder_2", outputs=["penultimate_hidden_state", "embeds"])  # doctest: +SKIP
     """
     with ExitStack() as stack:
-        s = sides(stack, first, second, config, towers)
+        s = sides(stack, first, second, config, towers, photos)
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
-                             rtol=rtol, photos=photos, layers=layers, reference=s.reference,
+                             rtol=rtol, photos=photos and s.photos, layers=layers, reference=s.reference,
                              noise_factor=noise_factor, towers=towers_for(s.config, towers),
                              vocab_file=s.vocab_file, outputs=outputs)
     report.sources = s.sources

@@ -170,6 +170,14 @@ def test_verify_passes_with_sigmoid_probabilities_and_photographs(folder):
     assert "sigmoid torch" in parity.harness.report.verdict(report)
 
 
+def test_without_its_tokenizer_the_photographs_are_left_out(folder, tmp_path):
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "bare", ignore=shutil.ignore_patterns("spiece.model"))
+    report = parity.verify(tmp_path / "bare", device="cpu")
+    assert report.passed and report.photos is None and report.inputs["photos"] == []
+
+
 def test_verify_names_the_map_heads_layernorm(folder, tmp_path):
     parity.convert(folder, "paddle", tmp_path / "siglip.pdparams")
     ck = parity.load(tmp_path / "siglip.pdparams")
@@ -213,8 +221,10 @@ def test_towers_alone(folder, tmp_path, cls, tower):
 
 
 def test_layouts_without_siglip_refuse_it(folder, tmp_path):
-    for target in ("openai", "paddlenlp", "open_clip", "passl"):
+    for target in ("openai", "paddlenlp", "passl", "paddleclip"):
         refused(run("convert", str(folder), "--to", target, "-o", str(tmp_path / target)), "not SigLIP's text tower")
+    # open_clip holds SigLIP by a timm trunk's name, and timm has none of these sizes
+    refused(run("convert", str(folder), "--to", "open_clip", "-o", str(tmp_path / "oc")), "timm")
     assert not any(p.name != "hf" for p in tmp_path.iterdir())
 
 

@@ -52,7 +52,8 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
     found, source = None, "unknown"
     if metadata is not None:
         metadata.check_shapes(shapes, f"{path}'s tensors")
-        found, source = metadata, metadata_source
+        # what a library's config leaves to the tensors (open_clip's sizes of a timm trunk it names) they say
+        found, source = shapes.filled(metadata), metadata_source
     else:
         entry, fits = registry.config_by_shapes(shapes)
         how = "its shapes"

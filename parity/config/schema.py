@@ -101,12 +101,13 @@ class Config:
         ConfigError naming the first that does not), and those the tensors say only roughly (SigLIP's
         image size) too."""
         other.check_shapes(self, "this config")
-        def tower(mine, theirs):
+        def tower(part, mine, theirs):
             if mine is None:
                 return None
-            return replace(mine, **{f.name: getattr(theirs, f.name) for f in fields(mine)
-                                    if getattr(mine, f.name) is None or getattr(theirs, f.name) is not None})
-        return Config(self.embed_dim, tower(self.vision, other.vision), tower(self.text, other.text))
+            said = _said(part, theirs, mine)  # theirs as the tensors say it: 384 pixels as 378
+            return replace(mine, **{f.name: getattr(theirs, f.name) for f in fields(mine) if getattr(mine, f.name) is None
+                                    or getattr(theirs, f.name) is not None and getattr(mine, f.name) == getattr(said, f.name)})
+        return Config(self.embed_dim, tower("vision", self.vision, other.vision), tower("text", self.text, other.text))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,10 +171,13 @@ class Config:
             if (mine is None) != (theirs is None):
                 says, have = ("no", "one") if mine is None else ("one", "none")
                 raise ConfigError(f"the config says {says} {tower} tower but {what} have {have}")
-            said = towers.get(tower, mine.kind).said(mine) if mine is not None else None
-            for f in fields(mine) if mine is not None else ():
-                a, b = getattr(said, f.name), getattr(theirs, f.name)
-                if b is not None and a != b:
+            if mine is None:
+                continue
+            ours, others = _said(tower, mine, theirs), _said(tower, theirs, mine)
+            for f in fields(mine):
+                a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                # None: this config leaves it to the other; both compared as the tensors would say them
+                if a is not None and b is not None and getattr(ours, f.name) != getattr(others, f.name):
                     raise ConfigError(f"the config says {tower}.{f.name} {a} but {what} say {b}")
 
     def describe(self) -> str:
@@ -183,6 +187,13 @@ class Config:
             return f"{'; '.join(described)}; embed {self.embed_dim}"
         projection = f"projection {self.embed_dim}" if self.embed_dim is not None else "no projection"
         return f"{self.towers[0]} tower only: {described[0]}; {projection}"
+
+
+def _said(part: str, value, other):
+    """A tower part as its tensors would say it (SigLIP's 384 pixels as 378), what it leaves unknown taken
+    from `other`."""
+    known = replace(value, **{f.name: getattr(other, f.name) for f in fields(value) if getattr(value, f.name) is None})
+    return towers.get(part, value.kind).said(known)
 
 
 def integer(value, name: str) -> int:

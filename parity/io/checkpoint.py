@@ -203,7 +203,8 @@ def _metadata_config(record: dict | None, metadata: dict, layout, path) -> tuple
     # detected layout's (hf, paddlenlp)
     named = [m for m in layouts.LAYOUTS.values() if m.folder and m.folder.config_file != "config.json"]
     carrier = next((m for m in named if parsed(m.folder.config_file)), None)
-    if carrier is not None and layout.name != layouts.HUB.NAME:  # open_clip's folder holds openai's key names
+    # open_clip's folder holds openai's key names (its SigLIP, its own)
+    if carrier is not None and layout.name not in (layouts.HUB.NAME, carrier.name):
         raise CheckpointError(f"a {carrier.folder.config_file} beside tensors in the {layout.name} layout", path=path)
     if carrier is None and parsed("config.json") and layout.folder is not None:
         carrier = layout

@@ -1,12 +1,15 @@
 """Declarative key maps: rows of (hub pattern, layout pattern, named transform), read in both directions.
 
 The hub is openai/CLIP's layout. In a pattern, `{i}` matches a layer index, `{p}` a dotted path, `{x}`
-one lowercase word, and `{qkv}` (layout side only) stands for the three keys that one hub tensor splits
-into. A row whose layout pattern is None is a hub-only tensor, kept in parity's record. Rows are tried in
-order, so a catch-all row comes last; every key is checked against the expected shapes as well.
+one lowercase word, and `{qkv}` stands for the parts one tensor splits into (q, k and v; or the transform's
+own part names, e.g. q and kv). On the layout side, one hub tensor is split into layout keys; on the hub
+side, the row is *fused*: the hub's parts are one layout tensor (transformers' separate q, k, v
+projections are open_clip's one `qkv`), and the transform is read backwards. A row whose layout pattern is
+None is a hub-only tensor, kept in parity's record. Rows are tried in order, so a catch-all row comes
+last; every key is checked against the expected shapes as well.
 
-A transform turns one hub tensor into its layout parts and back, and says the same of shapes (so that a
-layout's expected key set comes from the hub's without making a tensor). Tensors travel as numpy
+A transform turns one tensor into its parts and back, and says the same of shapes (so that a layout's
+expected key set comes from the hub's without making a tensor). Tensors travel as numpy
 arrays and as plans (`Planned`), made only when written.
 """
 from __future__ import annotations
@@ -36,12 +39,19 @@ class Transform:
     to_hub: Callable[[list], np.ndarray]  # layout parts -> hub tensor
     layout_shapes: Callable[[tuple], list]
     hub_shape: Callable[[list], tuple]
+    parts: tuple[str, ...] = ("q", "k", "v")  # what `{qkv}` stands for, where the row has it
 
 
 def _split3(a):  # [3D, ...] -> three [D, ...]
     if a.shape[0] % 3:
         raise StateDictError(f"fused q/k/v tensor of shape {list(a.shape)} does not split in three")
     return np.split(a, 3, axis=0)
+
+
+def _third(shape) -> int:
+    if shape[0] % 3:
+        raise StateDictError(f"fused q/k/v tensor of shape {list(shape)} does not split in three")
+    return shape[0] // 3
 
 
 def _thirds(s):
@@ -61,21 +71,31 @@ TRANSFORMS: dict[str, Transform] = {
                                   lambda s: [(s[1], s[0] // 3)] * 3, lambda s: (3 * s[0][1], s[0][0])),
     # a 0-d scalar <-> shape [1] (logit_scale in Paddle)
     "scalar": Transform(lambda a: [a.reshape(1)], lambda p: p[0].reshape(()), lambda s: [(1,)], lambda s: ()),
+    # shape [1] <-> a 0-d scalar (SigLIP's logit scale and bias: [1] in the hub, 0-d in open_clip)
+    "unscalar": Transform(lambda a: [a.reshape(())], lambda p: p[0].reshape(1), lambda s: [()], lambda s: (1,)),
+    # a fused [3D, ...] in_proj -> q [D, ...] and kv [2D, ...] (timm's attention pool)
+    "split_q_kv": Transform(lambda a: np.split(a, [_third(a.shape)], axis=0), lambda p: np.concatenate(p, axis=0),
+                            lambda s: [(s[0] // 3, *s[1:]), (2 * (s[0] // 3), *s[1:])],
+                            lambda s: (s[0][0] + s[1][0], *s[0][1:]), parts=("q", "kv")),
     # [...] <-> [1, ...] and [1, 1, ...] (PASSL's embeddings)
     "batch": Transform(lambda a: [a[None]], lambda p: p[0][0], lambda s: [(1, *s)], lambda s: s[0][1:]),
     "batch2": Transform(lambda a: [a[None, None]], lambda p: p[0][0, 0], lambda s: [(1, 1, *s)],
                         lambda s: s[0][2:]),
 }
 
-_QKV = ("q", "k", "v")
-_SLOTS = {"i": r"\d+", "p": r".+", "x": r"[a-z]+", "qkv": r"[qkv]"}
+_SLOTS = {"i": r"\d+", "p": r".+", "x": r"[a-z]+"}
 
 
-def _regex(pattern: str) -> re.Pattern:
+def _regex(pattern: str, parts=("q", "k", "v")) -> re.Pattern:
     out = re.escape(pattern)
-    for slot, rx in _SLOTS.items():
+    for slot, rx in {**_SLOTS, "qkv": "|".join(parts)}.items():
         out = out.replace(re.escape("{" + slot + "}"), f"(?P<{slot}>{rx})")
     return re.compile(out)
+
+
+def fused(row: Row) -> bool:
+    """A row whose hub side names the parts: several hub tensors are one layout tensor."""
+    return "{qkv}" in row.hub
 
 
 def fill(pattern: str, groups: Mapping[str, str]) -> str:
@@ -92,7 +112,10 @@ class KeyMap:
     compiled: list = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.compiled = [(row, _regex(row.hub), _regex(row.layout) if row.layout else None) for row in self.rows]
+        def compiled(row):
+            parts = TRANSFORMS[row.transform].parts
+            return row, _regex(row.hub, parts), _regex(row.layout, parts) if row.layout else None
+        self.compiled = [compiled(row) for row in self.rows]
 
     def hub_row(self, key: str) -> tuple[Row, dict[str, str]]:
         """The first row whose hub pattern matches `key`, with the slot values."""
@@ -108,29 +131,44 @@ class KeyMap:
         return None
 
     def layout_keys(self, hub_key: str) -> list[str]:
-        """The layout keys one hub key maps to (empty for a hub-only tensor)."""
+        """The layout keys one hub key maps to (empty for a hub-only tensor; a fused row's one key)."""
         row, groups = self.hub_row(hub_key)
         if row.layout is None:
             return []
         if "{qkv}" in row.layout:
-            return [fill(row.layout, {**groups, "qkv": s}) for s in _QKV]
-        return [fill(row.layout, groups)]
+            return [fill(row.layout, {**groups, "qkv": s}) for s in TRANSFORMS[row.transform].parts]
+        return [fill(row.layout, {k: v for k, v in groups.items() if k != "qkv"})]
+
+    def hub_keys(self, hub_key: str) -> list[str]:
+        """The hub keys that make one layout tensor with `hub_key`: itself, or a fused row's parts in order."""
+        row, groups = self.hub_row(hub_key)
+        if not fused(row):
+            return [hub_key]
+        return [fill(row.hub, {**groups, "qkv": s}) for s in TRANSFORMS[row.transform].parts]
 
     def hub_key(self, layout_key: str) -> str | None:
-        """The hub key a layout key comes from, or None where no row reads it."""
+        """The hub key a layout key comes from (a fused row's first part), or None where no row reads it."""
         found = self.layout_row(layout_key)
         if found is None:
             return None
         row, groups = found
-        return fill(row.hub, {k: v for k, v in groups.items() if k != "qkv"})
+        first = TRANSFORMS[row.transform].parts[0]
+        return fill(row.hub, {**{k: v for k, v in groups.items() if k != "qkv"}, **({"qkv": first} if fused(row) else {})})
 
     def layout_shapes(self, hub_shapes: Mapping[str, tuple]) -> dict[str, tuple]:
         """Every layout key, with its shape, for a hub key set with shapes."""
         out: dict[str, tuple] = {}
         for key, shape in hub_shapes.items():
             row, _ = self.hub_row(key)
-            if row.layout is not None:
-                out.update(zip(self.layout_keys(key), TRANSFORMS[row.transform].layout_shapes(tuple(shape))))
+            if row.layout is None:
+                continue
+            if fused(row):  # the parts' shapes make the layout tensor's
+                parts = self.hub_keys(key)
+                if key == parts[0] and all(k in hub_shapes for k in parts):
+                    out[self.layout_keys(key)[0]] = TRANSFORMS[row.transform].hub_shape(
+                        [tuple(hub_shapes[k]) for k in parts])
+                continue
+            out.update(zip(self.layout_keys(key), TRANSFORMS[row.transform].layout_shapes(tuple(shape))))
         return out
 
     def hub_shapes(self, layout_shapes: Mapping[str, tuple]) -> dict[str, tuple]:
@@ -144,6 +182,10 @@ class KeyMap:
         out = {}
         for hub, found in parts.items():
             row, _ = self.hub_row(hub)
+            if fused(row):  # one layout tensor: its parts' shapes
+                (_, shape), = found
+                out.update(zip(self.hub_keys(hub), TRANSFORMS[row.transform].layout_shapes(shape)))
+                continue
             wanted = self.layout_keys(hub)
             if sorted(k for k, _ in found) != sorted(wanted):
                 continue  # a part missing: the key check names it
@@ -192,6 +234,14 @@ def from_hub(hub: Mapping, keymap: KeyMap, dtype: str | None) -> tuple[dict[str,
         cast = dtype is not None and value.dtype.kind == "f" and value.dtype != np.dtype(dtype)
         if cast:
             record.dtypes[key] = str(value.dtype)
+        if fused(row):  # the parts make one layout tensor, planned at the first
+            parts = keymap.hub_keys(key)
+            if key == parts[0]:
+                values = [hub[k] for k in parts]
+                shape = TRANSFORMS[row.transform].hub_shape([tuple(v.shape) for v in values])
+                plan[keymap.layout_keys(key)[0]] = Planned(partial(_hub_tensor, values, row.transform),
+                                                           np.dtype(dtype) if cast else value.dtype, tuple(shape))
+            continue
         shapes = TRANSFORMS[row.transform].layout_shapes(tuple(value.shape))
         for i, (lkey, shape) in enumerate(zip(keymap.layout_keys(key), shapes)):
             plan[lkey] = Planned(partial(_part, value, row.transform, i),
@@ -210,11 +260,17 @@ def to_hub(state: Mapping, keymap: KeyMap, hub_shapes: Mapping[str, tuple], reco
     notes: list[str] = []
     plan: dict[str, Planned] = {}
     for key, shape in hub_shapes.items():
-        row, _ = keymap.hub_row(key)
+        row, groups = keymap.hub_row(key)
         if row.layout is None:
             continue
-        parts = [state[k] for k in keymap.layout_keys(key)]
         source = record.dtypes.get(key) if record else None
+        if fused(row):  # one part of a layout tensor: the transform's split, read backwards
+            whole = state[keymap.layout_keys(key)[0]]
+            index = TRANSFORMS[row.transform].parts.index(groups["qkv"])
+            plan[key] = Planned(partial(_part, whole, row.transform, index),
+                                np.dtype(source) if source else dtype_of(whole), tuple(shape))
+            continue
+        parts = [state[k] for k in keymap.layout_keys(key)]
         plan[key] = Planned(partial(_hub_tensor, parts, row.transform),
                             np.dtype(source) if source else dtype_of(parts[0]), tuple(shape))
     if record is not None:

@@ -4,13 +4,15 @@ what this module adds is open_clip's file convention and its config, which the t
 A Hugging Face hub folder of open_clip holds `open_clip_config.json` (`model_cfg`: open_clip's model
 config; `preprocess_cfg`) beside `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`; a single
 file is a plain state dict, whose config is given by name (`ViT-H-14`). open_clip models that are not
-openai's CLIP (LayerScale, CLIPA, CoCa, SigLIP, timm or Hugging Face towers, attentional pooling, ...)
-are refused by the config key that makes them so, and by their telltale keys (`refusal`).
+openai's CLIP (LayerScale, CLIPA, CoCa, timm or Hugging Face towers, attentional pooling, ...) are
+refused by the config key that makes them so, and by their telltale keys (`refusal`). Its SigLIP (a timm
+trunk, a custom text tower) is this layout's SigLIP family: `open_clip_siglip.py`.
 """
 from __future__ import annotations
 
 from ..config.schema import Config, ConfigError, TextConfig, VisionConfig, integer, real
 from .openai import ARCHIVE_ENTRIES
+from . import open_clip_siglip as siglip
 from .base import Folder, Layout, resnet_unheld, siglip_keys
 from .keymap import KeyMap, Row
 
@@ -24,7 +26,9 @@ KEYMAP = KeyMap((*(Row(name, None) for name in ARCHIVE_ENTRIES), Row("{p}", "{p}
 
 
 def detect(keys) -> bool:
-    return False  # its keys are the hub's: an open_clip file is known by its folder, or read as openai
+    # its CLIP's keys are the hub's (an open_clip file is known by its folder, or read as openai); its
+    # SigLIP's are its own
+    return siglip.keys(keys)
 
 
 # open_clip 3.3.0's CLIPVisionCfg / CLIPTextCfg defaults for what parity computes: each key that changes
@@ -77,6 +81,8 @@ def config_from_model_cfg(cfg: dict) -> Config:
     """The Config that open_clip builds from a model config (`model_cfg`, or a model_configs/NAME.json)."""
     if not isinstance(cfg, dict):
         raise ConfigError("model_cfg is not a JSON object")
+    if siglip.is_siglip(cfg):
+        return siglip.config_from_model_cfg(cfg)
     for key, value in cfg.items():
         if key in MODEL_FIXED and value not in (MODEL_FIXED[key], None, {}):
             raise ConfigError(f"model_cfg.{key} is {value!r}: {WHAT.get(key, 'not a CLIP')}, a model parity does not "
@@ -120,6 +126,8 @@ def config_from_json(data: dict) -> Config:
 def config_to_json(config: Config, source: dict | None = None) -> dict:
     """open_clip_config.json for `config`: open_clip's own model config, and CLIP's preprocessing (`source`,
     a folder's own file, adds nothing: open_clip's config holds no more than the Config says)."""
+    if config.text.kind == "siglip_text":
+        return siglip.config_to_json(config, source)
     v, t = config.vision, config.text
     if v.eps != 1e-5 or t.eps != 1e-5 or v.activation != t.activation or v.width % v.heads:
         raise ConfigError(f"open_clip's config has no place for this model ({config.describe()}): it fixes "
@@ -149,11 +157,23 @@ TELLTALES = (
 )
 
 
+def extra_files(config: Config, vocab_file=None) -> dict[str, bytes]:
+    """A SigLIP's tokenizer files (open_clip reads a hub folder's with transformers' AutoTokenizer); CLIP's
+    tokenizer is built into open_clip."""
+    from ..config.siglip import processor_files
+
+    return processor_files(config, vocab_file) if config.text is not None and config.text.kind == "siglip_text" else {}
+
+
 def refusal(keys) -> str | None:
     """What open_clip model other than CLIP a key set is, or None."""
     keys = set(keys)
     if siglip_keys(keys):  # SigLIP under transformers' names (hf, paddle): parity computes it
         return None
+    if siglip.keys(keys):  # open_clip's SigLIP: parity computes it with its text head
+        return None if "text.text_projection.weight" in keys else (
+            "open_clip's SigLIP without a text head (proj_type none, e.g. ViT-SO400M-16-SigLIP-i18n-256), not a "
+            "model parity computes")
     for telltale, what in TELLTALES:
         if any(telltale in k if telltale.startswith(".") else k.startswith(telltale) for k in keys):
             return f"open_clip's {what}, not a CLIP that parity computes"
@@ -163,5 +183,7 @@ def refusal(keys) -> str | None:
 
 
 LAYOUT = Layout(name=NAME, framework=FRAMEWORK, files=FILES, format="folder", keymap=KEYMAP, detect=detect,
-                holds={"clip": ("vit",)}, unheld=resnet_unheld(NAME, NO_RESNET), foreign=refusal,
-                folder=Folder(WEIGHTS, config_to_json, config_from_json, config_file=CONFIG_FILE))
+                holds={"clip": ("vit",), "siglip_text": ("siglip_vit",)}, unheld=resnet_unheld(NAME, NO_RESNET),
+                foreign=refusal, families={"siglip": siglip.KEYMAP},
+                folder=Folder(WEIGHTS, config_to_json, config_from_json, config_file=CONFIG_FILE,
+                              extra_files=extra_files))

@@ -69,6 +69,7 @@ class TextTower(Tower):
     vocabulary: str | None = None  # the vocabulary file a checkpoint folder holds for it, e.g. "vocab.txt"
     # the image preprocessing of the models this text tower ships with (their family's, e.g. Chinese-CLIP's)
     image_preprocessing: Callable[[int], dict] = None  # image size -> resize and crop
+    needs_vocabulary: bool = False  # its tokenizer is the checkpoint folder's own, with no default (SigLIP's)
     hub_first: tuple[str, ...] = ()  # its keys that openai/CLIP's state dict lists before the projections
     archive_entries: bool = False  # openai's release archives carry their int entries beside it (context, vocabulary)
     # a whole model's tensors beside its towers, with shapes: CLIP's logit scale is 0-d; SigLIP's scale and

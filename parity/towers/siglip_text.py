@@ -104,7 +104,7 @@ TOWER = TextTower(
                                            f"{PREFIX}.embeddings.position_embedding.weight"),
     tokenize=tokenize, canonical=canonical,
     canonical_label=lambda context, vocab_file=None: f"text ids ones (1, {context}) int64", captions=CAPTIONS,
-    computable=computable, tokenizer_files=tokenizer_files, vocabulary=VOCABULARY,
+    computable=computable, tokenizer_files=tokenizer_files, vocabulary=VOCABULARY, needs_vocabulary=True,
     image_preprocessing=image_preprocessing, alone=True, called="SigLIP's text tower", prefix=f"{PREFIX}.", family="siglip", projection_kind="inside",
     embed=lambda hub: shape(hub, f"{PREFIX}.head.weight")[0],  # [embed, width]
     scalars={"logit_scale": (1,), "logit_bias": (1,)}, projection=False, logits="sigmoid")
