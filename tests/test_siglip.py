@@ -10,6 +10,7 @@ operations as parity's (its SDPA kernel rounds otherwise: 1.3e-6 apart after thr
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -120,9 +121,6 @@ def test_the_folder_written_holds_siglips_processor(folder, tmp_path):
         CORPUS, 16, tmp_path / "out" / "spiece.model"))
     assert processor.image_processor.size == {"height": 36, "width": 36}
     assert processor.image_processor.image_mean == [0.5, 0.5, 0.5]
-    with pytest.raises(parity.ParityError, match="does not yet export SigLIP"):
-        parity.export(folder, "onnx", tmp_path / "export")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_parity_models_compute_what_transformers_computes(folder):
@@ -193,6 +191,22 @@ def test_verify_names_the_map_heads_layernorm(folder, tmp_path):
     assert not report.differences["image_features"].passed and report.differences["text_features"].passed
     compared = {row["module"] for row in report.layers.table}
     assert {"text_model.encoder.layers.2", "vision_model.encoder.layers.0", "vision_model.head.attention"} <= compared
+
+
+@pytest.mark.parametrize("fmt", ["paddle-inference", "onnx"])
+def test_both_towers_export_and_pass_verify_export(folder, tmp_path, fmt):
+    report = parity.export(folder, fmt, tmp_path / fmt)
+    assert report.passed and report.towers == ["image", "text"]
+    manifest = json.loads((tmp_path / fmt / "manifest.json").read_text())
+    ck = parity.load(folder)
+    assert manifest["logits"] == "sigmoid"
+    assert manifest["logit_bias"] == pytest.approx(float(ck.state_dict["logit_bias"][0]))
+    assert manifest["logit_scale"] == pytest.approx(math.exp(float(ck.state_dict["logit_scale"][0])))
+    preprocess = json.loads((tmp_path / fmt / "preprocess.json").read_text())
+    assert (preprocess["mean"], preprocess["resize"], preprocess["center_crop"]) == ([0.5] * 3, [36, 36], None)
+    assert (tmp_path / fmt / "spiece.model").read_bytes() == (folder / "spiece.model").read_bytes()
+    result = run("verify-export", str(tmp_path / fmt), str(folder))
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize("cls, tower", [("SiglipVisionModel", "image"), ("SiglipTextModel", "text")])

@@ -40,8 +40,9 @@ def write_folder(out: Path, staging: Path, ck, plan, report: ExportReport, ref: 
 
 def _preprocess(config) -> dict:
     r = config.vision.image_size
-    return {"image_size": r, **towers.text(config).image_preprocessing(r), "interpolation": "bicubic",
-            "rescale": 1 / 255, "mean": MEAN.tolist(), "std": STD.tolist(), "layout": "NCHW float32 RGB"}
+    # CLIP's mean and std, where the text tower's family does not say its own (SigLIP's: 0.5)
+    return {"image_size": r, "interpolation": "bicubic", "rescale": 1 / 255, "mean": MEAN.tolist(), "std": STD.tolist(),
+            **towers.text(config).image_preprocessing(r), "layout": "NCHW float32 RGB"}
 
 
 def _copy(path: Path):

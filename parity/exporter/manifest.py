@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import layouts
+from .. import layouts, towers
 from ..version import __version__
 from ..errors import ParityError
 from ..io.formats import bounded_json
@@ -36,7 +36,7 @@ def manifest_for(ck, plan, report: ExportReport, hashes: dict) -> dict:
     return {
         "parity_version": __version__, "format": report.format, "towers": report.towers,
         "source": {"file": str(ck.path), "sha256": ck.sha256, "layout": ck.layout, "model": ck.name},
-        "config": cfg.to_dict(), "logit_scale": _logit_scale(plan),
+        "config": cfg.to_dict(), **_logit_head(plan, cfg),
         "inputs": {tower: input_spec(cfg, tower) for tower in report.towers},
         "outputs": {tower: output_spec(cfg) for tower in report.towers},
         "runtime": description(report.format), "files": hashes,
@@ -45,8 +45,16 @@ def manifest_for(ck, plan, report: ExportReport, hashes: dict) -> dict:
     }
 
 
-def _logit_scale(plan) -> float:
-    return float(np.exp(np.asarray(plan["logit_scale"](), dtype=np.float64)).reshape(()))
+def _logit_head(plan, cfg) -> dict:
+    """How a server turns the two towers' normalised features into logits: `logit_scale` (already exp'd)
+    times their cosine; SigLIP adds `logit_bias`, and its logits are sigmoid logits (one probability per
+    pair), CLIP's softmax ones (over the texts)."""
+    def value(key):
+        return float(np.asarray(plan[key](), dtype=np.float64).reshape(()))
+    head = {"logit_scale": math.exp(value("logit_scale")), "logits": towers.text(cfg).logits}
+    if "logit_bias" in plan:
+        head["logit_bias"] = value("logit_bias")
+    return head
 
 
 # ---------------------------------------------------------------- reading
