@@ -133,12 +133,12 @@ def config_to_json(config: Config, source: dict | None = None) -> dict:
     trunk = next((name for name, (size, patch, r) in TRUNKS.items()
                   if (SIZES[size][:3], patch, r) == ((v.width, v.layers, v.heads), v.patch_size, v.image_size)
                   and int(v.width * SIZES[size][3]) == v.mlp_width), None)
-    if trunk is None or v.eps != EPS or ("gelu_tanh" if trunk in TANH else "gelu") != v.activation:
-        act = ("gelu_tanh" if trunk in TANH else "gelu") if trunk else None
-        raise ConfigError(f"open_clip builds SigLIP's image tower by a timm model name, and "
-                          + (f"timm's {trunk} computes {act}, where this model's image tower computes {v.activation}"
-                             if trunk else "no timm SigLIP trunk has this image tower's sizes")
-                          + ": an open_clip folder would compute something else")
+    act = "gelu_tanh" if trunk in TANH else "gelu"
+    if trunk is None or v.eps != EPS or act != v.activation:
+        why = (f"timm's {trunk} computes {act} (eps {EPS}), where this model's image tower computes {v.activation} "
+               f"(eps {v.eps})" if trunk else "no timm SigLIP trunk has this image tower's sizes")
+        raise ConfigError(f"open_clip builds SigLIP's image tower by a timm model name, and {why}: an open_clip "
+                          "folder would compute something else")
     if t.activation not in ("gelu", "gelu_tanh"):
         raise ConfigError(f"open_clip's SigLIP text tower computes GELU, not {t.activation}")
     text = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads,
