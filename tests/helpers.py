@@ -82,3 +82,14 @@ def linked_copy(src: Path, dst: Path) -> Path:
     for f in src.iterdir():
         os.link(f, dst / f.name)
     return dst
+
+
+def siglip_inputs(image_size: int, vocab_size: int, context: int = 16):
+    """Two random images in [-1, 1] (SigLIP's pixel range) and three random texts, the first short and
+    padded with `</s>` (id 1) as SiglipTokenizer pads."""
+    import numpy as np
+
+    image = np.random.default_rng(0).uniform(-1, 1, (2, 3, image_size, image_size)).astype(np.float32)
+    ids = np.random.default_rng(1).integers(0, vocab_size, (3, context)).astype(np.int64)
+    ids[0, 6:] = 1
+    return image, ids

@@ -22,7 +22,7 @@ import parity
 from parity import layouts
 from parity.config import registry
 from parity.config.schema import Config
-from helpers import refused, run
+from helpers import refused, run, siglip_inputs
 
 VISION = dict(hidden_size=48, intermediate_size=96, num_attention_heads=2, num_hidden_layers=3, image_size=36,
               patch_size=8)
@@ -69,12 +69,6 @@ def oracle(folder: Path, cls: str = "SiglipModel"):
     assert not any(info.values()), info  # loaded strictly: nothing missing, unexpected or mis-shaped
     return model.eval()
 
-
-def inputs():
-    image = np.random.default_rng(0).uniform(-1, 1, (2, 3, 36, 36)).astype(np.float32)
-    ids = np.random.default_rng(1).integers(0, 128, (3, 16)).astype(np.int64)
-    ids[0, 6:] = 1  # a short text padded with </s>, as SiglipTokenizer pads
-    return image, ids
 
 
 def test_transformers_folder_reads_with_its_config(folder):
@@ -128,7 +122,7 @@ def test_parity_models_compute_what_transformers_computes(folder):
     from parity.models.build import paddle_model, torch_model
 
     paddle = __import__("parity.models.frameworks", fromlist=["import_paddle"]).import_paddle()
-    image, ids = inputs()
+    image, ids = siglip_inputs(36, 128)
     theirs = oracle(folder)
     with torch.no_grad():
         out = theirs(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(image))
@@ -217,7 +211,7 @@ def test_towers_alone(folder, tmp_path, cls, tower):
     alone = parity.load(tmp_path / cls)
     assert alone.config.towers == (tower,) and alone.config.embed_dim == (48 if tower == "text" else None)
     theirs = oracle(tmp_path / cls, cls)  # transformers' own class loads it strictly
-    image, ids = inputs()
+    image, ids = siglip_inputs(36, 128)
     x = image if tower == "image" else ids
     with torch.no_grad():
         out = theirs(**({"pixel_values": torch.from_numpy(x)} if tower == "image" else {"input_ids": torch.from_numpy(x)}))

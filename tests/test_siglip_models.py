@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from parity.models.frameworks import import_paddle
+from helpers import siglip_inputs
 
 VISION = dict(hidden_size=48, intermediate_size=96, num_attention_heads=2, num_hidden_layers=3, image_size=32,
               patch_size=8)
@@ -38,12 +39,6 @@ def siglip():
                 p.add_(torch.randn_like(p) * 0.1)
     return model
 
-
-def inputs():
-    image = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
-    ids = np.random.default_rng(1).integers(0, 1000, (3, 16)).astype(np.int64)
-    ids[0, 6:] = 1  # a short text padded with </s>, as SiglipTokenizer pads
-    return image, ids
 
 
 def torch_towers(siglip):
@@ -97,7 +92,7 @@ def test_parity_torch_computes_what_transformers_computes(siglip):
     import transformers
 
     vision, text = torch_towers(siglip)
-    image, ids = inputs()
+    image, ids = siglip_inputs(32, 1000)
     with torch.no_grad():
         i, t = torch.from_numpy(image), torch.from_numpy(ids)
         theirs_v = transformers.SiglipVisionModel(siglip.config.vision_config).eval()
@@ -126,7 +121,7 @@ def test_parity_paddle_computes_what_parity_torch_computes(siglip):
     paddle = import_paddle()
     vision, text = torch_towers(siglip)
     p_vision, p_text = paddle_towers(vision, text)
-    image, ids = inputs()
+    image, ids = siglip_inputs(32, 1000)
     with torch.no_grad():
         want = {**{f"v.{k}": v.numpy() for k, v in vision.states(torch.from_numpy(image)).items()},
                 **{f"t.{k}": v.numpy() for k, v in text.states(torch.from_numpy(ids)).items()}}

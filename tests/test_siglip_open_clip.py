@@ -16,14 +16,13 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import parity
 from parity import layouts
 from parity.config import registry
 from parity.layouts import open_clip_siglip
-from helpers import refused, run
+from helpers import refused, run, siglip_inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "stubs"))
 import torchvision_stub  # noqa: E402
@@ -86,12 +85,6 @@ def given(folder):
     return replace(ck.config, vision=replace(ck.config.vision, heads=2, activation="gelu"))
 
 
-def inputs():
-    image = np.random.default_rng(0).uniform(-1, 1, (2, 3, 36, 36)).astype(np.float32)
-    ids = np.random.default_rng(1).integers(0, 128, (3, 16)).astype(np.int64)
-    ids[0, 6:] = 1
-    return image, ids
-
 
 def test_the_folder_reads_with_its_config_and_asks_for_what_it_cannot_say(made, tmp_path):
     _, folder = made
@@ -113,7 +106,7 @@ def test_to_transformers_loads_strictly_and_computes_what_open_clip_computes(mad
     theirs, info = transformers.SiglipModel.from_pretrained(tmp_path / "hf", attn_implementation="eager",
                                                             output_loading_info=True)
     assert not any(info.values()), info
-    image, ids = (torch.from_numpy(x) for x in inputs())
+    image, ids = (torch.from_numpy(x) for x in siglip_inputs(36, 128))
     with torch.no_grad():
         oc_image, oc_text = model.encode_image(image), model.encode_text(ids)
         oc_logits = model.logit_scale.exp() * torch.nn.functional.normalize(oc_image, dim=-1) @ \
