@@ -236,7 +236,14 @@ def test_layouts_without_siglip_refuse_it(folder, tmp_path):
     assert not any(p.name != "hf" for p in tmp_path.iterdir())
 
 
-def test_naflex_and_headless_configs_are_refused_in_one_line():
+def test_naflex_and_headless_configs_are_refused_in_one_line(folder, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    state = load_file(folder / "model.safetensors")
+    key = "vision_model.embeddings.patch_embedding.weight"
+    state[key] = state[key].reshape(48, -1)  # Siglip2Model's Linear patch embedding over flattened patches
+    save_file(state, tmp_path / "naflex.safetensors")
+    refused(run("info", str(tmp_path / "naflex.safetensors")), "NaFlex")
     from parity.config import siglip
 
     with pytest.raises(parity.ParityError, match="NaFlex"):

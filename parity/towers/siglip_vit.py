@@ -39,7 +39,11 @@ def hub_shapes(config) -> Shapes:
 
 
 def infer(hub) -> VisionConfig:
-    width, _, patch, _ = shape(hub, f"{PREFIX}.embeddings.patch_embedding.weight")  # [width, 3, patch, patch]
+    conv = shape(hub, f"{PREFIX}.embeddings.patch_embedding.weight")
+    if len(conv) != 4:  # SigLIP2 NaFlex's patch embedding is a Linear [width, patch * patch * 3]
+        raise ConfigError(f"a patch embedding of shape {list(conv)}, not a convolution: SigLIP2 NaFlex (Siglip2Model), "
+                          "whose images come in any aspect ratio, which parity does not compute")
+    width, _, patch, _ = conv  # [width, 3, patch, patch]
     mlp = shape(hub, f"{PREFIX}.encoder.layers.0.mlp.fc1.weight")[0]
     side = grid(shape(hub, f"{PREFIX}.embeddings.position_embedding.weight")[0], f"{PREFIX}.embeddings.position_embedding",
                 extra=0)
