@@ -103,7 +103,7 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
     vocab = a.vocab_file or (b and b.vocab_file)  # a tokenizer beside either file serves both
     a.require_config()
     text = kinds.text(a.config) if a.config.text is not None else None
-    photos = photos and not (text is not None and text.needs_vocabulary and vocab is None)
+    photos = photos and (text is None or text.tokenizes(vocab))
     computable(a, "text" in towers and photos, vocab)
     if b is None:
         torch_ck, paddle_ck = a, a

@@ -170,6 +170,19 @@ def test_without_its_tokenizer_the_photographs_are_left_out(folder, tmp_path):
     assert report.passed and report.photos is None and report.inputs["photos"] == []
 
 
+def test_synthetic_weights_verify_as_verify_all_does(folder):
+    """verify-all's path for a registered SigLIP: synthetic weights (norm gains near one, SigLIP's initial bias
+    of -10), no tokenizer, so no photographs; the canonical pair gates."""
+    from parity.harness.run import verify_state_dict
+    from parity.harness.weights import make_state_dict
+
+    config = parity.load(folder).config
+    state = make_state_dict(config, 0)
+    assert float(state["logit_bias"][0]) == -10.0 and state["logit_bias"].shape == (1,)
+    report = verify_state_dict(state, "synthetic seed 0", config, device="cpu")
+    assert report.passed and report.photos is None and report.loss == "sigmoid"
+
+
 def test_verify_names_the_map_heads_layernorm(folder, tmp_path):
     parity.convert(folder, "paddle", tmp_path / "siglip.pdparams")
     ck = parity.load(tmp_path / "siglip.pdparams")

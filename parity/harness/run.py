@@ -183,6 +183,8 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     """
     start = time.perf_counter()
     towers = tuple(t for t in layouts.HUB.TOWERS if t in towers and t in config.towers)
+    # the photographs' captions need a tokenizer: SigLIP's is its folder's spiece.model, which synthetic weights lack
+    photos = photos and (config.text is None or kinds.text(config).tokenizes(vocab_file))
     devices = select_device(device)
     resolution, context, kind = input_sizes(config)
     image, text = canonical_inputs(resolution, context, kind, vocab_file)

@@ -78,6 +78,11 @@ class TextTower(Tower):
     projection: bool = True  # its projection is a hub key of its own, `text_projection` [width, embed]
     logits: str = "softmax"  # how the model turns cosines into logits: "softmax" (CLIP's) or "sigmoid" (SigLIP's)
 
+    def tokenizes(self, vocab_file) -> bool:
+        """Whether it can tokenize text with `vocab_file` (None: no folder's vocabulary): a tokenizer that is
+        the folder's own (SigLIP's) cannot without one."""
+        return vocab_file is not None or not self.needs_vocabulary
+
     def __post_init__(self):
         # the fields above default to None only because a dataclass puts defaults after its base's fields
         unset = [f for f in ("tokenize", "canonical", "canonical_label", "computable", "tokenizer_files",
