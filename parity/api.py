@@ -2,6 +2,7 @@
 one checkpoint (converted in memory for the other framework) or of a torch/Paddle pair of files."""
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,8 @@ def logits(path, framework: str = "torch", device: str = "auto", config=None,
     result = {"variant": ck.name or "custom", "framework": framework, "device": device_names(devices)[framework],
               "weights": weights_label(ck), "file": str(Path(path)), "sha256": ck.sha256,
               "logit": None if out.logits is None else float(out.logits.ravel()[0])}
+    if result["logit"] is not None and kinds.text(ck.config).logits == "sigmoid":  # SigLIP scores each pair alone
+        result["sigmoid"] = 1 / (1 + math.exp(-result["logit"]))
     result.update({name: out[name].ravel().tolist() for name in ("image_features", "text_features")
                    if out[name] is not None})
     if out.states:

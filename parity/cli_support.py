@@ -265,6 +265,8 @@ def show_logits(out: dict, as_json: bool):
     echo(f"{out['variant']} on {out['framework']} ({out['device']}), {out['weights']}")
     if out["logit"] is not None:
         click.echo(f"logit          {out['logit']:.6f}")
+    if "sigmoid" in out:
+        click.echo(f"sigmoid        {out['sigmoid']:.6f}")
     for name in ("image", "text"):
         if f"{name}_features" in out:
             v = np.asarray(out[f"{name}_features"])

@@ -160,6 +160,9 @@ def test_verify_passes_with_sigmoid_probabilities_and_photographs(folder):
     assert abs(p_torch - p_paddle) < 1e-6
     assert report.photos is not None and report.photos.argmax_agreement == 1.0  # spiece.model tokenized the captions
     assert "sigmoid torch" in parity.harness.report.verdict(report)
+    for framework in ("torch", "paddle"):  # `parity logits` shows it too
+        out = parity.logits(folder, framework, device="cpu")
+        assert out["sigmoid"] == pytest.approx(1 / (1 + math.exp(-out["logit"])))
 
 
 def test_without_its_tokenizer_the_photographs_are_left_out(folder, tmp_path):
