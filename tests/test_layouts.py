@@ -9,7 +9,6 @@ from parity import layouts
 from parity.config import registry
 from parity.layouts import StateDictError
 from parity.io.tensors import Record
-from parity.layouts.keymap import fill
 from parity.testing.synthetic import cached_state_dict, numpy_state_dict
 from conftest import assert_same_tensors, config_of, variant_params
 

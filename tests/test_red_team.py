@@ -20,7 +20,7 @@ import pytest
 
 import hostile_files as hostile
 from helpers import MB, PARITY, digest, listing, one_line, refused, run, spawn
-from parity.io.formats import atomic
+from parity.io.formats import atomic, temps
 
 
 def _saved(folder: Path, name: str, vocab: int) -> Path:
@@ -112,7 +112,7 @@ def test_3_symlinks_planted_at_every_name_are_never_followed(tmp_path, small_voc
     for name in names[:3]:  # the first names parity will pick, taken by symlinks to the victim
         os.symlink(victim, out / name)
     picked = iter(names)
-    monkeypatch.setattr(atomic, "_temp_name", lambda: next(picked))
+    monkeypatch.setattr(temps, "temp_name", lambda: next(picked))
     monkeypatch.setattr(atomic, "NAMED", named)
     target = out / "x.pdparams"
     os.symlink(victim, target)  # and the output's own name
@@ -292,7 +292,7 @@ def test_6_after_sigkill_nothing_is_left_or_the_next_run_removes_it(tmp_path, bi
     if not named:
         assert left == []  # an unnamed file dies with its process
         return
-    assert len(left) == 1 and atomic.TEMP.fullmatch(left[0]), left  # a SIGKILL cannot be caught
+    assert len(left) == 1 and temps.TEMP.fullmatch(left[0]), left  # a SIGKILL cannot be caught
     status, _, err, _ = spawn("convert", small_vocab, "--to", "paddle", "-o", out / "y.pdparams", env=env)
     assert status == 0, err
     assert listing(out) == ["y.pdparams"]  # the next run to this folder removed the dead run's file

@@ -3,7 +3,6 @@ name the folder) and `verify_export` (check a folder again, against the checkpoi
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from .. import towers as kinds
 from ..config.schema import a_tower
 from ..errors import CheckpointError, OutputExistsError, ParityError
 from ..harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
-from ..io.formats.atomic import staging_folder
+from ..io.formats.temps import staging_folder
 from ..io.formats.folders import refuse_overlap
 from .contents import write_folder
 from .graphs import write_graphs
@@ -46,8 +45,8 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
         plan_torch = ck.plan_in(layouts.HUB.NAME)
         inputs = inputs_for(cfg, ck.vocab_file)
         ref = reference(plan_torch, cfg, inputs, towers)
-        staging = staging_folder(out.parent)  # the graphs' libraries write by name: never the output itself
-        try:
+        # the graphs' libraries write by name: never the output itself
+        with staging_folder(out.parent) as staging:
             plan = plan_torch if to == "onnx" else ck.plan_in(layouts.paddle.NAME, "float32")
             write_graphs(to, plan, cfg, towers, staging)
             results = check(staging, to, towers, ref, inputs, atol, rtol, noise_factor)
@@ -55,8 +54,6 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
                                   {"atol": atol, "rtol": rtol, "noise_factor": noise_factor},
                                   time.perf_counter() - start)
             write_folder(out, staging, ck, plan_torch, report, ref, force)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     report.seconds = time.perf_counter() - start
     return report
 

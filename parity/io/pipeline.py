@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Callable
 from ..errors import CheckpointError, OutputExistsError, ParityError
 from ..layouts.hf import ARCHITECTURES
 from .formats import bounded_json
-from .formats.atomic import atomic_write, publish_folder, staging_folder, write_bytes
+from .formats.atomic import atomic_write, publish_folder, write_bytes
+from .formats.temps import staging_folder
 from .formats.folders import refuse_overlap
 from .formats.source import open_source
 
@@ -118,8 +118,7 @@ def convert_pipeline(src, to: str, out, *, copy_rest: bool = False, force: bool 
     if not out.parent.is_dir():
         raise CheckpointError("no such folder to write the pipeline in", path=out.parent)
     result = PipelineConverted(out)
-    staging = staging_folder(out.parent)
-    try:
+    with staging_folder(out.parent) as staging:
         for name in towers:
             if stage:
                 stage(f"converting {name}/")
@@ -136,8 +135,6 @@ def convert_pipeline(src, to: str, out, *, copy_rest: bool = False, force: bool 
         publish_folder(staging, out, force)
         for name, converted in result.converted.items():  # written in the staging folder, now named
             converted.saved.path = out / name
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return result
 
 

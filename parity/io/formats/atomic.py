@@ -28,36 +28,17 @@ from __future__ import annotations
 
 import errno
 import os
-import re
-import secrets
-import shutil
 import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ...errors import CheckpointError, OutputExistsError
+from . import temps
+from .temps import remove_stale, signals_held
 from .renameat2 import RENAME_EXCHANGE, RENAME_NOREPLACE, NoRenameat2, remove_entry, rename2, same_entry
-from .source import FileSource, Source, holds_input
+from .source import FileSource, Source
 
-TEMP = re.compile(r"\.parity-(\d+)-[0-9a-f]{12}\.tmp")
 NAMED = os.environ.get("PARITY_TMPFILE") == "named"  # test and diagnosis switch: the fallback path
-
-
-def _temp_name() -> str:
-    return f".parity-{os.getpid()}-{secrets.token_hex(6)}.tmp"
-
-
-def staging_folder(parent) -> Path:
-    """A private new folder in `parent` for files that a library writes by name (an exporter), named as
-    parity's temporary files are, so that a run killed before removing it leaves it to `remove_stale`."""
-    for _ in range(8):
-        path = Path(parent) / _temp_name()
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-    raise CheckpointError("could not create a temporary folder under a fresh name")
 
 
 def _umask() -> int:
@@ -74,40 +55,6 @@ def _exists(name: str, folder: int) -> bool:
         return False
 
 
-def remove_stale(folder: int) -> list[str]:
-    """Remove the temporary files and folders that parity processes which no longer run left in `folder`
-    (a descriptor); returns their names. Only regular files and folders of this user, named as parity
-    names them and private as parity makes them (a file 0600, a folder 0700), and never an input of this
-    process or a folder holding one (a folder is removed without following any symlink in it)."""
-    removed = []
-    for name in os.listdir(folder):
-        m = TEMP.fullmatch(name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # its process still runs
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # someone else's process runs under that id
-        try:
-            info = os.stat(name, dir_fd=folder, follow_symlinks=False)
-            if info.st_uid != os.getuid() or holds_input(f"/proc/self/fd/{folder}/{name}", info):
-                continue  # another user's, or named as parity names its files but what this run reads
-            if stat.S_IMODE(info.st_mode) != (0o600 if stat.S_ISREG(info.st_mode) else 0o700):
-                continue  # parity makes them private (0600, a folder 0700) until named: a copied file is not
-            if stat.S_ISREG(info.st_mode):
-                os.unlink(name, dir_fd=folder)
-                removed.append(name)
-            elif stat.S_ISDIR(info.st_mode):
-                shutil.rmtree(name, dir_fd=folder)
-                removed.append(name)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
 def _create(folder: int) -> tuple[int, str | None]:
     """A new file in `folder`, open for reading and writing: unnamed where the filesystem allows."""
     if not NAMED and hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
@@ -117,7 +64,7 @@ def _create(folder: int) -> tuple[int, str | None]:
             if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                 raise
     for _ in range(8):
-        name = _temp_name()
+        name = temps.temp_name()
         try:
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             return os.open(name, flags, 0o600, dir_fd=folder), name
@@ -151,20 +98,26 @@ def _publish(fd: int, folder: int, name: str, temp: str | None, force: bool) -> 
     if not force:
         _link(fd, folder, name, temp)  # the no-clobber test and the naming in one step
         return
-    for _ in range(8):  # a fresh name beside the output, then renamed over it (replacing the entry)
-        beside = _temp_name()
-        try:
-            _link(fd, folder, beside, temp)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise CheckpointError("could not link the written file under a fresh temporary name")
+    beside = None
     try:
+        with signals_held():  # a fresh name beside the output, then renamed over it (replacing the entry)
+            beside = _link_beside(fd, folder, temp)
         os.rename(beside, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
-        _unlink(beside, folder)
+        if beside is not None:
+            _unlink(beside, folder)
         raise
+
+
+def _link_beside(fd: int, folder: int, temp: str | None) -> str:
+    for _ in range(8):
+        beside = temps.temp_name()
+        try:
+            _link(fd, folder, beside, temp)
+            return beside
+        except FileExistsError:
+            continue
+    raise CheckpointError("could not link the written file under a fresh temporary name")
 
 
 def _unlink(name: str, folder: int) -> None:
@@ -202,7 +155,8 @@ def _write_in(folder: int, name: str, path: Path, write: Callable[[BinaryIO], No
             raise OutputExistsError(f"{path} already exists")
         if tidy:
             remove_stale(folder)
-        fd, temp = _create(folder)
+        with signals_held():  # the file and its name together: a signal between them would leave it
+            fd, temp = _create(folder)
         with os.fdopen(fd, "w+b", closefd=False) as f:
             write(f)
             f.flush()
@@ -242,7 +196,7 @@ def _make_staging(parent: int, path: Path) -> tuple[str, int, os.stat_result]:
     symlinks; the folder opened is checked to be the one made and this user's, so a folder swapped in
     between (a symlink is not opened at all) is refused."""
     for _ in range(8):
-        temp = _temp_name()
+        temp = temps.temp_name()
         try:
             os.mkdir(temp, 0o700, dir_fd=parent)  # exclusive: never an existing folder or a symlink's target
             break
@@ -319,7 +273,7 @@ def _name_folder_without_renameat2(parent: int, temp: str, name: str, path: Path
     if _exists(name, parent):
         if not force:
             raise OutputExistsError(f"{path} already exists (it appeared while parity wrote); nothing was written")
-        old = _temp_name()
+        old = temps.temp_name()
         os.rename(name, old, src_dir_fd=parent, dst_dir_fd=parent)
     try:
         os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
@@ -348,7 +302,8 @@ def atomic_folder(path, files: list[tuple[str, Callable[[BinaryIO], None], Calla
         if not force and _exists(path.name, parent):
             raise OutputExistsError(f"{path} already exists")
         remove_stale(parent)
-        temp, folder, held = _make_staging(parent, path)
+        with signals_held():  # the folder and its name together (see _write_in)
+            temp, folder, held = _make_staging(parent, path)
         size = 0
         for name, write, check in files:
             if name in ("", ".", "..") or "/" in name:
