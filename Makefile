@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 PADDLE_EXTRA ?= cpu
+# every extra: both frameworks (Paddle's CPU wheel, or with PADDLE_EXTRA=gpu its CUDA one)
+VERIFY_EXTRA := $(if $(filter gpu,$(PADDLE_EXTRA)),verify-gpu,verify)
 
 .PHONY: install test test-fast verify-all bench fuzz clean
 
@@ -13,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile tests/oracles-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(PADDLE_EXTRA),dev,oracles,export]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(VERIFY_EXTRA),dev,oracles,export]"
 	# oracles whose declared dependencies would replace the CPU torch or clash with Paddle 3: exact locks
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r tests/oracles-nodeps.txt
 	# paddleclip's package is named `clip`, as openai-clip's is: installed apart, its model file loaded by path

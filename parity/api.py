@@ -16,7 +16,7 @@ from .config.schema import Config, a_tower
 from .text import bpe
 from .io.checkpoint import Checkpoint, opened
 from .errors import ParityError
-from .models.frameworks import device_names, select_device
+from .models.frameworks import device_names, require, select_device
 from .harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
 from .harness.run import paddle_side, torch_side, verify_pair
 from .harness.inputs import canonical_inputs, input_sizes
@@ -152,6 +152,7 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     True
     >>> parity.verify("text_encoder_2", outputs=["penultimate_hidden_state", "embeds"])  # doctest: +SKIP
     """
+    require("verify", "verifying")
     with ExitStack() as stack:
         s = sides(stack, first, second, config, towers, photos)
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
@@ -181,6 +182,7 @@ def load_model(path, framework: str = "torch", device: str = "auto", config=None
 def _check_framework(framework: str) -> None:  # before any file is read
     if framework not in FRAMEWORKS:
         raise ParityError(f"unknown framework {framework!r}: use torch or paddle")
+    require(framework, f"parity's {framework} model")
 
 
 def _model(ck: Checkpoint, framework: str, where: str, towers=layouts.HUB.TOWERS):

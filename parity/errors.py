@@ -81,3 +81,8 @@ class ConfigMissingError(ParityError):
 
 class NoDeviceError(ParityError):
     """A GPU was asked for, and a framework has none."""
+
+
+class MissingExtraError(ParityError):
+    """What a command needs is not installed (parity's core has neither framework); the message names the
+    extra that brings it."""

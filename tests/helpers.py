@@ -93,3 +93,24 @@ def siglip_inputs(image_size: int, vocab_size: int, context: int = 16):
     ids = np.random.default_rng(1).integers(0, vocab_size, (3, context)).astype(np.int64)
     ids[0, 6:] = 1
     return image, ids
+
+
+def junit_cases(path) -> dict:
+    """A JUnit file, validated against tests/junit.xsd (the structure CI systems read), as
+    {(suite, case): failure message or None}; its counts are checked against its cases."""
+    import xml.etree.ElementTree as ET
+
+    import xmlschema
+
+    xmlschema.XMLSchema(Path(__file__).with_name("junit.xsd")).validate(str(path))
+    root = ET.parse(path).getroot()
+    cases = {}
+    for suite in root.iter("testsuite"):
+        found = suite.findall("testcase")
+        assert int(suite.get("tests")) == len(found)
+        assert int(suite.get("failures")) == sum(c.find("failure") is not None for c in found)
+        for c in found:
+            failure = c.find("failure")
+            cases[suite.get("name"), c.get("name")] = None if failure is None else failure.get("message")
+    assert int(root.get("tests")) == len(cases)
+    return cases

@@ -4,6 +4,7 @@ from click.testing import CliRunner
 
 from parity import __version__
 from parity.cli import main
+from helpers import junit_cases
 
 
 def test_version_and_help():
@@ -53,9 +54,12 @@ def test_layouts_lists_the_hub_first():
 
 
 def test_verify_all_writes_reports_and_exits_zero(tmp_path):
+    junit = tmp_path.parent / f"{tmp_path.name}-junit.xml"
     result = CliRunner().invoke(main, ["verify-all", "--variant", "vit-b/32", "--report-dir", str(tmp_path),
-                                       "--weights-dir", str(tmp_path / "no-weights")])
+                                       "--weights-dir", str(tmp_path / "no-weights"), "--junit", str(junit)])
     assert result.exit_code == 0, result.output
+    cases = junit_cases(junit)
+    assert {suite for suite, _ in cases} == {"ViT-B/32"} and len(cases) == 6 and set(cases.values()) == {None}
     assert "[1/1] ViT-B/32 (synthetic) ... PASS" in result.output
     report = json.loads((tmp_path / "verify-all.json").read_text())
     assert report["passed"] is True and [r["variant"] for r in report["results"]] == ["ViT-B/32"]
@@ -65,6 +69,7 @@ def test_verify_all_writes_reports_and_exits_zero(tmp_path):
     assert row["photos"]["topk_agreement"] == 1.0 and "reference" not in row
     md = (tmp_path / "verify-all.md").read_text()
     assert "| ViT-B/32 | synthetic seed 0 |" in md and "never compared with the reference table" in md
+    assert "Variants: the variants named: 1 of 1 model." in md and report["selection"] == "the variants named: 1 of 1 model"
     assert "| 100% (top-1 100%) | PASS |" in md
     assert {p.name for p in tmp_path.iterdir()} == {"verify-all.md", "verify-all.json", "ViT-B-32.md",
                                                     "ViT-B-32.json", "ViT-B-32-similarity.png"}
@@ -74,14 +79,19 @@ def test_verify_all_exits_one_when_a_bound_is_broken(tmp_path):
     # with the noise allowance off, an atol of 1e-12 cannot be met by float32 arithmetic: the gate says FAIL
     result = CliRunner().invoke(main, ["verify-all", "--variant", "ViT-B/32", "--atol", "1e-12", "--rtol", "0",
                                        "--noise-factor", "0",
-                                       "--report-dir", str(tmp_path), "--weights-dir", str(tmp_path / "none")])
+                                       "--report-dir", str(tmp_path), "--weights-dir", str(tmp_path / "none"),
+                                       "--junit", str(tmp_path / "junit.xml")])
     assert result.exit_code == 1 and "FAIL" in result.output
     # a failure always brings the layer diagnosis
-    layers = json.loads((tmp_path / "verify-all.json").read_text())["results"][0]["layers"]
+    row = json.loads((tmp_path / "verify-all.json").read_text())["results"][0]
+    layers = row["layers"]
     # the first divergence is the first module, in execution order, beyond its bound; the image tower runs
     # first, and with no tolerance its first module, the patch convolution, is already beyond it (torch's and
     # Paddle's convolutions round differently in float32: some 5e-7 apart), so that is the module named
     assert layers["first_divergence"] == layers["table"][0]["module"] == "visual.conv1", layers["first_divergence"]
+    failed = {case: m for (_, case), m in junit_cases(tmp_path / "junit.xml").items() if m}
+    assert set(failed) == {n for n, d in row["differences"].items() if not d["passed"]} and failed
+    assert all("first diverging layer: visual.conv1" in m for m in failed.values())
 
 
 def test_verify_all_takes_a_model_released_as_a_folder(tmp_path):
@@ -95,6 +105,37 @@ def test_verify_all_takes_a_model_released_as_a_folder(tmp_path):
     assert "[1/1] cn_clip/RN50 (synthetic) ... PASS" in result.output
     row = json.loads((tmp_path / "r" / "verify-all.json").read_text())["results"][0]
     assert (row["variant"], row["weights"], row["passed"]) == ("cn_clip/RN50", "synthetic seed 0", True)
+
+
+def listed(*args):
+    result = CliRunner().invoke(main, ["verify-all", *args, "--list"])
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()
+
+
+def test_shards_of_every_family_cover_every_registered_model_once():
+    from parity.config import registry
+
+    shards = [listed("--family", "all", "--shard", f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(registry.ENTRIES)  # each once
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1  # evenly
+    assert shards == [listed("--family", "all", "--shard", f"{i}/3") for i in (1, 2, 3)]  # deterministically
+    assert listed() == [e.name for e in registry.family("openai")]  # OpenAI's nine by default
+    for family in registry.FAMILIES:
+        assert listed("--family", family) == [e.name for e in registry.family(family)]
+    assert listed("--family", "open_clip", "--variant", "ViT-H-14", "--variant", "ViT-B-32") == ["ViT-H-14", "ViT-B-32"]
+    assert listed("--variant", "RN50", "--shard", "2/2") == []  # a shard may be empty: nothing to run
+    result = CliRunner().invoke(main, ["verify-all", "--family", "all", "--shard", "2/3", "--list"])
+    assert "shard 2/3 of family all: 14 of 41 models" in result.stderr
+
+
+def test_bad_shards_and_families_are_one_line(tmp_path):
+    for args, says in ((["--shard", "0/3"], "is not I/N"), (["--shard", "4/3"], "is not I/N"),
+                       (["--shard", "x"], "is not I/N"), (["--family", "cn_clip", "--variant", "RN50"],
+                                                          "RN50 not of family cn_clip"),
+                       (["--family", "nope"], "Invalid value for '--family'")):
+        result = CliRunner().invoke(main, ["verify-all", *args, "--list"])
+        assert result.exit_code == 2 and says in result.output, (args, result.output)
 
 
 def test_unknown_variant_is_a_clear_error(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 import hostile_files as hostile
 import parity
-from helpers import GB, PARITY, digest, linked_copy, one_line, refused, run, spawn
+from helpers import GB, PARITY, digest, junit_cases, linked_copy, one_line, refused, run, spawn
 from parity.harness.inputs import canonical_inputs
 
 
@@ -75,11 +75,16 @@ def test_another_models_graphs_fail_whatever_gate_the_manifest_records(tiny, tmp
     m = manifest(folder)
     m["verification"]["gate"] = {"atol": 1e30, "rtol": 1e30, "noise_factor": 1e30}
     write_manifest(folder, m)
-    result = run("verify-export", folder, tiny["A"], "--config", tiny["config"])
+    result = run("verify-export", folder, tiny["A"], "--config", tiny["config"], "--junit", tmp_path / "j.xml")
     assert result.exit_code == 1 and "FAIL" in result.output, result.output
     assert "the manifest's own gate (atol 1e+30" in result.output and "was not used" in result.output
     assert "files changed" not in result.output  # the hashes were recomputed: only the check catches it
     report = json.loads(run("verify-export", folder, tiny["A"], "--config", tiny["config"], "--json").output)
+    cases = {case: message for (_, case), message in junit_cases(tmp_path / "j.xml").items()}
+    failed = {f"{tower} {name}" for tower, rows in report["results"].items() for name, r in rows.items()
+              if not r["passed"]}
+    assert failed and {c for c, m in cases.items() if m} == failed and cases["files"] is None, cases
+    assert all(cases[c].startswith(f"{c}: max |Δ|") for c in failed)
     assert report["gate"] == {"atol": 1e-4, "rtol": 1e-5, "noise_factor": 4.0}
     assert report["manifest_gate"]["atol"] == 1e30 and not report["results"]["image"]["canonical"]["passed"]
     assert report["results"]["text"]["canonical"]["passed"]  # A's own text tower, untouched
@@ -293,9 +298,11 @@ def test_a_file_changed_since_the_export_fails_the_check(tiny, tmp_path):
     pre = json.loads((folder / "preprocess.json").read_text())
     pre["mean"] = [0.0, 0.0, 0.0]  # deploys other inputs than those verified
     put(folder, "preprocess.json", json.dumps(pre).encode())
-    result = run("verify-export", folder, tiny["A"], "--config", tiny["config"])
+    result = run("verify-export", folder, tiny["A"], "--config", tiny["config"], "--junit", tmp_path / "j.xml")
     assert result.exit_code == 1 and "FAIL" in result.output, result.output
     assert "files changed since the export: preprocess.json" in result.output
+    cases = {case: message for (_, case), message in junit_cases(tmp_path / "j.xml").items()}
+    assert [c for c, m in cases.items() if m] == ["files"] and "preprocess.json" in cases["files"]
 
 
 # ---------------------------------------------------------------- 3. names stay inside the folder

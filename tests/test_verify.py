@@ -3,6 +3,7 @@ import dataclasses
 import json
 import pickle
 import shutil
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from parity.harness.gate import run_torch
 from parity.harness.inputs import canonical_inputs
 from parity.testing.official import build_official
 from parity.testing.synthetic import release_archive
+from helpers import junit_cases
 
 PERTURBED = "visual.layer3.2.bn2.weight"  # one norm layer deep in RN50's vision tower
 
@@ -41,8 +43,19 @@ def verify(*args):
     return CliRunner().invoke(main, ["verify", *map(str, args)])
 
 
+def failing(report: dict) -> set[str]:
+    """The compared outputs a report says fail, by their JUnit names."""
+    names = {n for n, d in report["differences"].items() if not d["passed"]}
+    photos = report.get("photos") or {}
+    names |= {f"photos {n}" for n, f in photos.get("differences", {}).items() if not f["passed"]}
+    if photos.get("argmax_agreement") not in (None, 1.0):
+        names.add(f"photos top-{photos['top_k']}")
+    return names
+
+
 def test_a_perturbed_tensor_fails_and_the_first_divergence_is_named(files, tmp_path):
-    result = verify(files / "RN50.pt", files / "perturbed.pdparams", "--report-dir", tmp_path)
+    result = verify(files / "RN50.pt", files / "perturbed.pdparams", "--report-dir", tmp_path,
+                    "--junit", tmp_path / "junit.xml")
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output and "first module beyond its bound: visual.layer3.2.bn2" in result.output
     report = json.loads((tmp_path / "RN50.json").read_text())
@@ -51,11 +64,24 @@ def test_a_perturbed_tensor_fails_and_the_first_divergence_is_named(files, tmp_p
     assert table["visual.layer3.2.bn1"]["passed"] and table["visual.layer3.2.conv2"]["passed"]  # before it: equal
     assert report["sources"]["paddle"]["path"].endswith("perturbed.pdparams")
     assert "**visual.layer3.2.bn2**" in (tmp_path / "RN50.md").read_text()
+    cases = junit_cases(tmp_path / "junit.xml")  # exactly the failing outputs fail, each naming the layer
+    failed = {case for (_, case), message in cases.items() if message is not None}
+    assert failed == failing(report) and "logits" in failed and "image_features" in failed, failed
+    assert all("first diverging layer: visual.layer3.2.bn2" in cases["RN50", name] for name in failed)
+    assert {"logits", "image_features", "text_features", "photos image_features", "photos top-5"} <= {c for _, c in cases}
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert props["torch.sha256"] == sha256_of(files / "RN50.pt")
+    assert props["paddle.sha256"] == sha256_of(files / "perturbed.pdparams")
+    assert json.loads(props["config"]) == report["config"]
 
 
 def test_the_unperturbed_pair_passes_in_either_order(files, tmp_path):
-    result = verify(files / "RN50.pdparams", files / "RN50.pt", "--report-dir", tmp_path, "--layers")
+    result = verify(files / "RN50.pdparams", files / "RN50.pt", "--report-dir", tmp_path, "--layers",
+                    "--junit", tmp_path / "junit.xml")
     assert result.exit_code == 0, result.output
+    cases = junit_cases(tmp_path / "junit.xml")
+    assert len(cases) == 6 and set(cases.values()) == {None}, cases  # 3 outputs, 2 photo features, top-5
     report = json.loads((tmp_path / "RN50.json").read_text())
     assert report["passed"] and report["layers"]["first_divergence"] is None
     assert report["layers"]["modules_compared"] > 300 and report["layers"]["modules_torch_only"] == []

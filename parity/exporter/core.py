@@ -11,6 +11,7 @@ from .. import towers as kinds
 from ..config.schema import a_tower
 from ..errors import CheckpointError, OutputExistsError, ParityError
 from ..harness.gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR
+from ..models.frameworks import require
 from ..io.formats.temps import staging_folder
 from ..io.formats.folders import refuse_overlap
 from .contents import write_folder
@@ -33,6 +34,9 @@ def export(checkpoint, to: str, out, *, towers=TOWERS, config=None, force: bool 
     from ..api import computable
     from ..io.checkpoint import opened
 
+    require("verify", "exporting")  # the torch reference and its photographs; Paddle's runtime
+    if to == "onnx":
+        require("export", "exporting to ONNX")
     out, towers = _destination(checkpoint, to, out, towers, config, force)
     start = time.perf_counter()
     with opened(checkpoint, config=config) as ck:
@@ -90,6 +94,7 @@ def verify_export(folder, checkpoint=None, *, config=None, atol: float | None = 
     from ..api import computable
     from ..io.checkpoint import opened
 
+    require("verify", "checking an export")
     start = time.perf_counter()
     gate = given_gate(atol, rtol, noise_factor)
     with Folder(folder) as opened_folder:

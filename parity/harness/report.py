@@ -343,11 +343,13 @@ def write_variant(r: Report, report_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def write_verify_all(results: list[Report], report_dir: Path, total_seconds: float) -> tuple[Path, Path]:
+def write_verify_all(results: list[Report], report_dir: Path, total_seconds: float,
+                     selection: str | None = None) -> tuple[Path, Path]:
+    """verify-all.md and .json; `selection` says which variants (the shard) they are."""
     _report_dir(report_dir)
     meta = {"parity": __version__, "date": _now(), "machine": machine(), "total_seconds": total_seconds,
-            "passed": all(r.passed for r in results)}
-    md = [f"# verify-all — {'PASS' if meta['passed'] else 'FAIL'}", "",
+            "selection": selection, "passed": all(r.passed for r in results)}
+    md = [f"# verify-all — {'PASS' if meta['passed'] else 'FAIL'}", "", *([f"Variants: {selection}.", ""] * bool(selection)),
           f"parity {__version__}, {meta['date']}, {meta['machine']}; total {total_seconds:.1f} s.", "",
           "Canonical input: image = ones/2 (1, 3, R, R), text = ones (1, 77); photographs: scikit-image's sample "
           "set with a caption each (top-5 agreement: the same five captions, in the same order, for every "

@@ -5,11 +5,12 @@ converting need neither framework).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
 
-from ..errors import NoDeviceError, ParityError
+from ..errors import MissingExtraError, NoDeviceError, ParityError
 
 
 def import_paddle():
@@ -73,3 +74,31 @@ def device_names(devices: dict[str, str]) -> dict[str, str]:
         paddle = import_paddle()
         names["paddle"] = f"gpu ({paddle.device.cuda.get_device_name(0)})"
     return names
+
+
+# what each extra brings that a command needs, by importable module (found without importing it), and the
+# package of those whose names differ
+PACKAGES = {"paddle": "paddlepaddle", "PIL": "Pillow", "skimage": "scikit-image", "google.protobuf": "protobuf"}
+EXTRAS = {
+    "torch": ("torch",),
+    "paddle": ("paddle",),
+    "verify": ("torch", "paddle", "PIL", "skimage", "matplotlib", "sentencepiece", "google.protobuf"),
+    "export": ("onnx", "onnxscript", "onnxruntime"),
+}
+
+
+def require(extra: str, what: str) -> None:
+    """MissingExtraError (bad input: exit 2) naming `extra` where a module it brings is not installed;
+    `what` says what needs it ("verify", "the torch model")."""
+    missing = [m for m in EXTRAS[extra] if not _installed(m)]
+    if missing:
+        raise MissingExtraError(f"{what} needs {', '.join(PACKAGES.get(m, m) for m in missing)}, not installed here: "
+                                f"pip install 'parity[{extra}]'" + ("" if extra != "verify" else
+                                                                    " (on a GPU: 'parity[verify-gpu]')"))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing ("google" for google.protobuf)
+        return False

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import importlib.util
 from functools import lru_cache
-from ..text.bpe import official_dir
+from pathlib import Path
+
+
+@lru_cache(maxsize=None)
+def official_dir() -> Path:
+    """The installed openai-clip package's folder, found without importing it (its `__init__` imports
+    torchvision): its model file lies there."""
+    spec = importlib.util.find_spec("clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the openai-clip package is not installed: `pip install openai-clip`")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @lru_cache(maxsize=None)

@@ -8,7 +8,6 @@ kept as the last one.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gzip
@@ -32,18 +31,12 @@ def _byte_alphabet() -> tuple[str, ...]:
     return tuple(chr(b) if b in printable else chr(next(shifted)) for b in range(256))
 
 
-@lru_cache(maxsize=None)
-def official_dir() -> Path:
-    """The installed openai-clip package's folder, found without importing it (its `__init__` imports
-    torchvision): its BPE vocabulary lies there."""
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the openai-clip package is not installed: `pip install openai-clip`")
-    return Path(next(iter(spec.submodule_search_locations)))
+VOCABULARIES = Path(__file__).parent / "vocabularies"  # data files shipped in the wheel (see its README)
 
 
 def default_vocabulary() -> str:
-    return str(official_dir() / "bpe_simple_vocab_16e6.txt.gz")
+    """CLIP's BPE merges as parity's wheel ships them (openai/CLIP's file, byte for byte)."""
+    return str(VOCABULARIES / "bpe_simple_vocab_16e6.txt.gz")
 
 
 class Tokenizer:

@@ -9,7 +9,6 @@ for a word it cannot cover or one over 200 characters); [CLS] ... [SEP], zero pa
 """
 from __future__ import annotations
 
-import importlib.util
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -127,12 +126,8 @@ class WordPiece:
 
 
 def default_vocabulary() -> Path:
-    """The vocab.txt inside the installed `cn_clip` package (found without importing it)."""
-    spec = importlib.util.find_spec("cn_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ParityError("no Chinese-CLIP vocabulary: install cn_clip (its wheel ships vocab.txt) or give a "
-                          "checkpoint folder's vocab.txt")
-    return Path(next(iter(spec.submodule_search_locations))) / "clip" / "vocab.txt"
+    """Chinese-CLIP's vocab.txt as parity's wheel ships it (cn_clip's file, byte for byte)."""
+    return Path(__file__).parent / "vocabularies" / "cn_clip_vocab.txt"
 
 
 @lru_cache(maxsize=4)
