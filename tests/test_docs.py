@@ -199,7 +199,7 @@ def test_the_generated_tables_are_what_parity_prints():
 def test_every_block_is_run_or_marked():
     for doc in DOCS:
         for block in blocks(doc):
-            assert block.lang in ("console", "python", "text", "bash"), f"{block.where}: ```{block.lang}"
+            assert block.lang in ("console", "python", "text", "bash", "yaml"), f"{block.where}: ```{block.lang}"
             if block.lang == "text":
                 assert not re.search(r"^\$ ", block.text, re.M), f"{block.where}: a `$ ` line in a ```text block"
             if block.lang == "bash":  # set-up commands: never run here (make test runs this file)
