@@ -22,6 +22,7 @@ from .harness.run import paddle_side, torch_side, verify_pair
 from .harness.inputs import canonical_inputs, input_sizes
 from .models.build import paddle_model, torch_model
 from .harness.report import Report
+from .harness.search import user_set
 
 FRAMEWORKS = ("torch", "paddle")
 MAX_CONTEXT = 1024  # positions: attention memory grows with the square (a 2 MB file can claim 100,000)
@@ -138,7 +139,8 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
 
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False,
-           noise_factor: float = NOISE_FACTOR, towers=layouts.HUB.TOWERS, outputs=None) -> Report:
+           noise_factor: float = NOISE_FACTOR, towers=layouts.HUB.TOWERS, outputs=None, images=None, texts=None,
+           skip_bad_images: bool = False, batch: int = 16) -> Report:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
     checkpoint against a Paddle one (each framework loads its own). Returns the Report; its `passed` is
     the gate, its `to_dict()` the JSON that `parity verify` writes. Official files (by SHA-256) are also checked against the reference table.
@@ -147,18 +149,27 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     memory at a time, its tensors read from the file as it is built. A tower alone (a diffusion
     pipeline's text encoder, a VLM's vision tower) is compared on its last and penultimate hidden states,
     its pooled output and its embeds; `outputs` names those that gate the verdict (default: all).
+    `images` (a folder) and `texts` (a file, one caption a line): the user's own data in place of the
+    photographs, through the model's own preprocessing and tokenizer, `batch` at a time; text -> image and
+    image -> text search are compared query by query and gate the verdict. An unreadable image is refused,
+    or skipped with `skip_bad_images` (the report names it).
 
     >>> parity.verify("RN50.pt").passed                             # doctest: +SKIP
     True
     >>> parity.verify("text_encoder_2", outputs=["penultimate_hidden_state", "embeds"])  # doctest: +SKIP
     """
     require("verify", "verifying")
+    if (images is None) != (texts is None):
+        raise ParityError("searching needs a folder of images and a file of captions together")
     with ExitStack() as stack:
         s = sides(stack, first, second, config, towers, photos)
+        user = None if images is None else user_set(images, texts, s.config, s.vocab_file, skip_bad_images, batch)
+        if user is not None and len(towers_for(s.config, towers)) < 2:
+            raise ParityError("searching images by text needs both towers computed, not one")
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
                              rtol=rtol, photos=photos and s.photos, layers=layers, reference=s.reference,
                              noise_factor=noise_factor, towers=towers_for(s.config, towers),
-                             vocab_file=s.vocab_file, outputs=outputs)
+                             vocab_file=s.vocab_file, outputs=outputs, user=user)
     report.sources = s.sources
     return report
 

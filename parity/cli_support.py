@@ -250,6 +250,8 @@ def _text_columns(t) -> str:
 def show_verified(report, paths: dict[str, Path], as_json: bool):
     from .harness.report import verdict
 
+    for _, why in (report.search.skipped if report.search else []):
+        echo(f"skipped: {why}", err=True)  # one line each, naming the image
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:

@@ -21,12 +21,19 @@ from .config.registry import FAMILIES
 @report_options
 @click.option("--layers", is_flag=True, help="Compare every module's output (always done on a failure).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON on stdout.")
+@click.option("--images", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Your own images (a folder), searched by your captions in place of the photographs.")
+@click.option("--texts", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Your own captions, one a line (UTF-8); goes with --images.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Skip an unreadable image (the report names it). Default: refuse it (exit 2).")
+@click.option("--batch", default=16, show_default=True, help="Images or captions per batch: bounds the memory.")
 @junit_option
 @debug_option
 @library_errors
 def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str, outputs: str | None, atol: float,
            rtol: float, noise_factor: float, device: str, report_dir: Path, layers: bool, as_json: bool,
-           junit: Path | None):
+           images: Path | None, texts: Path | None, skip_bad_images: bool, batch: int, junit: Path | None):
     """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
 
     With one file, each framework gets it (converted in memory for the other); with a torch checkpoint
@@ -39,6 +46,13 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
     users consume: the last and penultimate hidden states, every token, the pooled output and the
     projected embeds; --outputs picks those that gate the verdict.
 
+    With --images DIR and --texts FILE, your own images and captions take the photographs' place, through
+    the model's own preprocessing and tokenizer, --batch at a time: each embedding is compared, and text
+    -> image and image -> text search query by query (top-k agreement, rank correlation, the first query
+    whose ranking differs), which gates the verdict. An unreadable image (truncated, corrupt, or a header
+    claiming a decompression bomb's size) is named in one line and refused, or skipped with
+    --skip-bad-images.
+
     \b
     Examples:
       parity verify RN50.pt
@@ -47,13 +61,15 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
       parity verify open_clip_model.safetensors --config ViT-bigG-14 --tower text
       parity verify sdxl/text_encoder_2 --outputs penultimate_hidden_state,embeds
       parity verify RN50.pt RN50.pdparams --junit junit.xml
+      parity verify ViT-B-32.pt --images photos/ --texts captions.txt --skip-bad-images
     """
     from .api import verify as run
     from .harness.report import write_variant
 
     report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers,
                  noise_factor=noise_factor, towers=TOWER_CHOICES[tower],
-                 outputs=None if outputs is None else [name.strip() for name in outputs.split(",")])
+                 outputs=None if outputs is None else [name.strip() for name in outputs.split(",")],
+                 images=images, texts=texts, skip_bad_images=skip_bad_images, batch=batch)
     paths = write_variant(report, report_dir)
     if junit is not None:
         write_junit(junit, [report], f"parity verify {checkpoint}")

@@ -114,3 +114,35 @@ def junit_cases(path) -> dict:
             cases[suite.get("name"), c.get("name")] = None if failure is None else failure.get("message")
     assert int(root.get("tests")) == len(cases)
     return cases
+
+
+CAPTIONS = ["a red square on a dark field", "a blue gradient", "green stripes", "a grey photograph",
+            "noise in many colours", "a yellow circle", "two dark bands", "a bright sky", "a checkerboard",
+            "a purple wash"]
+
+
+def user_data(folder: Path, n: int = 20) -> tuple[Path, Path]:
+    """A user's data as `verify --images DIR --texts FILE` takes it: `n` generated images (PNG and JPEG of
+    several sizes, one grayscale, one truncated: `truncated.png`) and a file of the ten CAPTIONS."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    images = folder / "images"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n - 2):
+        h, w = 96 + 16 * (i % 5), 128 - 8 * (i % 4)
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([(x * (i + 3)) % 256, (y * (2 * i + 1)) % 256, ((x + y) * (i % 7 + 1)) % 256], -1)
+        pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"img{i:02d}.{'png' if i % 2 else 'jpg'}")
+    gray = (np.add.outer(np.arange(100), np.arange(120)) % 256).astype(np.uint8)
+    Image.fromarray(gray, mode="L").save(images / "gray.png")
+    whole = io.BytesIO()
+    Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(whole, format="PNG")
+    (images / "truncated.png").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    texts = folder / "captions.txt"
+    texts.write_text("\n".join(CAPTIONS) + "\n", encoding="utf-8")
+    return images, texts

@@ -68,11 +68,32 @@ def verify_cases(r: "Report") -> list[Case]:
             cases.append(Case(f"photos top-{p.top_k}", None if ranked else
                               f"photos top-{p.top_k}: {detail}; first diverging layer: "
                               f"{layer or 'none found on the canonical pair'}", detail))
+    if r.search:
+        cases += search_cases(r.search, layer)
     if r.reference:
         ref = r.reference
         detail = (f"reference {ref.logit}, |Δ| torch {ref.torch_delta:.2e}, paddle {ref.paddle_delta:.2e}, "
                   f"bound {ref.bound:.1e}")
         cases.append(Case("reference table", None if ref.passed else f"reference table: {detail}", detail))
+    return cases
+
+
+def search_cases(s, layer: str | None) -> list[Case]:
+    """The user's data: each embedding, and each search direction (the first query whose ranking differs)."""
+    where = f"first diverging layer: {layer or 'none found on the canonical pair'}"
+    cases = []
+    for name, f in s.differences.items():
+        detail = f"max |Δ| {f.max_abs:.3e}, least cosine {f.min_row_cosine:.8f} (bound {f.bound})"
+        cases.append(Case(f"search {name}", None if f.passed else
+                          f"search {name}: an embedding's cosine {f.min_row_cosine:.8f} is under {f.bound}; {where}",
+                          detail))
+    for r in s.rankings.values():
+        detail = (f"{r.queries} queries: top-1 {r.top1_agreement:.0%} (the gate), top-{r.top_k} {r.topk_agreement:.0%}, "
+                  f"lowest rank correlation {r.min_rank_correlation:.6f}")
+        if r.first_differing is not None:
+            detail += f"; first query whose top-{r.top_k} differs: #{r.first_differing_index + 1} {r.first_differing!r}"
+        cases.append(Case(f"search {r.direction}", None if r.passed else f"search {r.direction}: {detail}; {where}",
+                          detail))
     return cases
 
 

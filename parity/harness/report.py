@@ -16,8 +16,11 @@ from ..version import __version__
 from ..errors import ParityError
 from ..io.formats.atomic import atomic_write, write_bytes
 
+from . import search
+
 if TYPE_CHECKING:
     from .gate import Difference
+    from .search import Search
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Report:
     sources: dict | None = field(default=None)  # each framework's file: path, format, SHA-256, layout
     gated: list[str] | None = None  # the compared outputs that gate `passed` (None: all)
     loss: str = "softmax"  # how its logits become probabilities: "softmax" over texts (CLIP), "sigmoid" (SigLIP)
+    search: "Search | None" = None  # the user's images and captions (verify --images --texts)
 
     def probabilities(self) -> tuple[float, float] | None:
         """SigLIP's canonical sigmoid probability in torch and Paddle (None for CLIP, or one tower)."""
@@ -110,7 +114,7 @@ class Report:
     def to_dict(self) -> dict:
         """The JSON form: every field, the optional parts only where present."""
         return {k: v for k, v in asdict(self).items()
-                if v is not None or k not in ("photos", "reference", "layers", "sources")}
+                if v is not None or k not in ("photos", "reference", "layers", "sources", "search")}
 
 
 COLUMNS = ("variant", "weights", "torch logit", "paddle logit", "|Δ logit|", "bound", "feature cosine",
@@ -164,6 +168,8 @@ def verdict(r: Report) -> str:
             text += f", sigmoid torch {p[0]:.6f} paddle {p[1]:.6f}"
     if r.photos and r.photos.topk_agreement is not None:
         text += f", top-5 agreement {r.photos.topk_agreement:.0%}"
+    if r.search:
+        text += f"; {search.summary(r.search)}"
     if r.reference:
         text += f", reference {r.reference.logit:.4f} {'PASS' if r.reference.passed else 'FAIL'}"
     if r.layers is not None:
@@ -243,6 +249,8 @@ def variant_markdown(r: Report, picture: str | None) -> str:
                       f"{'PASS' if d.passed else 'FAIL'} |")
         if picture:
             md += ["", f"![image × text cosine similarity, torch | paddle | difference]({picture})"]
+    if r.search:
+        md += search.markdown(r.search)
     layers = r.layers
     if layers is not None:
         md += ["", "## Layers", "", f"{layers.modules_compared} modules compared on the canonical pair; "

@@ -24,6 +24,7 @@ from ..models.build import paddle_model, torch_model
 from .gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, Outputs, compare, float64, floor
 from ..errors import ParityError
 from .layers import diagnose_layers
+from .search import compare_search
 from .report import PhotoFeature, Photos, ReferenceCheck, Report
 
 TOP_K = 5
@@ -37,6 +38,12 @@ class SideResult:
     photos: Outputs | None
     noise: dict | None = None  # float32 noise floor on the canonical pair
     seconds: float = 0.0
+    user: Outputs | None = None  # the user's images and captions (verify --images --texts)
+
+
+def _user_batches(user, tower: str):
+    """The user's set, a batch at a time, for `tower`."""
+    return user.images.batches(user.batch, user.prepare) if tower == "image" else user.text_batches()
 
 
 def _encode_torch(model, tower: str, x: np.ndarray, dtype=None, states: bool = False):
@@ -60,6 +67,8 @@ def _encode_paddle(model, tower: str, x: np.ndarray, states: bool = False):
 
 
 def _f64(t):
+    if isinstance(t, np.ndarray):  # already gathered (the user's set, batch by batch)
+        return t.astype(np.float64, copy=False)
     return None if t is None else (t.double().cpu().numpy() if hasattr(t, "double") else t.numpy().astype(np.float64))
 
 
@@ -72,7 +81,7 @@ def _numpy(features: dict, logits=None) -> Outputs:
 
 
 def torch_side(state_dict, config, image, text, photos: SampleSet | None, device: str,
-               towers=layouts.HUB.TOWERS, noise: bool = True) -> SideResult:
+               towers=layouts.HUB.TOWERS, noise: bool = True, user=None) -> SideResult:
     """parity's torch model, one tower at a time (each built, run and freed before the next): the
     canonical pair in float32 and, with `noise`, in float64 (its noise floor), and the photographs."""
     import torch
@@ -80,7 +89,7 @@ def torch_side(state_dict, config, image, text, photos: SampleSet | None, device
     start = time.perf_counter()
     inputs = {"image": image, "text": text}
     shots_in = {"image": photos.images, "text": photos.tokens} if photos else {}
-    fp32, fp64, shots = {}, {}, {}
+    fp32, fp64, shots, mine = {}, {}, {}, {}
     logits32 = logits64 = None
     alone = not config.whole  # a tower alone: its hidden states, pooled output and embeds
     logit_scale = None
@@ -101,21 +110,24 @@ def torch_side(state_dict, config, image, text, photos: SampleSet | None, device
                     logits64 = model.logits(fp64["image"], fp64["text"])[0]
         if photos:
             shots[tower] = _encode_torch(model, tower, shots_in[tower])
+        if user:
+            mine[tower] = np.concatenate([_f64(_encode_torch(model, tower, x)) for x in _user_batches(user, tower)])
         del model
         gc.collect()
     canonical = _numpy(fp32, logits32)
     floors = floor(canonical, _numpy(fp64, logits64), logit_scale) if noise else None
-    return SideResult(canonical, _numpy(shots) if photos else None, floors, time.perf_counter() - start)
+    return SideResult(canonical, _numpy(shots) if photos else None, floors, time.perf_counter() - start,
+                      _numpy(mine) if user else None)
 
 
 def paddle_side(paddle_sd, config, image, text, photos: SampleSet | None, device: str,
-                 towers=layouts.HUB.TOWERS) -> SideResult:
+                 towers=layouts.HUB.TOWERS, user=None) -> SideResult:
     """parity's Paddle model, one tower at a time: the canonical pair and the photographs."""
     paddle = import_paddle()
     start = time.perf_counter()
     inputs = {"image": image, "text": text}
     shots_in = {"image": photos.images, "text": photos.tokens} if photos else {}
-    out, shots = {}, {}
+    out, shots, mine = {}, {}, {}
     logits = None
     for tower in towers:
         model = paddle_model(paddle_sd, config, device=device, towers=(tower,))
@@ -123,11 +135,14 @@ def paddle_side(paddle_sd, config, image, text, photos: SampleSet | None, device
             out[tower] = _encode_paddle(model, tower, inputs[tower], states=not config.whole)
             if photos:
                 shots[tower] = _encode_paddle(model, tower, shots_in[tower])
+            if user:
+                mine[tower] = np.concatenate([_f64(_encode_paddle(model, tower, x)) for x in _user_batches(user, tower)])
             if len(out) == 2:
                 logits = model.logits(out["image"], out["text"])[0]
         del model
         gc.collect()
-    return SideResult(_numpy(out, logits), _numpy(shots) if photos else None, seconds=time.perf_counter() - start)
+    return SideResult(_numpy(out, logits), _numpy(shots) if photos else None, seconds=time.perf_counter() - start,
+                      user=_numpy(mine) if user else None)
 
 
 def similarity(out: Outputs) -> np.ndarray:
@@ -168,7 +183,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
                 min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR,
-                towers=layouts.HUB.TOWERS, vocab_file=None, outputs=None) -> Report:
+                towers=layouts.HUB.TOWERS, vocab_file=None, outputs=None, user=None) -> Report:
     """Compare parity's torch model on `torch_sd` (the hub layout) with parity's Paddle model on
     `paddle_sd` (parity's Paddle layout) on identical inputs; returns the Report. Tensors are arrays, or
     plans (`Planned`) made as each tower is built: one tower of one framework is alive at a time.
@@ -179,18 +194,20 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     `vocab_file`: a BERT's WordPiece vocabulary (a checkpoint folder's vocab.txt; else cn_clip's).
     A tower alone (a tower-only config) is compared on its last and penultimate hidden states, every
     token, its pooled output and its embeds; `outputs` names those that gate the verdict (None: all).
-    Layer diagnosis runs with `layers` and whenever the outputs disagree.
+    `user`: the user's images and captions (search.UserSet), compared in place of the photographs, with
+    text -> image and image -> text search. Layer diagnosis runs with `layers` and whenever the outputs
+    disagree.
     """
     start = time.perf_counter()
     towers = tuple(t for t in layouts.HUB.TOWERS if t in towers and t in config.towers)
     # the photographs' captions need a tokenizer: SigLIP's is its folder's spiece.model, which synthetic weights lack
-    photos = photos and (config.text is None or kinds.text(config).tokenizes(vocab_file))
+    photos = photos and user is None and (config.text is None or kinds.text(config).tokenizes(vocab_file))
     devices = select_device(device)
     resolution, context, kind = input_sizes(config)
     image, text = canonical_inputs(resolution, context, kind, vocab_file)
     shots = sample_set(resolution, context, text=kind, vocab_file=vocab_file) if photos else None
-    t = torch_side(torch_sd, config, image, text, shots, devices["torch"], towers)
-    p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers)
+    t = torch_side(torch_sd, config, image, text, shots, devices["torch"], towers, user=user)
+    p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers, user=user)
     diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
     gated = gated_outputs(diffs, outputs)
     logit = (lambda out: float(out.logits.ravel()[0])) if len(towers) == 2 else (lambda out: None)
@@ -210,6 +227,9 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     if shots:
         report.photos = _photo_comparison(shots, t.photos, p.photos, min_cosine)
         passed = passed and report.photos.passed
+    if user is not None:
+        report.search = compare_search(user, t.user, p.user, min_cosine, TOP_K)
+        passed = passed and report.search.passed
     if reference is not None and len(towers) == 2:
         bound = atol + 5e-5  # the table gives 4 decimals
         torch_delta, paddle_delta = abs(report.torch_logit - reference), abs(report.paddle_logit - reference)
