@@ -281,17 +281,6 @@ def show_logits(out: dict, as_json: bool):
                        f"{v.ravel()[:4].round(6).tolist()}")
 
 
-def show_step(step) -> None:
-    """verify-all's progress: a variant as it starts, then on the same line its result."""
-    from .harness.report import logit_line
-
-    if step.report is None:
-        echo(f"[{step.index}/{step.total}] {step.entry.name} "
-             f"({'weights from ' + str(step.weights) if step.weights else 'synthetic'}) ...", nl=False)
-    else:
-        click.echo(f" {logit_line(step.report)}")
-
-
 def show_conversion(result):
     if hasattr(result, "converted"):  # a pipeline: each tower's conversion, then what was left as it was
         for part in result.converted.values():
@@ -334,61 +323,9 @@ def show_export(report, as_json: bool):
     sys.exit(0 if report.passed else 1)
 
 
-def choose(family: str | None, names, shard: str | None):
-    """verify-all's selection (harness.sweep.select), bad names or shards as UserError."""
-    from .errors import ConfigError
-    from .harness.sweep import parse_shard, select
-
-    try:
-        return select(family, names, parse_shard(shard) if shard else None)
-    except ParityError as e:
-        hint = ". Run `parity variants` for the list" if isinstance(e, ConfigError) else ""
-        raise UserError(printable(f"{e}{hint}."))
-
-
-def show_selection(selection) -> None:
-    """--list: the chosen variants, one a line (stdout), and what they are (stderr)."""
-    for entry in selection.entries:
-        echo(entry.name)
-    echo(selection.describe(), err=True)
-
-
-def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, junit: Path | None,
-                   **gate_options) -> None:
-    """`parity verify-all`: the sweep, its table and its files; exits 1 when any variant fails."""
-    import time
-
-    from .harness.report import markdown_table, write_verify_all
-    from .harness.sweep import sweep
-
-    start = time.perf_counter()
-    try:
-        results = sweep(selection.entries, weights_dir, seed, report_dir, show_step, **gate_options)
-    except ParityError as e:  # its message names the variant
-        if debugging():
-            raise
-        raise UserError(printable(str(e)))
-    total = time.perf_counter() - start
-    md_path, json_path = write_verify_all(results, report_dir, total, selection.describe())
-    click.echo("\n" + printable(markdown_table(results), newlines=True))
-    echo()
-    echo(f"{selection.describe()}; wrote {md_path} and {json_path}; total {total:.1f} s")
-    if junit is not None:
-        write_junit(junit, results, f"parity verify-all, {selection.describe()}")
-    sys.exit(0 if all(r.passed for r in results) else 1)
-
-
 def junit_option(f):
     return click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
                         help="Also write JUnit XML (a testcase per compared output) for a CI system.")(f)
-
-
-def write_junit(path: Path, reports, name: str = "parity") -> None:
-    """JUnit XML of verify reports (or an export check's), with its path on stderr."""
-    from .harness import junit
-
-    suites = [junit.export_suite(r) if hasattr(r, "changed_files") else junit.verify_suite(r) for r in reports]
-    echo(f"wrote {junit.write(path, suites, name)}", err=True)
 
 
 def show_layouts() -> None:

@@ -2,14 +2,16 @@
 group in cli.py; what the commands share: cli_support)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from .cli_support import (TOWER_CHOICES, choose, config_option, debug_option, export_gate, gate, junit_option,
-                          library_errors, outputs_option, report_options, run_verify_all, show_export,
-                          show_logits, show_selection, show_verified, tower_option, write_junit)
+from .cli_support import (TOWER_CHOICES, UserError, config_option, debug_option, debugging, echo, export_gate, gate,
+                          junit_option, library_errors, outputs_option, report_options, show_export, show_logits,
+                          show_verified, tower_option)
 from .config.registry import FAMILIES
+from .errors import ParityError, printable
 
 
 @click.command()
@@ -212,6 +214,72 @@ def verify_export(folder: Path, checkpoint: Path | None, config: str | None, ato
     if junit is not None:
         write_junit(junit, [report], f"parity verify-export {folder}")
     return lambda: show_export(report, as_json)
+
+
+
+
+# ---------------------------------------------------------------- verify-all and JUnit
+def show_step(step) -> None:
+    """verify-all's progress: a variant as it starts, then on the same line its result."""
+    from .harness.report import logit_line
+
+    if step.report is None:
+        echo(f"[{step.index}/{step.total}] {step.entry.name} "
+             f"({'weights from ' + str(step.weights) if step.weights else 'synthetic'}) ...", nl=False)
+    else:
+        click.echo(f" {logit_line(step.report)}")
+
+
+def choose(family: str | None, names, shard: str | None):
+    """verify-all's selection (harness.sweep.select), bad names or shards as UserError."""
+    from .errors import ConfigError
+    from .harness.sweep import parse_shard, select
+
+    try:
+        return select(family, names, parse_shard(shard) if shard else None)
+    except ParityError as e:
+        hint = ". Run `parity variants` for the list" if isinstance(e, ConfigError) else ""
+        raise UserError(printable(f"{e}{hint}."))
+
+
+def show_selection(selection) -> None:
+    """--list: the chosen variants, one a line (stdout), and what they are (stderr)."""
+    for entry in selection.entries:
+        echo(entry.name)
+    echo(selection.describe(), err=True)
+
+
+def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, junit: Path | None,
+                   **gate_options) -> None:
+    """`parity verify-all`: the sweep, its table and its files; exits 1 when any variant fails."""
+    import time
+
+    from .harness.report import markdown_table, write_verify_all
+    from .harness.sweep import sweep
+
+    start = time.perf_counter()
+    try:
+        results = sweep(selection.entries, weights_dir, seed, report_dir, show_step, **gate_options)
+    except ParityError as e:  # its message names the variant
+        if debugging():
+            raise
+        raise UserError(printable(str(e)))
+    total = time.perf_counter() - start
+    md_path, json_path = write_verify_all(results, report_dir, total, selection.describe())
+    click.echo("\n" + printable(markdown_table(results), newlines=True))
+    echo()
+    echo(f"{selection.describe()}; wrote {md_path} and {json_path}; total {total:.1f} s")
+    if junit is not None:
+        write_junit(junit, results, f"parity verify-all, {selection.describe()}")
+    sys.exit(0 if all(r.passed for r in results) else 1)
+
+
+def write_junit(path: Path, reports, name: str = "parity") -> None:
+    """JUnit XML of verify reports (or an export check's), with its path on stderr."""
+    from .harness import junit
+
+    suites = [junit.export_suite(r) if hasattr(r, "changed_files") else junit.verify_suite(r) for r in reports]
+    echo(f"wrote {junit.write(path, suites, name)}", err=True)
 
 
 COMMANDS = (verify, logits, verify_all, export, verify_export)

@@ -88,6 +88,30 @@ class Difference:
                    bool(np.all(delta <= allowed)) and bool(np.all(np.isfinite(other)) == np.all(np.isfinite(ref))))
 
 
+@dataclass
+class PhotoFeature:
+    """One feature (image or text) over a set of inputs (the photographs, the user's data): |Δ|, and each
+    vector's cosine between the frameworks, gated at `bound`."""
+
+    max_abs: float
+    relative: float
+    min_row_cosine: float
+    bound: float
+    passed: bool
+
+
+def similarity(out: Outputs) -> np.ndarray:
+    """Cosine similarity of every image with every text, (images, texts)."""
+    img = out.image_features / np.linalg.norm(out.image_features, axis=-1, keepdims=True)
+    txt = out.text_features / np.linalg.norm(out.text_features, axis=-1, keepdims=True)
+    return img @ txt.T
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each row of `a` with the same row of `b`: their cosine."""
+    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
 def compare(ref: Outputs, other: Outputs, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             noise: dict | None = None, noise_factor: float = NOISE_FACTOR) -> dict[str, Difference]:
     noise = noise or {}

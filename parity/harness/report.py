@@ -17,21 +17,11 @@ from ..errors import ParityError
 from ..io.formats.atomic import atomic_write, write_bytes
 
 from . import search
+from .gate import PhotoFeature
 
 if TYPE_CHECKING:
     from .gate import Difference
     from .search import Search
-
-
-@dataclass
-class PhotoFeature:
-    """One feature (image or text) across the photographs: |Δ|, and each vector's cosine, gated."""
-
-    max_abs: float
-    relative: float
-    min_row_cosine: float
-    bound: float
-    passed: bool
 
 
 @dataclass

@@ -21,11 +21,12 @@ from ..config.schema import Config
 from .inputs import SampleSet, canonical_inputs, input_sizes, sample_set
 from ..models.frameworks import device_names, import_paddle, select_device
 from ..models.build import paddle_model, torch_model
-from .gate import DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, Outputs, compare, float64, floor
+from .gate import (DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, Outputs, PhotoFeature, compare, float64,
+                   floor, row_cosines, similarity)
 from ..errors import ParityError
 from .layers import diagnose_layers
 from .search import compare_search
-from .report import PhotoFeature, Photos, ReferenceCheck, Report
+from .report import Photos, ReferenceCheck, Report
 
 TOP_K = 5
 MIN_COSINE = 0.99999  # photographs: each feature vector's cosine between the frameworks
@@ -145,17 +146,6 @@ def paddle_side(paddle_sd, config, image, text, photos: SampleSet | None, device
                       user=_numpy(mine) if user else None)
 
 
-def similarity(out: Outputs) -> np.ndarray:
-    """Cosine similarity of every image with every text, (images, texts)."""
-    img = out.image_features / np.linalg.norm(out.image_features, axis=-1, keepdims=True)
-    txt = out.text_features / np.linalg.norm(out.text_features, axis=-1, keepdims=True)
-    return img @ txt.T
-
-
-def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-
-
 def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: float) -> Photos:
     # The float32 noise floor is measured on the canonical pair only (float64 convolutions of a batch of
     # photographs take minutes on a CPU), so the photographs are gated on what a user relies on: the same
@@ -164,7 +154,7 @@ def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: flo
     diffs = {}
     for name in t.names:
         d = Difference.between(t[name], p[name])
-        cosines = _row_cosines(t[name], p[name])
+        cosines = row_cosines(t[name], p[name])
         diffs[name] = PhotoFeature(d.max_abs, d.relative, float(cosines.min()), min_cosine,
                                    bool(cosines.min() >= min_cosine))
     if len(diffs) < 2:
@@ -231,10 +221,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
         report.search = compare_search(user, t.user, p.user, min_cosine, TOP_K)
         passed = passed and report.search.passed
     if reference is not None and len(towers) == 2:
-        bound = atol + 5e-5  # the table gives 4 decimals
-        torch_delta, paddle_delta = abs(report.torch_logit - reference), abs(report.paddle_logit - reference)
-        report.reference = ReferenceCheck(reference, torch_delta, paddle_delta, bound,
-                                          max(torch_delta, paddle_delta) <= bound)
+        report.reference = reference_check(report, reference, atol)
         passed = passed and report.reference.passed
     if layers or not passed:
         report.layers = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor, towers,
@@ -242,6 +229,13 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     report.passed = passed
     report.seconds = time.perf_counter() - start
     return report
+
+
+def reference_check(report: Report, reference: float, atol: float) -> ReferenceCheck:
+    """Both frameworks' canonical logit against the reference table's, within `atol` and its rounding."""
+    bound = atol + 5e-5  # the table gives 4 decimals
+    torch_delta, paddle_delta = abs(report.torch_logit - reference), abs(report.paddle_logit - reference)
+    return ReferenceCheck(reference, torch_delta, paddle_delta, bound, max(torch_delta, paddle_delta) <= bound)
 
 
 def gated_outputs(diffs: dict, outputs=None) -> list[str]:

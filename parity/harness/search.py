@@ -226,14 +226,12 @@ def rank(direction: str, torch_scores: np.ndarray, paddle_scores: np.ndarray, qu
 
 def compare_search(data: UserSet, torch_out, paddle_out, min_cosine: float, top_k: int) -> Search:
     """Both frameworks' features of the user's set (Outputs), compared: features by cosine, rankings."""
-    from .gate import Difference
-    from .report import PhotoFeature
-    from .run import _row_cosines, similarity
+    from .gate import Difference, PhotoFeature, row_cosines, similarity
 
     diffs = {}
     for name in ("image_features", "text_features"):
         d = Difference.between(torch_out[name], paddle_out[name])
-        cosines = _row_cosines(torch_out[name], paddle_out[name])
+        cosines = row_cosines(torch_out[name], paddle_out[name])
         diffs[name] = PhotoFeature(d.max_abs, d.relative, float(cosines.min()), min_cosine,
                                    bool(cosines.min() >= min_cosine))
     st, sp = similarity(torch_out), similarity(paddle_out)  # (images, texts)
