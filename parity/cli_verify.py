@@ -268,7 +268,8 @@ def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, ju
     md_path, json_path = write_verify_all(results, report_dir, total, selection.describe())
     click.echo("\n" + printable(markdown_table(results), newlines=True))
     echo()
-    echo(f"{selection.describe()}; wrote {md_path} and {json_path}; total {total:.1f} s")
+    echo(f"variants: {selection.describe()}")
+    echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
     if junit is not None:
         write_junit(junit, results, f"parity verify-all, {selection.describe()}")
     sys.exit(0 if all(r.passed for r in results) else 1)

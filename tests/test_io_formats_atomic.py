@@ -11,6 +11,7 @@ import errno
 import gc
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -251,8 +252,16 @@ class Signalled(BaseException):
 
 @pytest.fixture
 def raising_sigterm():
+    """The CLI's SIGTERM handler, and a second thread, as torch and Paddle start theirs: the kernel may hand
+    a process-directed signal to any thread that does not block it (a mask in one thread held nothing back
+    under pytest-xdist, whose workers run a thread of their own)."""
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(Signalled()))
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, daemon=True)
+    other.start()
     yield
+    done.set()
+    other.join()
     signal.signal(signal.SIGTERM, previous)
 
 

@@ -6,8 +6,8 @@ run removes those of processes that no longer exist (a SIGKILL cannot be caught;
 The CLI turns SIGINT, SIGTERM and SIGHUP into exceptions, so that every `finally` runs on the way out and
 removes what was half-written. A handler that ran just after an entry was made, before its name reached
 the variable that `finally` reads, would leave it behind (seen once in CI on a busy machine: a
-`.parity-<pid>-*.tmp` left after SIGTERM). Inside `signals_held()` those signals wait; the one that came
-is raised as the block ends, when the name is known.
+`.parity-<pid>-*.tmp` left after SIGTERM). Inside `signals_held()` those signals wait; the first that
+came is raised as the block ends, when the name is known.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import stat
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -35,15 +36,36 @@ def temp_name() -> str:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Block SIGINT, SIGTERM and SIGHUP for the block (this thread); a pending one is raised at its end."""
-    if not hasattr(signal, "pthread_sigmask"):  # no POSIX signal masks: nothing to hold
+    """SIGINT, SIGTERM and SIGHUP caught and held for the block; the first that came is handed, as the
+    block ends, to the handler that was in place (which raises: the CLI's, Python's for SIGINT).
+
+    Handlers are swapped rather than the signals masked: a process-directed signal goes to any thread
+    that does not block it (torch's and Paddle's own threads, pytest-xdist's), and Python then runs its
+    handler in the main thread at once, so a mask in one thread holds nothing back. Outside the main
+    thread, where handlers cannot be set, nothing is held (the main thread's handlers run there anyway)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    caught: list[int] = []
+    previous = {}
     try:
+        for sig in HELD:
+            if signal.getsignal(sig) is not None:  # None: a handler set outside Python, left alone
+                previous[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a pending signal's handler runs here
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            _deliver(caught[0], previous[caught[0]])
+
+
+def _deliver(signum: int, handler) -> None:
+    """What `signum` would have done under `handler`, now that it is back in place."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # its default action, the handler being back: the process ends
 
 
 @contextlib.contextmanager
