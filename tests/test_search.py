@@ -62,7 +62,10 @@ def test_the_users_data_agrees_and_the_truncated_image_is_named(files, tmp_path)
     assert "## Your images and captions" in (tmp_path / "RN50.md").read_text()
 
 
-def test_an_unreadable_image_is_refused_by_default(files, tmp_path):
+def test_an_unreadable_image_is_refused_by_default(files, tmp_path, monkeypatch):
+    from parity.harness import run as harness
+
+    monkeypatch.setattr(harness, "torch_side", lambda *a, **k: pytest.fail("a model ran"))  # refused before
     result = verify(files["pt"], "--images", files["images"], "--texts", files["texts"], "--report-dir", tmp_path)
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: {files['images'] / 'truncated.png'}: not a readable image (image file is truncated)"
@@ -140,11 +143,12 @@ def test_memory_is_bounded_by_the_batch(files, monkeypatch):
     decoded = []
     real = search.decode
     monkeypatch.setattr(search, "decode", lambda path: decoded.append(path.name) or real(path))
-    images = search.UserImages.of(files["images"], skip_bad=True)
+    images = search.UserImages.of(files["images"], skip_bad=True)  # each checked once, kept by name only
+    assert len(decoded) == 20 and len(images.paths) == 19 and images.skipped[0][0] == "truncated.png"
+    decoded.clear()
     batches = images.batches(3, lambda image: np.zeros((3, 8, 8), np.float32))
     assert next(batches).shape == (3, 3, 8, 8) and len(decoded) == 3
     assert [b.shape[0] for b in batches] == [3] * 5 + [1]  # 19 readable images in batches of 3
-    assert images.checked and len(images.paths) == 19 and images.skipped[0][0] == "truncated.png"
 
 
 def test_bad_captions_and_bad_folders_are_one_line(tmp_path, files):

@@ -3,9 +3,9 @@ search that CLIP apps run on them (text -> image and image -> text), compared qu
 
 Each image is read through parity's bounded file reader, its header checked before any pixel is decoded
 (a declared size beyond `MAX_PIXELS` is a decompression bomb), then decoded and preprocessed by the model's
-own preprocessing, a batch at a time: memory is bounded by the batch, not by the folder. The first pass
-(torch's image tower) decides which images are readable; an unreadable one is named in one line and
-either refused (the default) or skipped, and the other passes read the same images.
+own preprocessing, a batch at a time: memory is bounded by the batch, not by the folder. Every image is
+decoded once before any model is built (one at a time, kept by name only): an unreadable one is named in
+one line and either refused (the default) or skipped, and each framework then reads the same images.
 """
 from __future__ import annotations
 
@@ -63,13 +63,14 @@ class UserImages:
 
     folder: Path
     skip_bad: bool = False
-    paths: list[Path] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why), found by the first pass
+    paths: list[Path] = field(default_factory=list)  # the readable images
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
     ignored: list[str] = field(default_factory=list)  # files without an image suffix
-    checked: bool = False
 
     @classmethod
     def of(cls, folder, skip_bad: bool = False) -> "UserImages":
+        """The folder's images, each decoded once (then let go) to know it readable: BadImage for the first
+        that is not, or with `skip_bad` each such one recorded in `skipped`."""
         folder = Path(folder)
         user_stat(folder)
         if not folder.is_dir():
@@ -78,27 +79,32 @@ class UserImages:
         images = [p for p in entries if p.suffix.lower() in SUFFIXES]
         if not images:
             raise CheckpointError(f"holds no image ({', '.join(SUFFIXES)})", path=folder)
-        return cls(folder, skip_bad, images, ignored=[p.name for p in entries if p not in images])
+        found = cls(folder, skip_bad, ignored=[p.name for p in entries if p not in images])
+        for path in images:
+            try:
+                decode(path).close()
+            except BadImage as e:
+                if not skip_bad:
+                    raise
+                found.skipped.append((path.name, str(e)))
+                continue
+            found.paths.append(path)
+        if not found.paths:
+            raise CheckpointError("holds no readable image", path=folder)
+        return found
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.paths]
 
     def batches(self, size: int, prepare) -> Iterator[np.ndarray]:
-        """`prepare(image)` of each image, stacked `size` at a time. The first pass decides which are
-        readable (refusing the first that is not, or skipping it with `skip_bad`); later passes read those."""
-        batch, kept = [], []
+        """`prepare(image)` of each readable image, stacked `size` at a time (decoded as its batch is made)."""
+        batch = []
         for path in self.paths:
             try:
                 image = decode(path)
-            except BadImage as e:
-                if self.checked:
-                    raise CheckpointError("an image changed while parity read the folder", path=path) from None
-                if not self.skip_bad:
-                    raise
-                self.skipped.append((path.name, str(e)))
-                continue
-            kept.append(path)
+            except BadImage:
+                raise CheckpointError("the image changed since parity checked it", path=path) from None
             batch.append(prepare(image if image.mode == "RGB" else image.convert("RGB")))
             image.close()
             if len(batch) == size:
@@ -106,10 +112,6 @@ class UserImages:
                 batch = []
         if batch:
             yield np.stack(batch)
-        if not self.checked:
-            self.paths, self.checked = kept, True
-            if not kept:
-                raise CheckpointError("holds no readable image", path=self.folder)
 
 
 def read_captions(path) -> list[str]:
