@@ -63,14 +63,10 @@ def _create(folder: int) -> tuple[int, str | None]:
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                 raise
-    for _ in range(8):
-        name = temps.temp_name()
-        try:
-            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            return os.open(name, flags, 0o600, dir_fd=folder), name
-        except FileExistsError:
-            continue
-    raise CheckpointError("could not create a temporary file under a fresh name")
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    name, fd = temps.fresh(lambda name: os.open(name, flags, 0o600, dir_fd=folder),
+                           "could not create a temporary file under a fresh name")
+    return fd, name
 
 
 _PROC = os.path.isdir("/proc/self/fd")
@@ -110,14 +106,8 @@ def _publish(fd: int, folder: int, name: str, temp: str | None, force: bool) -> 
 
 
 def _link_beside(fd: int, folder: int, temp: str | None) -> str:
-    for _ in range(8):
-        beside = temps.temp_name()
-        try:
-            _link(fd, folder, beside, temp)
-            return beside
-        except FileExistsError:
-            continue
-    raise CheckpointError("could not link the written file under a fresh temporary name")
+    return temps.fresh(lambda beside: _link(fd, folder, beside, temp),
+                       "could not link the written file under a fresh temporary name")[0]
 
 
 def _unlink(name: str, folder: int) -> None:
@@ -195,15 +185,9 @@ def _make_staging(parent: int, path: Path) -> tuple[str, int, os.stat_result]:
     It is made 0700 (no other user can add to it while it is built) and opened once, without following
     symlinks; the folder opened is checked to be the one made and this user's, so a folder swapped in
     between (a symlink is not opened at all) is refused."""
-    for _ in range(8):
-        temp = temps.temp_name()
-        try:
-            os.mkdir(temp, 0o700, dir_fd=parent)  # exclusive: never an existing folder or a symlink's target
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise CheckpointError("could not create a temporary folder under a fresh name")
+    # exclusive: never an existing folder or a symlink's target
+    temp, _ = temps.fresh(lambda name: os.mkdir(name, 0o700, dir_fd=parent),
+                          "could not create a temporary folder under a fresh name")
     made: os.stat_result | None = None
     folder = -1
     try:

@@ -20,13 +20,14 @@ import signal
 import stat
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from ...errors import CheckpointError
 from .source import holds_input
 
 TEMP = re.compile(r"\.parity-(\d+)-[0-9a-f]{12}\.tmp")
 HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+T = TypeVar("T")
 
 
 def temp_name() -> str:
@@ -73,25 +74,28 @@ def staging_folder(parent) -> Iterator[Path]:
     """A private new folder in `parent` for files that a library writes by name (an exporter), removed when
     the block ends (what the block named elsewhere has left it). Named as parity's temporary files are,
     so that a run killed before removing it leaves it to `remove_stale`."""
-    path = None
+    parent, path = Path(parent), None
     try:
         with signals_held():  # the folder and its name together
-            path = _mkdir_fresh(Path(parent))
+            name, _ = fresh(lambda name: os.mkdir(parent / name, 0o700),
+                            "could not create a temporary folder under a fresh name")
+            path = parent / name
         yield path
     finally:
         if path is not None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _mkdir_fresh(parent: Path) -> Path:
+def fresh(make: Callable[[str], T], failure: str) -> tuple[str, T]:
+    """(name, make(name)) under a fresh temporary name, another where `make` finds one taken
+    (FileExistsError); CheckpointError(`failure`) after eight."""
     for _ in range(8):
-        path = parent / temp_name()
+        name = temp_name()
         try:
-            os.mkdir(path, 0o700)
-            return path
+            return name, make(name)
         except FileExistsError:
             continue
-    raise CheckpointError("could not create a temporary folder under a fresh name")
+    raise CheckpointError(failure)
 
 
 def remove_stale(folder: int) -> list[str]:
