@@ -163,9 +163,10 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
         raise ParityError("searching needs a folder of images and a file of captions together")
     with ExitStack() as stack:
         s = sides(stack, first, second, config, towers, photos)
-        user = None if images is None else user_set(images, texts, s.config, s.vocab_file, skip_bad_images, batch)
-        if user is not None and len(towers_for(s.config, towers)) < 2:
+        # before any image is read (a tower alone: user_set says so)
+        if images is not None and s.config.whole and len(towers_for(s.config, towers)) < 2:
             raise ParityError("searching images by text needs both towers computed, not one")
+        user = None if images is None else user_set(images, texts, s.config, s.vocab_file, skip_bad_images, batch)
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
                              rtol=rtol, photos=photos and s.photos, layers=layers, reference=s.reference,
                              noise_factor=noise_factor, towers=towers_for(s.config, towers),

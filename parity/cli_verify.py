@@ -74,7 +74,8 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
                  images=images, texts=texts, skip_bad_images=skip_bad_images, batch=batch)
     paths = write_variant(report, report_dir)
     if junit is not None:
-        write_junit(junit, [report], f"parity verify {checkpoint}")
+        from .harness.junit import verify_suite
+        write_junit(junit, [verify_suite(report)], f"parity verify {checkpoint}")
     return lambda: show_verified(report, paths, as_json)
 
 
@@ -212,7 +213,8 @@ def verify_export(folder: Path, checkpoint: Path | None, config: str | None, ato
 
     report = run(folder, checkpoint, config=config, **gate(atol, rtol, noise_factor))
     if junit is not None:
-        write_junit(junit, [report], f"parity verify-export {folder}")
+        from .harness.junit import export_suite
+        write_junit(junit, [export_suite(report)], f"parity verify-export {folder}")
     return lambda: show_export(report, as_json)
 
 
@@ -271,15 +273,15 @@ def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, ju
     echo(f"variants: {selection.describe()}")
     echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
     if junit is not None:
-        write_junit(junit, results, f"parity verify-all, {selection.describe()}")
+        from .harness.junit import verify_suite
+        write_junit(junit, [verify_suite(r) for r in results], f"parity verify-all, {selection.describe()}")
     sys.exit(0 if all(r.passed for r in results) else 1)
 
 
-def write_junit(path: Path, reports, name: str = "parity") -> None:
-    """JUnit XML of verify reports (or an export check's), with its path on stderr."""
+def write_junit(path: Path, suites, name: str) -> None:
+    """JUnit XML of `suites` (harness.junit's), with its path on stderr."""
     from .harness import junit
 
-    suites = [junit.export_suite(r) if hasattr(r, "changed_files") else junit.verify_suite(r) for r in reports]
     echo(f"wrote {junit.write(path, suites, name)}", err=True)
 
 

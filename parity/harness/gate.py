@@ -100,6 +100,17 @@ class PhotoFeature:
     passed: bool
 
 
+def cosine_features(ref: Outputs, other: Outputs, names, min_cosine: float) -> dict[str, PhotoFeature]:
+    """Each named feature over a set of inputs: |Δ| shown, each row's cosine between the frameworks gated."""
+    found = {}
+    for name in names:
+        d = Difference.between(ref[name], other[name])
+        cosines = row_cosines(ref[name], other[name])
+        found[name] = PhotoFeature(d.max_abs, d.relative, float(cosines.min()), min_cosine,
+                                   bool(cosines.min() >= min_cosine))
+    return found
+
+
 def similarity(out: Outputs) -> np.ndarray:
     """Cosine similarity of every image with every text, (images, texts)."""
     img = out.image_features / np.linalg.norm(out.image_features, axis=-1, keepdims=True)

@@ -36,13 +36,23 @@ class Case:
     skipped: str | None = None
 
 
+def _where(layer: str | None) -> str:
+    return f"first diverging layer: {layer or 'none found on the canonical pair'}"
+
+
+def _cosines(name: str, f, what: str, layer: str | None) -> Case:
+    """A feature over a set of inputs (`what`: "a photograph", "an embedding"), gated on each row's cosine."""
+    detail = f"max |Δ| {f.max_abs:.3e}, least cosine {f.min_row_cosine:.8f} (bound {f.bound})"
+    return Case(name, None if f.passed else
+                f"{name}: {what}'s cosine {f.min_row_cosine:.8f} is under {f.bound}; {_where(layer)}", detail)
+
+
 def _difference(name: str, d, layer: str | None, gated: bool) -> Case:
     detail = (f"max |Δ| {d.max_abs:.3e}, bound {d.bound:.3e} ({d.bound_kind}), relative {d.relative:.3e}, "
               f"cosine {d.cosine:.8f}")
     if d.passed:
         return Case(name, detail=detail)
-    message = (f"{name}: max |Δ| {d.max_abs:.3e} exceeds its bound {d.bound:.3e} ({d.bound_kind}); "
-               f"first diverging layer: {layer or 'none found on the canonical pair'}")
+    message = f"{name}: max |Δ| {d.max_abs:.3e} exceeds its bound {d.bound:.3e} ({d.bound_kind}); {_where(layer)}"
     if not gated:
         return Case(name, detail=detail, skipped=f"not among the gated outputs: {message}")
     return Case(name, message, detail)
@@ -54,20 +64,14 @@ def verify_cases(r: "Report") -> list[Case]:
     gated = set(r.gated if r.gated is not None else r.differences)
     cases = [_difference(name, d, layer, name in gated) for name, d in r.differences.items()]
     if r.photos:
-        for name, f in r.photos.differences.items():
-            detail = f"max |Δ| {f.max_abs:.3e}, least cosine {f.min_row_cosine:.8f} (bound {f.bound})"
-            cases.append(Case(f"photos {name}", None if f.passed else
-                              f"photos {name}: a photograph's cosine {f.min_row_cosine:.8f} is under "
-                              f"{f.bound}; first diverging layer: {layer or 'none found on the canonical pair'}",
-                              detail))
+        cases += [_cosines(f"photos {name}", f, "a photograph", layer) for name, f in r.photos.differences.items()]
         if r.photos.argmax_agreement is not None:
             p = r.photos
             detail = (f"best caption agrees on {p.argmax_agreement:.0%} (the gate), top-{p.top_k} in order on "
                       f"{p.topk_agreement:.0%}")
             ranked = p.argmax_agreement == 1.0
             cases.append(Case(f"photos top-{p.top_k}", None if ranked else
-                              f"photos top-{p.top_k}: {detail}; first diverging layer: "
-                              f"{layer or 'none found on the canonical pair'}", detail))
+                              f"photos top-{p.top_k}: {detail}; {_where(layer)}", detail))
     if r.search:
         cases += search_cases(r.search, layer)
     if r.reference:
@@ -80,20 +84,15 @@ def verify_cases(r: "Report") -> list[Case]:
 
 def search_cases(s, layer: str | None) -> list[Case]:
     """The user's data: each embedding, and each search direction (the first query whose ranking differs)."""
-    where = f"first diverging layer: {layer or 'none found on the canonical pair'}"
-    cases = []
-    for name, f in s.differences.items():
-        detail = f"max |Δ| {f.max_abs:.3e}, least cosine {f.min_row_cosine:.8f} (bound {f.bound})"
-        cases.append(Case(f"search {name}", None if f.passed else
-                          f"search {name}: an embedding's cosine {f.min_row_cosine:.8f} is under {f.bound}; {where}",
-                          detail))
+    cases = [_cosines(f"search {name}", f, "an embedding", layer) for name, f in s.differences.items()]
     for r in s.rankings.values():
-        detail = (f"{r.queries} queries: top-1 {r.top1_agreement:.0%} (the gate), top-{r.top_k} {r.topk_agreement:.0%}, "
+        detail = (f"{r.queries} queries: top-1 {r.top1_agreement:.0%} (the gate), "
+                  f"top-{r.top_k} {r.topk_agreement:.0%}, "
                   f"lowest rank correlation {r.min_rank_correlation:.6f}")
         if r.first_differing is not None:
             detail += f"; first query whose top-{r.top_k} differs: #{r.first_differing_index + 1} {r.first_differing!r}"
-        cases.append(Case(f"search {r.direction}", None if r.passed else f"search {r.direction}: {detail}; {where}",
-                          detail))
+        cases.append(Case(f"search {r.direction}", None if r.passed else
+                          f"search {r.direction}: {detail}; {_where(layer)}", detail))
     return cases
 
 

@@ -21,11 +21,11 @@ from ..config.schema import Config
 from .inputs import SampleSet, canonical_inputs, input_sizes, sample_set
 from ..models.frameworks import device_names, import_paddle, select_device
 from ..models.build import paddle_model, torch_model
-from .gate import (DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Difference, Outputs, PhotoFeature, compare, float64,
-                   floor, row_cosines, similarity)
+from .gate import (DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Outputs, compare, cosine_features, float64, floor,
+                   similarity)
 from ..errors import ParityError
 from .layers import diagnose_layers
-from .search import compare_search
+from .search import compare_search, rank
 from .report import Photos, ReferenceCheck, Report
 
 TOP_K = 5
@@ -151,22 +151,15 @@ def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: flo
     # photographs take minutes on a CPU), so the photographs are gated on what a user relies on: the same
     # best caption for every photograph, and every feature vector pointing the same way (cosine). With one
     # tower, there is no caption to choose: its feature vectors are gated.
-    diffs = {}
-    for name in t.names:
-        d = Difference.between(t[name], p[name])
-        cosines = row_cosines(t[name], p[name])
-        diffs[name] = PhotoFeature(d.max_abs, d.relative, float(cosines.min()), min_cosine,
-                                   bool(cosines.min() >= min_cosine))
+    diffs = cosine_features(t, p, t.names, min_cosine)
     if len(diffs) < 2:
         return Photos(photos.names, photos.captions, None, None, None, 0, None, None, diffs,
                       all(d.passed for d in diffs.values()))
     st, sp = similarity(t), similarity(p)
-    k = min(TOP_K, st.shape[1])
-    top_t, top_p = np.argsort(-st, axis=1)[:, :k], np.argsort(-sp, axis=1)[:, :k]
-    argmax = top_t[:, 0] == top_p[:, 0]
-    return Photos(photos.names, photos.captions, st.tolist(), sp.tolist(), float(np.mean(argmax)), k,
-                  float(np.mean([list(a) == list(b) for a, b in zip(top_t, top_p)])), float(np.max(np.abs(st - sp))),
-                  diffs, all(d.passed for d in diffs.values()) and bool(np.all(argmax)))
+    ranked = rank("image->text", st, sp, photos.names, TOP_K)  # each photograph ranks the captions
+    return Photos(photos.names, photos.captions, st.tolist(), sp.tolist(), ranked.top1_agreement, ranked.top_k,
+                  ranked.topk_agreement, float(np.max(np.abs(st - sp))), diffs,
+                  all(d.passed for d in diffs.values()) and ranked.passed)
 
 
 def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weights: str = "unlabelled",

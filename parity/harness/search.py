@@ -228,14 +228,9 @@ def rank(direction: str, torch_scores: np.ndarray, paddle_scores: np.ndarray, qu
 
 def compare_search(data: UserSet, torch_out, paddle_out, min_cosine: float, top_k: int) -> Search:
     """Both frameworks' features of the user's set (Outputs), compared: features by cosine, rankings."""
-    from .gate import Difference, PhotoFeature, row_cosines, similarity
+    from .gate import cosine_features, similarity
 
-    diffs = {}
-    for name in ("image_features", "text_features"):
-        d = Difference.between(torch_out[name], paddle_out[name])
-        cosines = row_cosines(torch_out[name], paddle_out[name])
-        diffs[name] = PhotoFeature(d.max_abs, d.relative, float(cosines.min()), min_cosine,
-                                   bool(cosines.min() >= min_cosine))
+    diffs = cosine_features(torch_out, paddle_out, ("image_features", "text_features"), min_cosine)
     st, sp = similarity(torch_out), similarity(paddle_out)  # (images, texts)
     rankings = {"text->image": rank("text->image", st.T, sp.T, data.captions, top_k),
                 "image->text": rank("image->text", st, sp, data.images.names, top_k)}
