@@ -29,8 +29,9 @@ PYTHON = sys.executable
 PARITY = str(Path(sys.executable).parent / "parity")
 CONVERT_VARIANTS = ("ViT-B/32", "ViT-L/14", "RN50x64")
 ALL_VARIANTS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px")
-TARGETS = {  # the issue's targets, on a 2-core machine
-    "convert_vs_cp": 3.0,  # parity convert ViT-L/14 -> paddle: wall <= 3x cp of the same file
+TARGETS = {  # the issues' targets, on a 2-core machine
+    "convert_vs_moved": 2.5,  # parity convert ViT-B/32 -> paddle: wall <= 2.5x cp of the source plus cp of the output
+    "big_convert_vs_moved": 1.5,  # ... and ViT-bigG-14's 9.46 GiB file <= 1.5x
     "naive_vs_convert": 3.0,  # ... and at least 3x faster than the naive script
     "rss_vs_size": 1.3,  # peak RSS above the idle baseline <= 1.3x the checkpoint's size
     "paddle_vs_torch": 1.2,  # Paddle forward / official torch forward, every variant and tower
@@ -88,6 +89,8 @@ def release_archive(variant: str) -> Path:
 
 # ---------------------------------------------------------------- 1. conversion
 def bench_conversion(variants, runs: int, work: Path, env: dict) -> dict:
+    """Each conversion against the bytes it moves: `cp` of its source plus `cp` of its output (a reference
+    output parity made first), and against the naive script; interleaved, in processes of their own."""
     idle = [measure([PARITY, "--version"], env) for _ in range(runs)]
     result = {"idle_rss": median(idle, "rss"), "variants": {}}
     for variant in variants:
@@ -98,23 +101,27 @@ def bench_conversion(variants, runs: int, work: Path, env: dict) -> dict:
         rows = {}
         for target, src, suffix in (("paddle", archive, ".pdparams"), ("torch", pdparams, ".pt"),
                                     ("safetensors", archive, ".safetensors")):
-            out = work / f"out{suffix}"
-            commands = {"cp": ["cp", str(src), str(out)],
+            out, reference = work / f"out{suffix}", work / f"reference{suffix}"
+            measure([PARITY, "convert", str(src), "--to", target, "-o", str(reference), "--force"], env)
+            copies = [work / "copy-of-source", work / "copy-of-output"]
+            commands = {"moved": ["sh", "-c", f"cp '{src}' '{copies[0]}' && cp '{reference}' '{copies[1]}'"],
                         "parity": [PARITY, "convert", str(src), "--to", target, "-o", str(out)],
                         "naive": [PYTHON, str(ROOT / "benchmarks" / "naive.py"), target, str(src), str(out)]}
             samples = {method: [] for method in commands}
             for _ in range(runs):
                 for method, cmd in commands.items():
-                    out.unlink(missing_ok=True)
+                    for path in (out, *copies):
+                        path.unlink(missing_ok=True)
                     run = measure(cmd, env)
-                    run["output_bytes"] = out.stat().st_size
+                    run["output_bytes"] = (copies[1] if method == "moved" else out).stat().st_size
                     del run["stdout"]
                     samples[method].append(run)
-            out.unlink(missing_ok=True)
+            for path in (out, reference, *copies):
+                path.unlink(missing_ok=True)
             rows[target] = {"source": str(src), "source_bytes": src.stat().st_size, "runs": samples,
                             **{f"{m}_seconds": median(s, "seconds") for m, s in samples.items()},
                             **{f"{m}_rss": median(s, "rss") for m, s in samples.items()}}
-            print(f"  convert {variant} --to {target}: cp {rows[target]['cp_seconds']:.2f} s, parity "
+            print(f"  convert {variant} --to {target}: cp source + output {rows[target]['moved_seconds']:.2f} s, parity "
                   f"{rows[target]['parity_seconds']:.2f} s, naive {rows[target]['naive_seconds']:.2f} s", flush=True)
         pdparams.unlink(missing_ok=True)
         result["variants"][variant] = rows
@@ -214,13 +221,15 @@ def bench_big(work: Path, env: dict, model: str = BIG) -> dict:
                                          "bounds": {k: v["bound"] for k, v in report["differences"].items()}}
             print(f"  verify --tower {tower}: {run['seconds']:.0f} s, peak RSS {_gib(run['rss'])}, passed "
                   f"{report['passed']}", flush=True)
-        out = folder / "out.pdparams"
-        cp = measure(["cp", str(source), str(out)], env)
-        out.unlink()
+        out, copy = folder / "out.pdparams", folder / "copy"
         conv = measure([PARITY, "convert", str(source), "--to", "paddle", "--config", model, "-o", str(out)], env)
-        result["convert"] = {"cp_seconds": cp["seconds"], "seconds": conv["seconds"], "rss": conv["rss"],
+        moved = 0.0
+        for original in (source, out):  # one copy on disk at a time: the disk holds the source, output and one copy
+            moved += measure(["cp", str(original), str(copy)], env)["seconds"]
+            copy.unlink()
+        result["convert"] = {"moved_seconds": moved, "seconds": conv["seconds"], "rss": conv["rss"],
                              "output_bytes": out.stat().st_size}
-        print(f"  convert --to paddle: {conv['seconds']:.0f} s (cp {cp['seconds']:.0f} s), peak RSS "
+        print(f"  convert --to paddle: {conv['seconds']:.0f} s (cp of source and output {moved:.0f} s), peak RSS "
               f"{_gib(conv['rss'])}", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # 20 GB of temporary files
@@ -285,15 +294,16 @@ def markdown(data: dict) -> str:
     if conv:
         md += ["## 1. Conversion (whole process, synthetic release-format archives)", "",
                f"Idle baseline (`parity --version`): peak RSS {_gib(conv['idle_rss'])}. RSS above idle is compared "
-               "with the source file's size.", "",
-               "| variant | target | source | cp | parity | naive | parity / cp | naive / parity | parity RSS above idle "
-               "(× source) | naive RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+               "with the source file's size. Bytes moved: `cp` of the source plus `cp` of the output (the limit for "
+               "a tool that reads one and writes the other).", "",
+               "| variant | target | source | bytes moved | parity | naive | parity / bytes moved | naive / parity | "
+               "parity RSS above idle (× source) | naive RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
         for variant, rows in conv["variants"].items():
             for target, r in rows.items():
                 above = r["parity_rss"] - conv["idle_rss"]
-                md.append(f"| {variant} | {target} | {_gib(r['source_bytes'])} | {r['cp_seconds']:.2f} s | "
+                md.append(f"| {variant} | {target} | {_gib(r['source_bytes'])} | {r['moved_seconds']:.2f} s | "
                           f"{r['parity_seconds']:.2f} s | {r['naive_seconds']:.2f} s | "
-                          f"{r['parity_seconds'] / r['cp_seconds']:.1f}× | {r['naive_seconds'] / r['parity_seconds']:.1f}× | "
+                          f"{r['parity_seconds'] / r['moved_seconds']:.1f}× | {r['naive_seconds'] / r['parity_seconds']:.1f}× | "
                           f"{_gib(above)} ({above / r['source_bytes']:.2f}×) | {_gib(r['naive_rss'])} |")
         md.append("")
     fwd = data.get("forward")
@@ -331,8 +341,9 @@ def markdown(data: dict) -> str:
                               f"{k} max Δ {d:.1e} (bound {v['bounds'][k]:.1e})" for k, d in v["differences"].items()) + " |")
         c = big.get("convert")
         if c:
-            md.append(f"| parity convert --to paddle | {c['seconds']:.0f} s ({c['seconds'] / c['cp_seconds']:.1f}× cp's "
-                      f"{c['cp_seconds']:.0f} s) | {_gib(c['rss'])} ({c['rss'] / big['source_bytes']:.2f}× source) | "
+            md.append(f"| parity convert --to paddle | {c['seconds']:.0f} s ({c['seconds'] / c['moved_seconds']:.1f}× the "
+                      f"{c['moved_seconds']:.0f} s of cp of source and output) | {_gib(c['rss'])} "
+                      f"({c['rss'] / big['source_bytes']:.2f}× source) | "
                       f"{_gib(c['output_bytes'])} written and checked |")
         md.append("")
     exp = data.get("export")
@@ -361,13 +372,12 @@ def markdown(data: dict) -> str:
 def targets(data: dict) -> list[dict]:
     lines = []
     conv = (data.get("conversion") or {}).get("variants", {})
-    big = conv.get("ViT-L/14") or next(iter(conv.values()), None)
-    which = "ViT-L/14" if "ViT-L/14" in conv else next(iter(conv), None)
-    if big:
-        r = big["paddle"]
-        lines.append({"kind": "convert_vs_cp", "target": f"parity convert {which} --to paddle ≤ 3× cp",
-                      "measured": f"{r['parity_seconds'] / r['cp_seconds']:.2f}×",
-                      "verdict": _verdict(r["parity_seconds"] / r["cp_seconds"], TARGETS["convert_vs_cp"])})
+    which = "ViT-B/32" if "ViT-B/32" in conv else next(iter(conv), None)
+    if which:
+        r = conv[which]["paddle"]
+        lines.append({"kind": "convert_vs_moved", "target": f"parity convert {which} --to paddle ≤ 2.5× cp of source "
+                      "+ output", "measured": f"{r['parity_seconds'] / r['moved_seconds']:.2f}×",
+                      "verdict": _verdict(r["parity_seconds"] / r["moved_seconds"], TARGETS["convert_vs_moved"])})
         lines.append({"kind": "naive_vs_convert", "target": f"naive script ≥ 3× parity convert ({which} --to paddle)",
                       "measured": f"{r['naive_seconds'] / r['parity_seconds']:.2f}×",
                       "verdict": _verdict(r["naive_seconds"] / r["parity_seconds"], TARGETS["naive_vs_convert"], False)})
@@ -385,6 +395,11 @@ def targets(data: dict) -> list[dict]:
     if va:
         lines.append({"kind": "verify_all_seconds", "target": "make verify-all ≤ 5 min", "measured": f"{va['seconds']:.0f} s",
                       "verdict": _verdict(va["seconds"], TARGETS["verify_all_seconds"])})
+    c = (data.get("big") or {}).get("convert")
+    if c and "moved_seconds" in c:
+        lines.append({"kind": "big_convert_vs_moved", "target": f"parity convert {data['big']['model']} --to paddle ≤ "
+                      "1.5× cp of source + output", "measured": f"{c['seconds'] / c['moved_seconds']:.2f}×",
+                      "verdict": _verdict(c["seconds"] / c["moved_seconds"], TARGETS["big_convert_vs_moved"])})
     big = (data.get("big") or {}).get("verify_both")
     if big:
         lines.append({"kind": "big_verify_rss", "target": f"parity verify {data['big']['model']}: peak RSS ≤ 20 GB",

@@ -8,10 +8,12 @@ contend for OpenMP threads). Prints one JSON object: {"image": {batch: [seconds.
 
 torch is openai/CLIP's own model (`clip/model.py`, float32); paddle is parity's Paddle model, both on the
 same synthetic weights and the same inputs; paddle-inference and onnx run an export of those weights in
-its runtime, as `parity export` configures it.
+its runtime, as `parity export` configures it. Only torch's process imports torch: the others read the
+cached weights with safetensors' numpy reader (the JSON printed says which frameworks were loaded).
 """
 import argparse
 import json
+import sys
 import time
 import warnings
 
@@ -31,13 +33,20 @@ def main() -> None:
     from parity import layouts
     from parity.config import registry
     from parity.harness.inputs import SAMPLES
-    from parity.testing.synthetic import cached_state_dict
     from parity.text.bpe import tokenize
 
     config = registry.get(args.variant).config
-    # an export runs without torch in its process, as a deployment does: torch's OpenMP and oneDNN beside
-    # Paddle's made the Paddle Inference image tower 5x slower
-    state = None if args.framework in ("paddle-inference", "onnx") else cached_state_dict(config, 0)
+    # torch only in torch's process: an export runs without it, as a deployment does (torch's OpenMP and
+    # oneDNN beside Paddle's made the Paddle Inference image tower 5x slower), and so does Paddle's dygraph
+    state = None
+    if args.framework == "torch":
+        from parity.testing.synthetic import cached_state_dict
+        state = cached_state_dict(config, 0)
+    elif args.framework == "paddle":
+        from safetensors.numpy import load_file
+
+        from parity.harness.weights import GENERATOR_VERSION, cache_dir, slug
+        state = load_file(cache_dir() / f"{slug(config)}-seed0-v{GENERATOR_VERSION}.safetensors")
     rng = np.random.default_rng(0)
     captions = list(SAMPLES.values())
     if args.framework in ("paddle-inference", "onnx"):
@@ -58,7 +67,7 @@ def main() -> None:
         from parity.models.frameworks import import_paddle
         from parity.models.build import paddle_model
         paddle = import_paddle()
-        model = paddle_model(layouts.to_layout({k: v.numpy() for k, v in state.items()}, "paddle")[0], config)
+        model = paddle_model(layouts.to_layout(state, "paddle")[0], config)
         no_grad, to_tensor = paddle.no_grad, paddle.to_tensor
     del state
     result = {"image": {}, "text": {}}
@@ -76,6 +85,7 @@ def main() -> None:
                     float(out.sum())  # waits for the result on any device
                     times.append(time.perf_counter() - start)
             result[tower][str(batch)] = times
+    result["loaded"] = sorted(m for m in ("torch", "paddle", "onnxruntime") if m in sys.modules)
     print(json.dumps(result))
 
 

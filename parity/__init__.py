@@ -1,16 +1,29 @@
 """parity: matching PyTorch and PaddlePaddle CLIP, checkpoint conversion between layouts, numerical proof."""
-from .version import __version__  # noqa: E402
+from __future__ import annotations
 
-from .api import load_model, logits, tokenize, verify  # noqa: E402
-from .io.checkpoint import Checkpoint, load  # noqa: E402
-from .config.schema import Config, ConfigError, TextConfig, VisionConfig  # noqa: E402
-from .io.convert import convert  # noqa: E402
-from .io.pipeline import convert_pipeline  # noqa: E402
-from .errors import CheckpointError, ParityError  # noqa: E402
-from .exporter import export, verify_export  # noqa: E402
-from .harness.inputs import preprocess  # noqa: E402
-from .io.save import save  # noqa: E402
+import importlib
 
-__all__ = ["__version__", "Checkpoint", "CheckpointError", "Config", "ConfigError", "ParityError", "TextConfig",
-           "VisionConfig", "convert", "convert_pipeline", "export", "load", "load_model", "logits", "preprocess", "save", "tokenize", "verify",
-           "verify_export"]
+from .version import __version__
+
+# the public API, each name imported from its module when first used: `parity convert` and `import
+# parity` pay only for what they touch (the verification harness and the exporter import more)
+_PUBLIC = {"load_model": "api", "logits": "api", "tokenize": "api", "verify": "api",
+           "Checkpoint": "io.checkpoint", "load": "io.checkpoint",
+           "Config": "config.schema", "ConfigError": "config.schema", "TextConfig": "config.schema",
+           "VisionConfig": "config.schema", "convert": "io.convert", "convert_pipeline": "io.pipeline",
+           "CheckpointError": "errors", "ParityError": "errors", "export": "exporter",
+           "verify_export": "exporter", "preprocess": "harness.inputs", "save": "io.save"}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'parity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # once imported, found as a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_PUBLIC})

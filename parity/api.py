@@ -140,7 +140,7 @@ def sides(stack: ExitStack, first, second=None, config=None, towers=layouts.HUB.
 def verify(first, second=None, *, config=None, device: str = "auto", atol: float = DEFAULT_ATOL,
            rtol: float = DEFAULT_RTOL, photos: bool = True, layers: bool = False,
            noise_factor: float = NOISE_FACTOR, towers=layouts.HUB.TOWERS, outputs=None, images=None, texts=None,
-           skip_bad_images: bool = False, batch: int = 16) -> Report:
+           skip_bad_images: bool = False, batch: int = 16, quick: bool = False, stage=None) -> Report:
     """Verify one checkpoint (each framework gets it, converted in memory for the other) or a torch
     checkpoint against a Paddle one (each framework loads its own). Returns the Report; its `passed` is
     the gate, its `to_dict()` the JSON that `parity verify` writes. Official files (by SHA-256) are also checked against the reference table.
@@ -152,7 +152,8 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
     `images` (a folder) and `texts` (a file, one caption a line): the user's own data in place of the
     photographs, through the model's own preprocessing and tokenizer, `batch` at a time; text -> image and
     image -> text search are compared query by query and gate the verdict. An unreadable image is refused,
-    or skipped with `skip_bad_images` (the report names it).
+    or skipped with `skip_bad_images` (the report names it). `quick`: no float64 pass, so the bound is
+    atol + rtol·|x| alone. `stage` is told each step as it starts.
 
     >>> parity.verify("RN50.pt").passed                             # doctest: +SKIP
     True
@@ -170,7 +171,8 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
                              rtol=rtol, photos=photos and s.photos, layers=layers, reference=s.reference,
                              noise_factor=noise_factor, towers=towers_for(s.config, towers),
-                             vocab_file=s.vocab_file, outputs=outputs, user=user)
+                             vocab_file=s.vocab_file, outputs=outputs, user=user, quick=quick,
+                             **({"stage": stage} if stage is not None else {}))
     report.sources = s.sources
     return report
 

@@ -198,6 +198,10 @@ def report_options(f):
                      help="auto: the GPU in both frameworks when both have one, else the CPU.")(f)
     f = click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
                      show_default=True, help="Where the reports are written.")(f)
+    f = click.option("--quick", is_flag=True,
+                     help="No float64 pass: the bound is atol + rtol·|x| alone, with no noise floor (faster on "
+                          "big models; the report says so). Default: the float64 floor, kept under .cache/ and "
+                          "read again for the same weights, inputs and code.")(f)
     return f
 
 

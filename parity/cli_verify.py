@@ -34,7 +34,7 @@ from .errors import ParityError, printable
 @debug_option
 @library_errors
 def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str, outputs: str | None, atol: float,
-           rtol: float, noise_factor: float, device: str, report_dir: Path, layers: bool, as_json: bool,
+           rtol: float, noise_factor: float, device: str, report_dir: Path, quick: bool, layers: bool, as_json: bool,
            images: Path | None, texts: Path | None, skip_bad_images: bool, batch: int, junit: Path | None):
     """Run a checkpoint through parity's torch and Paddle CLIP on identical inputs and compare.
 
@@ -71,7 +71,7 @@ def verify(checkpoint: Path, other: Path | None, config: str | None, tower: str,
     report = run(checkpoint, other, config=config, device=device, atol=atol, rtol=rtol, layers=layers,
                  noise_factor=noise_factor, towers=TOWER_CHOICES[tower],
                  outputs=None if outputs is None else [name.strip() for name in outputs.split(",")],
-                 images=images, texts=texts, skip_bad_images=skip_bad_images, batch=batch)
+                 images=images, texts=texts, skip_bad_images=skip_bad_images, batch=batch, quick=quick)
     paths = write_variant(report, report_dir)
     if junit is not None:
         from .harness.junit import verify_suite
@@ -122,7 +122,7 @@ def logits(checkpoint: Path, framework: str, device: str, config: str | None, to
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic weights.")
 @junit_option
 @debug_option
-def verify_all(atol: float, rtol: float, noise_factor: float, device: str, report_dir: Path, family: str | None,
+def verify_all(atol: float, rtol: float, noise_factor: float, device: str, report_dir: Path, quick: bool, family: str | None,
                names: tuple[str, ...], shard: str | None, listing: bool, weights_dir: Path, seed: int,
                junit: Path | None):
     """Every variant through parity's torch and Paddle models on identical inputs.
@@ -136,6 +136,7 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
     \b
     Examples:
       parity verify-all --variant RN50 --variant ViT-B/32
+      parity verify-all --quick
       parity verify-all --family all --shard 2/3 --list
       parity verify-all --family open_clip --shard 1/4 --junit junit.xml
     """
@@ -144,7 +145,7 @@ def verify_all(atol: float, rtol: float, noise_factor: float, device: str, repor
         show_selection(selection)
         return
     run_verify_all(selection, weights_dir, seed, report_dir, junit, device=device, atol=atol, rtol=rtol,
-                   noise_factor=noise_factor)
+                   noise_factor=noise_factor, quick=quick)
 
 
 @click.command()
@@ -221,15 +222,26 @@ def verify_export(folder: Path, checkpoint: Path | None, config: str | None, ato
 
 
 # ---------------------------------------------------------------- verify-all and JUnit
-def show_step(step) -> None:
-    """verify-all's progress: a variant as it starts, then on the same line its result."""
+def show_steps():
+    """verify-all's progress, one call per Step: a variant as it starts, then on the same line its result;
+    for a variant that takes over 30 s, a line per stage in between, and its result on a line of its own."""
+    staged: set[int] = set()  # the variants that have shown stage lines
+    return lambda step: show_step(step, staged)
+
+
+def show_step(step, staged: set[int]) -> None:
     from .harness.report import logit_line
 
-    if step.report is None:
+    if step.stage is not None:
+        if step.index not in staged:  # the first stage line of this variant: off the variant's line
+            staged.add(step.index)
+            click.echo()
+        echo(f"    {step.stage}")
+    elif step.report is None:
         echo(f"[{step.index}/{step.total}] {step.entry.name} "
              f"({'weights from ' + str(step.weights) if step.weights else 'synthetic'}) ...", nl=False)
     else:
-        click.echo(f" {logit_line(step.report)}")
+        click.echo(f"{'    ->' if step.index in staged else ''} {logit_line(step.report)}")
 
 
 def choose(family: str | None, names, shard: str | None):
@@ -261,7 +273,7 @@ def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, ju
 
     start = time.perf_counter()
     try:
-        results = sweep(selection.entries, weights_dir, seed, report_dir, show_step, **gate_options)
+        results = sweep(selection.entries, weights_dir, seed, report_dir, show_steps(), **gate_options)
     except ParityError as e:  # its message names the variant
         if debugging():
             raise

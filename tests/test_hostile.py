@@ -136,6 +136,20 @@ def test_nan_warns_and_strict_refuses(tmp_path, rn50):
     assert src.with_suffix(".pdparams").exists()
 
 
+def test_nan_in_a_tensor_not_converted_is_still_found(tmp_path, rn50):
+    """NaN and Inf are checked as each tensor is read to be written; a tower written alone leaves the
+    other tower's tensors unread, and those are read and checked too."""
+    state, _ = rn50
+    weight = state["visual.layer1.0.conv1.weight"].clone()
+    weight[0, 0, 0, 0] = float("inf")
+    src = _save(tmp_path, "inf.pt", {**state, "visual.layer1.0.conv1.weight": weight})
+    result = run("convert", src, "--tower", "text", "--to", "openai", "-o", tmp_path / "text.pt")
+    assert result.exit_code == 0 and "NaN or Inf in 1 tensors (visual.layer1.0.conv1.weight)" in result.output
+    refused(run("convert", src, "--tower", "text", "--to", "openai", "-o", tmp_path / "strict.pt", "--strict"),
+            "NaN or Inf in 1 tensors (visual.layer1.0.conv1.weight)")
+    assert not (tmp_path / "strict.pt").exists()
+
+
 def test_variant_option(tmp_path, rn50):
     _, good = rn50
     refused(run("convert", good, "--to", "paddle", "-o", tmp_path / "x.pdparams", "--variant", "RN42"),

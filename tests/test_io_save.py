@@ -125,3 +125,43 @@ def test_loaded_pdparams_arrays_are_writable(rn50_files):
 
     plain = pickle.loads((rn50_files / "a.pdparams").read_bytes())
     assert all(v.flags.writeable for k, v in plain.items() if k != EXTRAS_KEY)
+
+
+def _plan():
+    """A plan of tensors as a conversion makes them: float16 cast to float32 (Fortran-ordered, as a Paddle
+    layout's transposed Linear weights are), kept as they are, of several sizes and dtypes."""
+    from parity.io.tensors import Planned
+
+    rng = np.random.default_rng(0)
+    arrays = {"a": rng.standard_normal((64, 48)).astype(np.float16).T, "b": rng.integers(0, 9, (7,)),
+              "c": rng.standard_normal((300, 5)).astype(np.float16), "d": np.float32(rng.standard_normal((3, 3))),
+              "e": np.zeros((0, 4), np.float16), "f": rng.standard_normal(()).astype(np.float16)}
+    wanted = {"a": np.float32, "c": np.float32, "e": np.float32, "f": np.float32}
+    return {k: Planned(lambda v=v: v, np.dtype(wanted.get(k, v.dtype)), v.shape) for k, v in arrays.items()}
+
+
+def test_tensors_made_ahead_are_written_as_tensors_made_in_turn():
+    """A Target made one tensor ahead on a second thread (two reused buffers) writes the same bytes, with
+    the same digests, as one made a tensor at a time: in the order the writer asks, and out of it (each
+    tensor then made in turn, what was made ahead dropped)."""
+    import io
+
+    from parity.io.formats import pdparams
+    from parity.io.save import Target
+    from parity.io.tensors import digest
+
+    def written(streaming, order=None):
+        target, out = Target(_plan(), fortran=True), io.BytesIO()
+        if streaming:
+            with target.streaming(order):
+                pdparams.write(out, target, None)
+        else:
+            pdparams.write(out, target, None)
+        return out.getvalue(), target.digests
+
+    alone, digests = written(False)
+    assert {k: digests[k] for k in "ac"} == {k: digest(np.asarray(p(), order="K")) for k, p in _plan().items() if k in "ac"}
+    assert written(True) == (alone, digests)
+    assert written(True, list("fedcba")) == (alone, digests)  # every tensor asked for out of the order given
+    assert written(True, list("abdcef")) == (alone, digests)  # some of them
+

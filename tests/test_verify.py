@@ -200,3 +200,82 @@ def test_zero_shot_with_either_framework(files):
     # parity's torch model gives openai/CLIP's own probabilities for the example
     np.testing.assert_allclose(torch_probs, official_logits.softmax(dim=-1).numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(paddle_probs, torch_probs, atol=1e-5)
+
+
+def test_the_float64_pass_runs_once_for_the_same_weights_inputs_and_code(tmp_path, monkeypatch):
+    """The float64 outputs behind the noise floor are kept (parity.harness.floors) and read again for the
+    same weights, inputs and code: the same floor, without the pass. Other weights, or a kept file that
+    does not read as one, and the pass runs again."""
+    from parity.harness import floors
+    from parity.harness.run import verify_state_dict
+    from parity.testing.synthetic import cached_state_dict
+
+    monkeypatch.setattr(floors, "folder", lambda: tmp_path / "float64")
+    state, config = cached_state_dict("RN50"), registry.get("RN50").config
+
+    def measured(weights) -> tuple[bool, dict]:
+        stages = []
+        report = verify_state_dict(weights, "synthetic seed 0", config, photos=False, stage=stages.append)
+        assert report.passed and not report.quick
+        return any("float64" in s for s in stages), report.noise_floor
+
+    ran, floor = measured(state)
+    assert ran and len(list((tmp_path / "float64").iterdir())) == 1
+    assert measured(state) == (False, floor)
+    other = {**state, "ln_final.bias": state["ln_final.bias"] + 1e-3}
+    assert measured(other)[0] and len(list((tmp_path / "float64").iterdir())) == 2
+    for kept in (tmp_path / "float64").iterdir():
+        kept.write_bytes(kept.read_bytes()[:-8])  # truncated: not read, measured again
+    assert measured(state) == (True, floor)
+
+
+def test_quick_has_no_float64_pass_and_says_its_bound(tmp_path, monkeypatch):
+    from parity.harness import floors
+
+    monkeypatch.setattr(floors, "folder", lambda: tmp_path / "float64")
+    result = CliRunner().invoke(main, ["verify-all", "--quick", "--variant", "RN50", "--weights-dir",
+                                       str(tmp_path / "none"), "--report-dir", str(tmp_path / "reports")])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "reports" / "verify-all.json").read_text())["results"][0]
+    assert row["quick"] is True and row["noise_floor"] is None and row["passed"] is True
+    assert {d["bound_kind"] for d in row["differences"].values()} == {"atol+rtol"}
+    assert not any("float64" in stage for stage in row["stages"]) and "torch image tower: 8 photographs" in row["stages"]
+    assert "quick: no float64 pass" in (tmp_path / "reports" / "RN50.md").read_text()
+    assert "quick: no float64 pass" in (tmp_path / "reports" / "verify-all.md").read_text()
+    assert not (tmp_path / "float64").exists()  # nothing measured, nothing kept
+
+
+def test_a_long_variant_tells_its_stages():
+    """verify-all's progress: stage lines once a variant has run past its threshold, none before."""
+    from parity.harness.sweep import Stages
+
+    shown = []
+    quiet = Stages(shown.append, after=1e9)
+    quiet("torch image tower: canonical input")
+    quiet("reports")
+    assert list(quiet.done()) == ["torch image tower: canonical input", "reports"] and shown == []
+    loud = Stages(shown.append, after=0.0)
+    loud("a")
+    loud("b")
+    loud.done()
+    assert [line.split(":")[0] for line in shown] == ["a", "b"] and all(line.endswith(" s") for line in shown)
+
+
+def test_paddle_takes_mkl_s_avx2_path_on_amd_cpus_only(monkeypatch):
+    """Paddle's bundled MKL takes its slowest GEMM path on CPUs not made by Intel; parity asks for the AVX2
+    path on AMD CPUs that have it, and leaves Intel CPUs and a user's own setting alone."""
+    from parity.models import frameworks
+
+    assert frameworks.cpu_vendor() in ("GenuineIntel", "AuthenticAMD", "")  # this machine's, read from Linux
+    features = np._core._multiarray_umath.__cpu_features__
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    monkeypatch.setattr(frameworks, "cpu_vendor", lambda: "GenuineIntel")
+    frameworks.mkl_path_for_this_cpu()
+    assert "MKL_DEBUG_CPU_TYPE" not in frameworks.os.environ
+    monkeypatch.setattr(frameworks, "cpu_vendor", lambda: "AuthenticAMD")
+    frameworks.mkl_path_for_this_cpu()
+    avx2 = features["AVX2"] and features["FMA3"]
+    assert frameworks.os.environ.get("MKL_DEBUG_CPU_TYPE") == (frameworks.MKL_AVX2 if avx2 else None)
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "4")
+    frameworks.mkl_path_for_this_cpu()
+    assert frameworks.os.environ["MKL_DEBUG_CPU_TYPE"] == "4"

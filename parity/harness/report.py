@@ -79,7 +79,7 @@ class Report:
     inputs: dict
     torch_logit: float | None  # None: one tower verified
     paddle_logit: float | None
-    noise_floor: dict
+    noise_floor: dict | None  # None: quick (no float64 pass)
     differences: dict[str, "Difference"]
     feature_cosine: float
     features: dict
@@ -94,6 +94,8 @@ class Report:
     gated: list[str] | None = None  # the compared outputs that gate `passed` (None: all)
     loss: str = "softmax"  # how its logits become probabilities: "softmax" over texts (CLIP), "sigmoid" (SigLIP)
     search: "Search | None" = None  # the user's images and captions (verify --images --texts)
+    quick: bool = False  # no float64 pass: the bound is atol + rtol·|x| alone
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (verify-all)
 
     def probabilities(self) -> tuple[float, float] | None:
         """SigLIP's canonical sigmoid probability in torch and Paddle (None for CLIP, or one tower)."""
@@ -189,6 +191,9 @@ def _now() -> str:
 
 
 def _gate_text(r: Report) -> str:
+    if r.quick:
+        return (f"Gate (quick: no float64 pass, so no noise floor), element by element: |Δ| ≤ atol + rtol·|torch|, "
+                f"atol {r.atol:g}, rtol {r.rtol:g}. The bound shown is the one at the element nearest its limit.")
     return (f"Gate, element by element: |Δ| ≤ max(atol + rtol·|torch|, {r.noise_factor:g} × float32 noise floor), "
             f"atol {r.atol:g}, rtol {r.rtol:g}; the noise floor is parity's torch model in float64 vs float32 "
             "on the same weights and inputs. The bound shown is the one at the element nearest its limit.")
@@ -205,7 +210,8 @@ def variant_markdown(r: Report, picture: str | None) -> str:
            f"- canonical input: {r.inputs['canonical']}", "", _gate_text(r), "",
            "| output | max abs Δ | relative Δ | cosine | float32 noise floor | bound | status |", "|---|---|---|---|---|---|---|"]
     for name, d in r.differences.items():
-        md.append(f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.cosine:.10f} | {r.noise_floor[name]:.2e} | "
+        floor = "-" if r.noise_floor is None else f"{r.noise_floor[name]:.2e}"
+        md.append(f"| {name} | {d.max_abs:.3e} | {d.relative:.3e} | {d.cosine:.10f} | {floor} | "
                   f"{d.bound:.2e} ({d.bound_kind}) | {'PASS' if d.passed else 'FAIL'} |")
     if r.torch_logit is not None:
         md += ["", f"Canonical logit: torch {r.torch_logit:.6f}, paddle {r.paddle_logit:.6f}."]
@@ -351,8 +357,10 @@ def write_verify_all(results: list[Report], report_dir: Path, total_seconds: flo
           f"parity {__version__}, {meta['date']}, {meta['machine']}; total {total_seconds:.1f} s.", "",
           "Canonical input: image = ones/2 (1, 3, R, R), text = ones (1, 77); photographs: scikit-image's sample "
           "set with a caption each (top-5 agreement: the same five captions, in the same order, for every "
-          "photograph). " + SYNTHETIC_NOTE + " Bound: max(atol + rtol·|x|, noise factor × float32 noise floor) at the "
-          "element nearest it. One report per variant beside this file.", "",
+          "photograph). " + SYNTHETIC_NOTE + (" Bound (quick: no float64 pass, so no noise floor): atol + rtol·|x|"
+                                              if any(r.quick for r in results) else
+                                              " Bound: max(atol + rtol·|x|, noise factor × float32 noise floor)") +
+          " at the element nearest it. One report per variant beside this file.", "",
           markdown_table(results), ""]
     md_path, json_path = report_dir / "verify-all.md", report_dir / "verify-all.json"
     slim = [{k: v for k, v in r.to_dict().items() if k not in ("features",)} for r in results]

@@ -24,6 +24,7 @@ from ..models.build import paddle_model, torch_model
 from .gate import (DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Outputs, compare, cosine_features, float64, floor,
                    similarity)
 from ..errors import ParityError
+from . import floors
 from .layers import diagnose_layers
 from .search import compare_search, rank
 from .report import Photos, ReferenceCheck, Report
@@ -37,9 +38,14 @@ MIN_COSINE = 0.99999  # photographs: each feature vector's cosine between the fr
 class SideResult:
     canonical: Outputs
     photos: Outputs | None
-    noise: dict | None = None  # float32 noise floor on the canonical pair
+    float64: Outputs | None = None  # the canonical pair in float64 (torch's side, where it ran)
     seconds: float = 0.0
     user: Outputs | None = None  # the user's images and captions (verify --images --texts)
+    logit_scale: float | None = None
+
+
+def _quiet(name: str) -> None:
+    pass
 
 
 def _user_batches(user, tower: str):
@@ -82,9 +88,10 @@ def _numpy(features: dict, logits=None) -> Outputs:
 
 
 def torch_side(state_dict, config, image, text, photos: SampleSet | None, device: str,
-               towers=layouts.HUB.TOWERS, noise: bool = True, user=None) -> SideResult:
+               towers=layouts.HUB.TOWERS, noise: bool = True, user=None, stage=_quiet) -> SideResult:
     """parity's torch model, one tower at a time (each built, run and freed before the next): the
-    canonical pair in float32 and, with `noise`, in float64 (its noise floor), and the photographs."""
+    canonical pair in float32 and, with `noise`, in float64 (its noise floor), and the photographs.
+    `stage` is told each step as it starts."""
     import torch
 
     start = time.perf_counter()
@@ -95,6 +102,7 @@ def torch_side(state_dict, config, image, text, photos: SampleSet | None, device
     alone = not config.whole  # a tower alone: its hidden states, pooled output and embeds
     logit_scale = None
     for tower in towers:
+        stage(f"torch {tower} tower: canonical input")
         model = torch_model(state_dict, config, device=device, towers=(tower,))
         fp32[tower] = _encode_torch(model, tower, inputs[tower], states=alone)
         last = len(fp32) == 2
@@ -104,25 +112,26 @@ def torch_side(state_dict, config, image, text, photos: SampleSet | None, device
             if not alone:
                 logit_scale = float(model.logit_scale.detach().exp())
         if noise:
+            stage(f"torch {tower} tower: float64 noise floor")
             with torch.no_grad(), float64(model):
                 fp64[tower] = _encode_torch(model, tower, inputs[tower], np.float64 if tower == "image" else None,
                                             alone)
                 if last:
                     logits64 = model.logits(fp64["image"], fp64["text"])[0]
         if photos:
+            stage(f"torch {tower} tower: {len(photos.names)} photographs")
             shots[tower] = _encode_torch(model, tower, shots_in[tower])
         if user:
+            stage(f"torch {tower} tower: your data")
             mine[tower] = np.concatenate([_f64(_encode_torch(model, tower, x)) for x in _user_batches(user, tower)])
         del model
         gc.collect()
-    canonical = _numpy(fp32, logits32)
-    floors = floor(canonical, _numpy(fp64, logits64), logit_scale) if noise else None
-    return SideResult(canonical, _numpy(shots) if photos else None, floors, time.perf_counter() - start,
-                      _numpy(mine) if user else None)
+    return SideResult(_numpy(fp32, logits32), _numpy(shots) if photos else None, _numpy(fp64, logits64) if noise else None,
+                      time.perf_counter() - start, _numpy(mine) if user else None, logit_scale)
 
 
 def paddle_side(paddle_sd, config, image, text, photos: SampleSet | None, device: str,
-                 towers=layouts.HUB.TOWERS, user=None) -> SideResult:
+                 towers=layouts.HUB.TOWERS, user=None, stage=_quiet) -> SideResult:
     """parity's Paddle model, one tower at a time: the canonical pair and the photographs."""
     paddle = import_paddle()
     start = time.perf_counter()
@@ -131,12 +140,15 @@ def paddle_side(paddle_sd, config, image, text, photos: SampleSet | None, device
     out, shots, mine = {}, {}, {}
     logits = None
     for tower in towers:
+        stage(f"paddle {tower} tower: canonical input")
         model = paddle_model(paddle_sd, config, device=device, towers=(tower,))
         with paddle.no_grad():
             out[tower] = _encode_paddle(model, tower, inputs[tower], states=not config.whole)
             if photos:
+                stage(f"paddle {tower} tower: {len(photos.names)} photographs")
                 shots[tower] = _encode_paddle(model, tower, shots_in[tower])
             if user:
+                stage(f"paddle {tower} tower: your data")
                 mine[tower] = np.concatenate([_f64(_encode_paddle(model, tower, x)) for x in _user_batches(user, tower)])
             if len(out) == 2:
                 logits = model.logits(out["image"], out["text"])[0]
@@ -162,11 +174,24 @@ def _photo_comparison(photos: SampleSet, t: Outputs, p: Outputs, min_cosine: flo
                   all(d.passed for d in diffs.values()) and ranked.passed)
 
 
+def _torch_and_floor(torch_sd, config, image, text, shots, device: str, towers, user, quick: bool,
+                     stage) -> tuple[SideResult, dict | None]:
+    """torch's side and the float32 noise floor of its canonical outputs: None when `quick`; else from
+    float64 outputs kept by an earlier run on the same weights, inputs and code, or measured (and kept)."""
+    kept = None if quick else floors.key(torch_sd, config, image, text, towers, device)
+    known = floors.load(kept)
+    t = torch_side(torch_sd, config, image, text, shots, device, towers, not quick and known is None, user, stage)
+    if t.float64 is not None:
+        floors.store(kept, t.float64)
+    return t, None if quick else floor(t.canonical, known or t.float64, t.logit_scale)
+
+
 def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weights: str = "unlabelled",
                 device: str = "auto", atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                 photos: bool = True, layers: bool = False, reference: float | None = None,
                 min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR,
-                towers=layouts.HUB.TOWERS, vocab_file=None, outputs=None, user=None) -> Report:
+                towers=layouts.HUB.TOWERS, vocab_file=None, outputs=None, user=None, quick: bool = False,
+                stage=_quiet) -> Report:
     """Compare parity's torch model on `torch_sd` (the hub layout) with parity's Paddle model on
     `paddle_sd` (parity's Paddle layout) on identical inputs; returns the Report. Tensors are arrays, or
     plans (`Planned`) made as each tower is built: one tower of one framework is alive at a time.
@@ -179,7 +204,8 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     token, its pooled output and its embeds; `outputs` names those that gate the verdict (None: all).
     `user`: the user's images and captions (search.UserSet), compared in place of the photographs, with
     text -> image and image -> text search. Layer diagnosis runs with `layers` and whenever the outputs
-    disagree.
+    disagree. `quick`: no float64 pass (the bound is atol + rtol·|x| alone); otherwise the floor's float64
+    outputs come from `floors` where an earlier run kept them. `stage` hears each step as it starts.
     """
     start = time.perf_counter()
     towers = tuple(t for t in layouts.HUB.TOWERS if t in towers and t in config.towers)
@@ -189,19 +215,16 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     resolution, context, kind = input_sizes(config)
     image, text = canonical_inputs(resolution, context, kind, vocab_file)
     shots = sample_set(resolution, context, text=kind, vocab_file=vocab_file) if photos else None
-    t = torch_side(torch_sd, config, image, text, shots, devices["torch"], towers, user=user)
-    p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers, user=user)
-    diffs = compare(t.canonical, p.canonical, atol, rtol, t.noise, noise_factor)
+    t, noise = _torch_and_floor(torch_sd, config, image, text, shots, devices["torch"], towers, user, quick, stage)
+    p = paddle_side(paddle_sd, config, image, text, shots, devices["paddle"], towers, user, stage)
+    diffs = compare(t.canonical, p.canonical, atol, rtol, noise, noise_factor)
     gated = gated_outputs(diffs, outputs)
     logit = (lambda out: float(out.logits.ravel()[0])) if len(towers) == 2 else (lambda out: None)
-    canonical = {"image": f"image ones/2 (1, 3, {resolution}, {resolution}) float32",
-                 "text": kinds.get("text", kind).canonical_label(context, vocab_file)}
     report = Report(
         variant=registry.name_of(config) or "custom", weights=weights, config=config.to_dict(),
         devices=device_names(devices), versions=versions(), atol=atol, rtol=rtol, noise_factor=noise_factor,
-        inputs={"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
-                "towers": list(towers)},
-        torch_logit=logit(t.canonical), paddle_logit=logit(p.canonical), noise_floor=t.noise, differences=diffs,
+        inputs=_inputs(resolution, context, kind, vocab_file, towers, shots),
+        torch_logit=logit(t.canonical), paddle_logit=logit(p.canonical), noise_floor=noise, differences=diffs,
         feature_cosine=min(diffs[f"{x}_features" if config.whole else t.canonical.feature].cosine for x in towers),
         features={"torch": _features(t.canonical), "paddle": _features(p.canonical)},
         seconds_torch=t.seconds, seconds_paddle=p.seconds, gated=gated,
@@ -217,11 +240,20 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
         report.reference = reference_check(report, reference, atol)
         passed = passed and report.reference.passed
     if layers or not passed:
+        stage("layer diagnosis")
         report.layers = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor, towers,
                                         vocab_file)
-    report.passed = passed
+    report.passed, report.quick = passed, quick
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _inputs(resolution: int, context: int, kind: str, vocab_file, towers, shots: SampleSet | None) -> dict:
+    """The report's description of the inputs."""
+    canonical = {"image": f"image ones/2 (1, 3, {resolution}, {resolution}) float32",
+                 "text": kinds.get("text", kind).canonical_label(context, vocab_file)}
+    return {"canonical": ", ".join(canonical[x] for x in towers), "photos": shots.names if shots else [],
+            "towers": list(towers)}
 
 
 def reference_check(report: Report, reference: float, atol: float) -> ReferenceCheck:

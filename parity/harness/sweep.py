@@ -4,6 +4,7 @@ weights; one variant's weights in memory at a time, each variant's report writte
 from __future__ import annotations
 
 import gc
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -62,21 +63,57 @@ def select(family: str | None = None, names: Sequence[str] = (), shard: tuple[in
 @dataclass(frozen=True)
 class Step:
     """Where a sweep stands: variant `index` of `total`, on its release file `weights` (None: synthetic
-    weights); `report` is None as the variant starts, its report once it is done."""
+    weights); `report` is None as the variant starts, its report once it is done; `stage`, a line on a
+    stage of a long variant just done (`Stages`)."""
 
     index: int
     total: int
     entry: Entry
     weights: Path | None
     report: Report | None = None
+    stage: str | None = None
+
+
+class Stages:
+    """One variant's verification, stage by stage: each stage timed (`done` gives the seconds, which go
+    into its report), and told to `show` as it ends once the variant has run for `after` seconds (those
+    before are told then), so that a long variant says what it did and a short one stays one line."""
+
+    def __init__(self, show: Callable[[str], None], after: float = 30.0):
+        self.show, self.after, self.start = show, after, time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+        self._told = 0
+
+    def __call__(self, name: str) -> None:
+        """Stage `name` starts (the one before ends)."""
+        self._end()
+        self._current = (name, time.perf_counter())
+
+    def _end(self) -> None:
+        if self._current is None:
+            return
+        name, began = self._current
+        self._current = None
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
+        if time.perf_counter() - self.start >= self.after:
+            for told in list(self.seconds)[self._told:]:
+                self.show(f"{told}: {self.seconds[told]:.1f} s")
+            self._told = len(self.seconds)
+
+    def done(self) -> dict[str, float]:
+        """The seconds of each stage (the last one ends now)."""
+        self._end()
+        return {name: round(seconds, 3) for name, seconds in self.seconds.items()}
 
 
 def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Path,
           progress: Callable[[Step], None] = lambda step: None, **options) -> list[Report]:
     """Each entry verified, in order: on `weights_dir / entry.filename` when the entry has a release file
     and it is there (labelled by its SHA-256, checked against the reference table when official), else on
-    synthetic weights of `seed` (cached). `options`: verify's device, atol, rtol, noise_factor. Each report is written under
-    `report_dir` (`write_variant`); `progress` hears of each variant as it starts and as it ends.
+    synthetic weights of `seed` (cached). `options`: verify's device, atol, rtol, noise_factor, quick. Each report is
+    written under `report_dir` (`write_variant`); `progress` hears of each variant as it starts and as it ends,
+    and of each stage of one that takes over 30 s (`Stages`).
     ParityError, its message led by the variant's name, for a variant that cannot be verified."""
     from ..api import verify as verify_file
     from ..models.frameworks import require
@@ -91,14 +128,18 @@ def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Pa
         real = weights_dir / entry.filename if entry.filename else None
         weights = real if real is not None and real.is_file() else None
         progress(Step(i, len(entries), entry, weights))
+        stages = Stages(lambda line: progress(Step(i, len(entries), entry, weights, stage=line)))
         try:
             if weights is not None:
-                result = verify_file(weights, config=entry.config, **options)
+                result = verify_file(weights, config=entry.config, stage=stages, **options)
             else:
+                stages("synthetic weights")
                 state = cached_state_dict(entry.config, seed)
-                result = verify_state_dict(state, f"synthetic seed {seed}", entry.config, **options)
+                result = verify_state_dict(state, f"synthetic seed {seed}", entry.config, stage=stages, **options)
                 del state
+            stages("reports")
             write_variant(result, report_dir)
+            result.stages = stages.done()
         except ParityError as e:
             raise ParityError(f"{entry.name}: {e}") from e
         gc.collect()

@@ -20,6 +20,7 @@ from .checkpoint import Checkpoint, from_raw
 from .content import read_array
 from ..errors import NonFiniteError, OutputExistsError
 from .formats.folders import open_input, refuse_overlap
+from .formats.source import Stored
 from .save import FORMATS, Saved, save, target_of
 
 
@@ -70,6 +71,54 @@ def nonfinite(state: Mapping[str, np.ndarray]) -> list[str]:
     return sorted(k for k, v in state.items() if v.dtype.kind == "f" and v.size and _has_nonfinite(read_array(v)))
 
 
+class _Watched(Stored):
+    """A Stored tensor checked for NaN and Inf each time it is read for writing, so that a conversion
+    reads its source once: `seen[key]` says whether it held any."""
+
+    __slots__ = ("key", "seen")
+
+    @classmethod
+    def of(cls, stored: Stored, key: str, seen: dict[str, bool]) -> "_Watched":
+        watched = cls.__new__(cls)
+        for slot in Stored.__slots__:
+            setattr(watched, slot, getattr(stored, slot))
+        watched.key, watched.seen = key, seen
+        return watched
+
+    def read(self) -> np.ndarray:
+        a = super().read()
+        self.seen[self.key] = self.seen.get(self.key, False) or bool(a.dtype.kind == "f" and a.size and _has_nonfinite(a))
+        return a
+
+
+def _finite(src, bad: list[str], strict: bool) -> list[str]:
+    """The warning for tensors holding NaN or Inf (NonFiniteError under `strict`)."""
+    if not bad:
+        return []
+    message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
+    if strict:
+        raise NonFiniteError(message)
+    return [message]
+
+
+def _watch(ck: Checkpoint) -> Callable[[], list[str]]:
+    """Watch `ck`'s stored tensors as the conversion reads them; the returned call gives the keys of those
+    holding NaN or Inf, reading (and checking) only the tensors the conversion did not read. Their zip
+    entries are marked verified: the caller checks their CRC-32s on its hashing pass, before naming."""
+    seen: dict[str, bool] = {}
+    original = dict(ck.state_dict)
+    for v in original.values():
+        if isinstance(v, Stored) and v.crc is not None:
+            v.source.verified.add(v.entry)
+    ck.state_dict = {k: _Watched.of(v, k, seen) if type(v) is Stored and v.dtype.kind == "f" else v
+                     for k, v in original.items()}
+
+    def found() -> list[str]:
+        rest = nonfinite({k: v for k, v in original.items() if k not in seen})
+        return sorted({*rest, *(k for k, bad in seen.items() if bad)})
+    return found
+
+
 def default_output(src: Path, fmt: str, layout: str) -> Path:
     """SRC with the target's suffix; a folder: SRC's name without its suffix, then -LAYOUT."""
     if fmt == "folder":
@@ -104,16 +153,12 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
         raw = source.read()
         stop = threading.Event()
         with ThreadPoolExecutor(1) as pool:
-            digest = pool.submit(source.sha256, (), stop)
+            # the zip entries' CRC-32s are checked on the hashing pass beside, awaited before the output is named
+            digest = pool.submit(source.sha256, raw.entries, stop)
             try:
                 ck = from_raw(raw, Path(src), config, digest.result)
                 warnings, config_warning = [], None
-                bad = nonfinite(ck.state_dict)
-                if bad:
-                    message = f"{src}: NaN or Inf in {len(bad)} tensors ({', '.join(bad[:3])})"
-                    if strict:
-                        raise NonFiniteError(message)
-                    warnings.append(message)
+                found = _watch(ck)  # NaN and Inf: each tensor checked as it is read to be written
                 if tower is not None:
                     ck = ck.tower(tower, projection)
                 if not ck.config.complete:
@@ -121,9 +166,13 @@ def convert(src, to: str, out=None, *, config=None, dtype: str | None = None, la
                                       "tensors were moved, and no config was written with them: computing with "
                                       "the output will need it given (a registered name or a JSON file)")
                 stage(f"writing and checking {out.name}")
-                # the output is named only if the source still is the file that was read
+
+                def before_naming():  # the source's CRC-32s held, it is still the file read, finite under `strict`
+                    digest.result()
+                    warnings.extend(_finite(src, found(), strict))
+                    source.check_unchanged()
                 saved = save(ck, out, to, layout=layout, format=fmt, dtype=dtype, force=force, digest=digest,
-                             before_naming=source.check_unchanged)
+                             before_naming=before_naming)
             except BaseException:
                 stop.set()
                 raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from .formats import Source, Stored, contiguous, pdparams, read, safetensors, torch_zip
 from .formats.atomic import atomic_folder, atomic_write
 from .formats.pdparams import EXTRAS_KEY
-from .tensors import Planned, Record
+from .tensors import Digest, Planned, Record, digest
 
 FORMATS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors", "folder": ""}  # -> suffix
 DTYPES = ("keep", "float32", "float16")
@@ -36,29 +36,57 @@ LEGACY = {"torch": ("openai", "pt"), "paddle": ("paddle", "pdparams"), "safetens
 
 class Target(Mapping):
     """The tensors of a file to write, each made (and its source tensor read) when asked for, so a
-    conversion holds one target tensor at a time; `spec` says dtype and shape without making.
+    conversion holds two target tensors at a time; `spec` says dtype and shape without making.
 
-    Inside `streaming()`, casts go into one reused buffer: each tensor is valid only until the next is made
-    (what the writers and the check need), and no fresh memory is touched per tensor."""
+    Inside `streaming(order)`, the tensor after the one asked for (in `order`) is made on a second thread
+    while the first is written (numpy's casts and the file reads release the GIL), into two reused buffers:
+    each tensor is valid only until the next is asked for, and no fresh memory is touched per tensor.
+    Each tensor made there is also digested (`digest`: its CRC-32, dtype, shape and memory order), which
+    is what the file read back is compared with."""
 
     def __init__(self, plan: dict[str, Planned], fortran: bool):
         self.plan, self.fortran = plan, fortran
-        self.scratch: np.ndarray | None = None
+        self.digests: dict[str, Digest] = {}
+        self._scratch: list[np.ndarray] = []
+        self._ahead: tuple[str, Future, int] | None = None  # the next tensor, being made into _scratch[i]
+        self._held = 0  # the buffer of the tensor last given
+        self._next: dict[str, str] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
-    def __getitem__(self, key: str) -> np.ndarray:
+    def _make(self, key: str, scratch: np.ndarray | None) -> np.ndarray:
         planned = self.plan[key]
         a = planned.make()
         if a.dtype != planned.dtype:
-            if self.scratch is None:
+            if scratch is None:
                 a = a.astype(planned.dtype)
             else:
                 order = "F" if self.fortran and a.flags.f_contiguous and not a.flags.c_contiguous else "C"
-                out = self.scratch[:a.size * planned.dtype.itemsize].view(planned.dtype).reshape(a.shape, order=order)
+                out = scratch[:a.size * planned.dtype.itemsize].view(planned.dtype).reshape(a.shape, order=order)
                 np.copyto(out, a, casting="unsafe")
                 a = out
         # a pickle stores a Fortran-ordered array as it is, so a Paddle layout's transposed Linear weights
         # need no transposing copy in a .pdparams; the other formats store C order
         return a if self.fortran and a.flags.f_contiguous else contiguous(a)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if self._pool is None:
+            a = self._make(key, None)
+        else:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead[0] == key:
+                a = ahead[1].result()
+                self._held = ahead[2]
+            else:
+                if ahead is not None:  # asked out of order: what was made ahead is dropped (one maker at a time)
+                    ahead[1].cancel() or ahead[1].exception()
+                self._held = 1 - self._held
+                a = self._make(key, self._scratch[self._held])
+            following = self._next.get(key)
+            if following is not None:  # made into the other buffer while `a` is written
+                other = 1 - self._held
+                self._ahead = (following, self._pool.submit(self._make, following, self._scratch[other]), other)
+        self.digests[key] = digest(a)
+        return a
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.plan)
@@ -70,13 +98,18 @@ class Target(Mapping):
         return self.plan[key].dtype, self.plan[key].shape
 
     @contextmanager
-    def streaming(self):
+    def streaming(self, order: list[str] | None = None):
+        """Make the tensors one ahead, in `order` (the plan's by default: the order the writer asks)."""
+        order = list(self.plan) if order is None else order
         largest = max((math.prod(p.shape) * p.dtype.itemsize for p in self.plan.values()), default=0)
-        self.scratch = np.empty(largest, np.uint8)
+        self._scratch = [np.empty(largest, np.uint8), np.empty(largest, np.uint8)]
+        self._next = dict(zip(order, order[1:]))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="parity-make")
         try:
             yield self
         finally:
-            self.scratch = None
+            self._pool.shutdown(wait=True, cancel_futures=True)  # never leave a thread writing a buffer about to be dropped
+            self._pool, self._ahead, self._scratch, self._next = None, None, [], {}
 
 
 @dataclass
@@ -139,14 +172,14 @@ class _Seen:
         self.index, self.same = index, same
 
 
-def _compare_pdparams(written: Source, tensors: Mapping, record: dict | None,
+def _compare_pdparams(written: Source, digests: Mapping[str, Digest], record: dict | None,
                       wrap: tuple[str, str] | None) -> list[str]:
-    keys = list(tensors)
+    keys = list(digests)
     seen: list[_Seen] = []
 
     def visit(array: np.ndarray) -> _Seen:  # each array compared as it is read, then dropped
         i = len(seen)
-        seen.append(_Seen(i, i < len(keys) and same_bits(array, tensors[keys[i]])))
+        seen.append(_Seen(i, i < len(keys) and digest(array) == digests[keys[i]]))
         return seen[-1]
 
     top = read(written, visit=visit).content
@@ -168,30 +201,32 @@ def _compare_pdparams(written: Source, tensors: Mapping, record: dict | None,
     return bad
 
 
-def _compare(written: Source, fmt: str, tensors: Mapping, record: dict | None,
+def _compare(written: Source, fmt: str, digests: Mapping[str, Digest], record: dict | None,
              wrap: tuple[str, str] | None = None) -> list[str]:
     if fmt == "pdparams":
-        return _compare_pdparams(written, tensors, record, wrap)
+        return _compare_pdparams(written, digests, record, wrap)
     raw = read(written)
     got, got_record = tensors_of(unwrap(raw.content, written.name)[0], written.name, [])
     if raw.metadata.get(META_PREFIX + "extras"):  # safetensors keeps the record in its metadata
         got_record = parse_record(raw.metadata[META_PREFIX + "extras"], written.name)
-    bad = sorted(set(got) ^ set(tensors))
-    for k in tensors:
-        if k in got and not same_bits(got[k].read() if isinstance(got[k], Stored) else got[k], tensors[k]):
+    bad = sorted(set(got) ^ set(digests))
+    for k in digests:
+        if k in got and digest(contiguous(got[k].read() if isinstance(got[k], Stored) else got[k])) != digests[k]:
             bad.append(k)
     if got_record != record:
         bad.append("parity record")
     return bad
 
 
-def check_written(written: Source, fmt: str, tensors: Mapping, record: dict | None,
+def check_written(written: Source, fmt: str, tensors: Target, record: dict | None,
                   wrap: tuple[str, str] | None = None) -> None:
     """Read the file just written back (through the descriptor it was written with) and compare every
-    tensor, byte for byte, with what was meant, one tensor at a time: the planned tensor is made again
-    and the file's is read, and both are dropped before the next."""
+    tensor with what was meant, one tensor at a time: its dtype, shape, memory order and the CRC-32 of its
+    bytes with those of the planned tensor, taken as it was made for writing (not from what the writer
+    was given), so that no tensor is made twice. Every planned tensor must have been made."""
+    missing = [k for k in tensors if k not in tensors.digests]
     try:
-        bad = _compare(written, fmt, tensors, record, wrap)
+        bad = missing or _compare(written, fmt, {k: tensors.digests[k] for k in tensors}, record, wrap)
     except CheckpointError as e:  # unreadable, or a CRC-32 that fails: the bytes on disk are not those written
         bad = [str(e).removeprefix(f"{written.name}: ")]
     if bad:
@@ -266,18 +301,19 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
         return json.dumps(_record(ck, record), sort_keys=True) if record is not None else None
 
     def write(f):
-        with tensors.streaming():
-            if fmt == "pdparams":
+        if fmt == "pdparams":
+            with tensors.streaming():
                 pdparams.write(f, tensors, text, wrap)
-            elif fmt == "pt":
+        elif fmt == "pt":
+            with tensors.streaming():
                 torch_zip.write(f, tensors, text)
-            else:
+        else:
+            with tensors.streaming(safetensors.order(tensors)):
                 safetensors.write(f, tensors, _metadata(ck, target.name, text()))
 
     def check(written: Source):
         recorded = text()
-        with tensors.streaming():
-            check_written(written, fmt, tensors, json.loads(recorded) if recorded else None, wrap)
+        check_written(written, fmt, tensors, json.loads(recorded) if recorded else None, wrap)
         if before_naming is not None:
             before_naming()
 
@@ -299,7 +335,7 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
     config_json = json.dumps(folder.config_to_json(config, source_json), indent=2).encode()
     if folder.weights.endswith(".safetensors"):
         def weights(f):
-            with tensors.streaming():
+            with tensors.streaming(safetensors.order(tensors)):
                 safetensors.write(f, tensors, _metadata(ck, target.name, text()))
         fmt = "safetensors"
     else:
@@ -309,9 +345,8 @@ def _save_folder(ck: Checkpoint, path: Path, target, tensors: Target, text: Call
         fmt = "pdparams"
 
     def check_weights(written: Source):
-        with tensors.streaming():
-            recorded = text() if fmt == "safetensors" else None
-            check_written(written, fmt, tensors, json.loads(recorded) if recorded else None)
+        recorded = text() if fmt == "safetensors" else None
+        check_written(written, fmt, tensors, json.loads(recorded) if recorded else None)
         if before_naming is not None:
             before_naming()
 

@@ -82,15 +82,21 @@ def read(source: Source):
 _NAMES = {np.dtype(v): k for k, v in DTYPES.items() if v != "bfloat16"}
 
 
+def order(tensors: Mapping[str, np.ndarray]) -> list[str]:
+    """The order `write` stores (and asks for) the tensors in: widest dtype first, so every one is aligned."""
+    specs = {k: spec(tensors, k) for k in tensors}
+    return sorted(specs, key=lambda k: (-specs[k][0].itemsize, k))
+
+
 def write(f, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> None:
     """safetensors as the library writes it: a JSON header (padded to 8 bytes), then each tensor's bytes,
     widest dtype first so that every tensor is aligned; written one tensor at a time."""
 
     specs = {k: spec(tensors, k) for k in tensors}
-    order = sorted(specs, key=lambda k: (-specs[k][0].itemsize, k))
+    keys = order(tensors)
     header: dict = {"__metadata__": metadata} if metadata else {}
     offset = 0
-    for key in order:
+    for key in keys:
         dtype, shape = specs[key]
         size = math.prod(shape) * dtype.itemsize
         header[key] = {"dtype": _NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
@@ -98,5 +104,5 @@ def write(f, tensors: Mapping[str, np.ndarray], metadata: dict[str, str]) -> Non
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     f.write(struct.pack("<Q", len(text)) + text)
-    for key in order:
+    for key in keys:
         f.write(tensor_bytes(made(tensors, key, *specs[key])))

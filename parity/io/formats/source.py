@@ -30,7 +30,7 @@ class Source:
 
     def __init__(self):
         self.verified: set[str] = set()  # zip entries whose CRC-32 held on their first read
-        self._scratch: np.ndarray | None = None
+        self._scratch: list[np.ndarray] = []
 
     def _readinto(self, offset: int, view: memoryview) -> int:
         raise NotImplementedError
@@ -63,16 +63,17 @@ class Source:
         return io.BufferedReader(_Window(self, offset, length), buffer_size=1 << 16)
 
     def buffer(self, nbytes: int) -> np.ndarray:
-        """Flat uint8 memory for one read. The last buffer is reused when nothing made from it is still
-        alive (an array made from it holds a reference to it), so a conversion that drops each tensor
-        before the next reuses one buffer (fresh pages cost more than the copy into them), and nothing
-        that is still in use is ever overwritten."""
-        scratch = self._scratch
-        if scratch is not None and scratch.size >= nbytes and sys.getrefcount(scratch) <= 3:
-            return scratch[:nbytes]  # referenced only by self._scratch, `scratch` and getrefcount's argument
-        del scratch
-        self._scratch = np.empty(nbytes, np.uint8)
-        return self._scratch
+        """Flat uint8 memory for one read. One of the last two buffers is reused when nothing made from it
+        is still alive (an array made from it holds a reference to it), so a conversion that drops each
+        tensor before the next but one (one written while the next is read) reuses two buffers (fresh pages
+        cost more than the copy into them), and nothing that is still in use is ever overwritten. One
+        thread reads at a time."""
+        for scratch in self._scratch:
+            # referenced only by the list, `scratch` and getrefcount's argument
+            if scratch.size >= nbytes and sys.getrefcount(scratch) <= 3:
+                return scratch[:nbytes]
+        self._scratch = [*self._scratch[-1:], np.empty(nbytes, np.uint8)]
+        return self._scratch[-1]
 
     def check_unchanged(self) -> None:
         """CheckpointError if the file was changed since it was opened (size, inode, modification time)."""
