@@ -40,7 +40,7 @@ def test_the_wheel_and_the_sdist_carry_what_parity_reads_at_run_time(built):
         inside = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert set(DATA) <= inside and "LICENSE" in inside and "pyproject.toml" in inside
     core = [r for r in wheels.requires(whl) if "extra ==" not in r]
-    assert sorted(r.split(">")[0].split("=")[0] for r in core) == ["click", "ftfy", "numpy", "regex", "safetensors"]
+    assert sorted(r.split(">")[0].split("=")[0] for r in core) == ["click", "ftfy", "numpy", "regex", "safetensors", "xxhash"]
 
 
 def test_neither_framework_is_in_the_fresh_venv(venv):
