@@ -41,8 +41,8 @@ class Target(Mapping):
     Inside `streaming(order)`, the tensor after the one asked for (in `order`) is made on a second thread
     while the first is written (numpy's casts and the file reads release the GIL), into two reused buffers:
     each tensor is valid only until the next is asked for, and no fresh memory is touched per tensor.
-    Each tensor made there is also digested (`digest`: its CRC-32, dtype, shape and memory order), which
-    is what the file read back is compared with."""
+    Each tensor given is also digested (`digest`: its dtype, shape, memory order and XXH3-128), which is
+    what the file read back is compared with."""
 
     def __init__(self, plan: dict[str, Planned], fortran: bool):
         self.plan, self.fortran = plan, fortran
@@ -115,7 +115,7 @@ class Target(Mapping):
 @dataclass
 class Saved:
     path: Path
-    tensors: Target  # exactly what was written (and checked after reloading), made again on demand
+    tensors: Target  # exactly what was written (checked by digest after reading back), made again on demand
     layout: str
     format: str
     bytes: int
