@@ -171,8 +171,7 @@ def verify(first, second=None, *, config=None, device: str = "auto", atol: float
         report = verify_pair(s.torch_plan, s.paddle_plan, s.config, weights=s.label, device=device, atol=atol,
                              rtol=rtol, photos=photos and s.photos, layers=layers, reference=s.reference,
                              noise_factor=noise_factor, towers=towers_for(s.config, towers),
-                             vocab_file=s.vocab_file, outputs=outputs, user=user, quick=quick,
-                             **({"stage": stage} if stage is not None else {}))
+                             vocab_file=s.vocab_file, outputs=outputs, user=user, quick=quick, stage=stage)
     report.sources = s.sources
     return report
 

@@ -70,8 +70,7 @@ def key(state_dict: Mapping, config, image: np.ndarray, text: np.ndarray, towers
 
 def load(name: str | None) -> Outputs | None:
     """The float64 outputs kept under `name`, or None (none kept, or a file that does not read as one)."""
-    path = folder() / f"{name}.safetensors"
-    if name is None or not path.is_file():
+    if name is None or not (path := folder() / f"{name}.safetensors").is_file():
         return None
     try:
         with open_source(path) as source:

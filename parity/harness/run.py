@@ -191,7 +191,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
                 photos: bool = True, layers: bool = False, reference: float | None = None,
                 min_cosine: float = MIN_COSINE, noise_factor: float = NOISE_FACTOR,
                 towers=layouts.HUB.TOWERS, vocab_file=None, outputs=None, user=None, quick: bool = False,
-                stage=_quiet) -> Report:
+                stage=None) -> Report:
     """Compare parity's torch model on `torch_sd` (the hub layout) with parity's Paddle model on
     `paddle_sd` (parity's Paddle layout) on identical inputs; returns the Report. Tensors are arrays, or
     plans (`Planned`) made as each tower is built: one tower of one framework is alive at a time.
@@ -207,7 +207,7 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     disagree. `quick`: no float64 pass (the bound is atol + rtol·|x| alone); otherwise the floor's float64
     outputs come from `floors` where an earlier run kept them. `stage` hears each step as it starts.
     """
-    start = time.perf_counter()
+    start, stage = time.perf_counter(), stage or _quiet
     towers = tuple(t for t in layouts.HUB.TOWERS if t in towers and t in config.towers)
     # the photographs' captions need a tokenizer: SigLIP's is its folder's spiece.model, which synthetic weights lack
     photos = photos and user is None and (config.text is None or kinds.text(config).tokenizes(vocab_file))

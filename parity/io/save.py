@@ -221,8 +221,8 @@ def _compare(written: Source, fmt: str, digests: Mapping[str, Digest], record: d
 def check_written(written: Source, fmt: str, tensors: Target, record: dict | None,
                   wrap: tuple[str, str] | None = None) -> None:
     """Read the file just written back (through the descriptor it was written with) and compare every
-    tensor with what was meant, one tensor at a time: its dtype, shape, memory order and the CRC-32 of its
-    bytes with those of the planned tensor, taken as it was made for writing (not from what the writer
+    tensor with what was meant, one tensor at a time: its dtype, shape, memory order and the XXH3-128 of
+    its bytes with those of the planned tensor, taken as it was made for writing (not from what the writer
     was given), so that no tensor is made twice. Every planned tensor must have been made."""
     missing = [k for k in tensors if k not in tensors.digests]
     try:
@@ -301,14 +301,12 @@ def save(ck: Checkpoint, path, to: str | None = None, *, layout: str | None = No
         return json.dumps(_record(ck, record), sort_keys=True) if record is not None else None
 
     def write(f):
-        if fmt == "pdparams":
-            with tensors.streaming():
+        with tensors.streaming(safetensors.order(tensors) if fmt == "safetensors" else None):
+            if fmt == "pdparams":
                 pdparams.write(f, tensors, text, wrap)
-        elif fmt == "pt":
-            with tensors.streaming():
+            elif fmt == "pt":
                 torch_zip.write(f, tensors, text)
-        else:
-            with tensors.streaming(safetensors.order(tensors)):
+            else:
                 safetensors.write(f, tensors, _metadata(ck, target.name, text()))
 
     def check(written: Source):
