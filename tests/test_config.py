@@ -167,6 +167,20 @@ def test_shapes_of_two_activations_name_no_config_but_a_release_hash_does():
         resolve_config(openai.shapes(), None, "ViT-B-32", "x", sha256=lambda: release)
 
 
+def test_the_hash_is_not_asked_where_no_fit_has_one():
+    """bigG's shapes fit ViT-bigG-14 and its quickgelu twin, neither with a registered release hash: the
+    file's SHA-256 could not decide, so it is never asked for (a conversion would wait for a 10 GB hash)."""
+    big = config_of("ViT-bigG-14")
+    fits = registry.by_shapes(big.shapes())
+    assert len(fits) == 2 and not any(e.sha256 for e in fits)
+
+    def never():
+        raise AssertionError("the hash was asked for")
+    config, source = resolve_config(big.shapes(), None, None, "x", sha256=never)
+    assert not config.complete and source.startswith("ambiguous")
+    assert resolve_config(big.shapes(), None, "ViT-bigG-14", "x", sha256=never) == (big, "given: ViT-bigG-14")
+
+
 def test_a_config_where_nothing_else_says_it():
     config = config_of("ViT-B/32")
     custom = replace(config, vision=replace(config.vision, layers=6))

@@ -63,7 +63,10 @@ def resolve_config(shapes: Config, metadata: Config | None, given, path,
         if entry is not None:
             found, source = entry.config, f"registry: {entry.name} (by {how})"
         elif fits:
-            release = registry.by_sha256(sha256()) if sha256 is not None else None
+            # the hash only where it can decide: a file is known by it only if one of the fits has one
+            # registered (bigG's two fits have none, and hashing 10 GB first would hold up the conversion)
+            known = sha256 is not None and any(e.sha256 for e in fits)
+            release = registry.by_sha256(sha256()) if known else None
             if release in fits:
                 found, source = release.config, f"registry: {release.name} (by its SHA-256)"
             else:
