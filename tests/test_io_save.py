@@ -99,10 +99,11 @@ def test_tensors_read_when_used_are_the_loaded_ones():
             assert same_bits(held[k], loaded[k]), k
 
 
-@pytest.mark.parametrize("to", ["torch", "safetensors"])
+@pytest.mark.parametrize("to", ["torch", "safetensors", "paddle"])
 def test_a_wrong_byte_in_a_streamed_file_is_caught(tmp_path, monkeypatch, to):
-    """The check re-reads the file tensor by tensor against the plan made again: one flipped bit fails it."""
-    module = {"torch": formats.torch_zip, "safetensors": formats.safetensors}[to]
+    """The check re-reads the file tensor by tensor against the digests of what was made: one flipped bit
+    fails it (in a .pdparams, a bit of a buffer that the check hashes where it lies)."""
+    module = {"torch": formats.torch_zip, "safetensors": formats.safetensors, "paddle": formats.pdparams}[to]
     real = module.write
 
     def corrupting(f, tensors, *rest):
@@ -117,6 +118,31 @@ def test_a_wrong_byte_in_a_streamed_file_is_caught(tmp_path, monkeypatch, to):
     out = tmp_path / f"x.{to}"
     refused(run("convert", release_archive("RN50"), "--to", to, "-o", out), "does not read back as written")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pdparams_read_unread_places_each_array_as_its_bytes_lie(tmp_path):
+    """The check's reader leaves each array unread (`Placed`); the hash of the bytes where it says they lie,
+    with its dtype, shape and memory order, is the digest of the array that the full reader gives: in C
+    and Fortran order, for a vector (both orders at once), a (1, n) Fortran array, an empty one, a scalar."""
+    from parity.io.formats import pdparams
+    from parity.io.formats.source import FileSource, hash_range
+    from parity.io.tensors import Digest, digest
+
+    rng = np.random.default_rng(1)
+    arrays = {"c": rng.standard_normal((40, 3000)).astype(np.float32), "f": np.asfortranarray(rng.standard_normal((300, 7))),
+              "row": np.asfortranarray(np.ones((1, 9), np.float16)), "v": np.arange(5), "e": np.zeros((0, 3), np.float32),
+              "s": np.array(2.5, np.float64)}
+    path = tmp_path / "x.pdparams"
+    with open(path, "wb") as f:
+        pdparams.write(f, arrays, None)
+    with FileSource(path) as source:
+        full, placed = formats.read(source).content, formats.read(source, unread=True).content
+        block = bytearray(1 << 12)  # smaller than "c": a range is hashed block by block
+        for k, a in arrays.items():
+            p = placed[k]
+            assert isinstance(p, pdparams.Placed) and same_bits(full[k], a), k
+            assert Digest(p.dtype.str, p.shape, p.fortran, hash_range(source, p.offset, p.nbytes, block)) == digest(full[k]), k
+    assert placed["f"].fortran and not placed["row"].fortran and not placed["c"].fortran
 
 
 def test_loaded_pdparams_arrays_are_writable(rn50_files):

@@ -25,8 +25,9 @@ from .checkpoint import META_PREFIX, Checkpoint
 from .content import parse_record, tensors_of, unwrap
 from ..errors import CheckpointError
 from .formats import Source, Stored, contiguous, pdparams, read, safetensors, torch_zip
+from .formats.source import hash_range
 from .formats.atomic import atomic_folder, atomic_write
-from .formats.pdparams import EXTRAS_KEY
+from .formats.pdparams import EXTRAS_KEY, Placed
 from .tensors import Digest, Planned, Record, digest
 
 FORMATS = {"pt": ".pt", "pdparams": ".pdparams", "safetensors": ".safetensors", "folder": ""}  # -> suffix
@@ -165,27 +166,12 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a.view(bits), b.view(bits)))
 
 
-class _Seen:
-    """What a checked .pdparams array is replaced by: its position, and whether it was the planned one."""
-
-    def __init__(self, index: int, same: bool):
-        self.index, self.same = index, same
-
-
 def _compare_pdparams(written: Source, digests: Mapping[str, Digest], record: dict | None,
                       wrap: tuple[str, str] | None) -> list[str]:
-    keys = list(digests)
-    seen: list[_Seen] = []
-
-    def visit(array: np.ndarray) -> _Seen:  # each array compared as it is read, then dropped
-        i = len(seen)
-        seen.append(_Seen(i, i < len(keys) and digest(array) == digests[keys[i]]))
-        return seen[-1]
-
-    top = read(written, visit=visit).content
+    top = read(written, unread=True).content  # each array's bytes hashed where they lie, never held
     if not isinstance(top, dict):
         return ["the file's top level"]
-    expected = [wrap[0]] if wrap is not None else list(keys)
+    expected = [wrap[0]] if wrap is not None else list(digests)
     expected += [EXTRAS_KEY] if record is not None else []
     bad = sorted(map(str, set(top) ^ set(expected)))
     content = top.get(wrap[0], {}) if wrap is not None else top
@@ -193,9 +179,14 @@ def _compare_pdparams(written: Source, digests: Mapping[str, Digest], record: di
     if not isinstance(content, dict):
         return bad + [f"the {wrap[0]!r} entry"]
     if wrap is not None:
-        bad += sorted(set(content) ^ {prefix + k for k in keys})
-    bad += [k for i, k in enumerate(keys) if not (isinstance(content.get(prefix + k), _Seen)
-                                                   and content[prefix + k].index == i and content[prefix + k].same)]
+        bad += sorted(set(content) ^ {prefix + k for k in digests})
+    block = bytearray(1 << 20)
+
+    def same(key: str) -> bool:
+        got = content.get(prefix + key)
+        return isinstance(got, Placed) and digests[key] == Digest(
+            got.dtype.str, got.shape, got.fortran, hash_range(written, got.offset, got.nbytes, block))
+    bad += [k for k in digests if not same(k)]
     if record is not None and EXTRAS_KEY in top and parse_record(top[EXTRAS_KEY], written.name) != record:
         bad.append("parity record")
     return bad

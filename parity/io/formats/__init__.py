@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import struct
-from typing import Callable
 
 from ...errors import CheckpointError
 from .raw import FORMAT_NAMES, RawCheckpoint
@@ -37,13 +36,13 @@ MALFORMED = (pickle.UnpicklingError, EOFError, ValueError, struct.error, Unicode
              MemoryError, RecursionError)
 
 
-def read(source: Source, visit: Callable | None = None) -> RawCheckpoint:
+def read(source: Source, unread: bool = False) -> RawCheckpoint:
     """Read any supported checkpoint from `source` into numpy arrays and `Stored` tensors, without
     running code from it; CheckpointError, naming the source, for anything else.
 
     The tensors it describes may take no more bytes than the source holds (each counted where it
-    appears), so memory follows the file's size, never what the file claims. `visit` (pickles only) is
-    given each array as it is read and returns what stands for it.
+    appears), so memory follows the file's size, never what the file claims. `unread` (pickles only): each
+    array is left where it lies (`pdparams.Placed`), never read.
     """
     from . import pdparams, safetensors, torch_zip
 
@@ -53,10 +52,10 @@ def read(source: Source, visit: Callable | None = None) -> RawCheckpoint:
         if kind == "zip":
             raw = torch_zip.read(source)
         elif kind == "pickle":
-            raw = pdparams.read(source, visit)
+            raw = pdparams.read(source, unread)
         else:
             raw = safetensors.read(source)
-        if visit is None:
+        if not unread:
             raw.stored_bytes = pdparams.check_plain(raw.content)
             if raw.stored_bytes > source.size:
                 raise CheckpointError(f"its tensors claim {raw.stored_bytes} bytes but the file holds "

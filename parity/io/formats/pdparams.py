@@ -7,10 +7,11 @@ tensor in hand is in memory; `paddle.load` reads what is written.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -101,26 +102,68 @@ def check_plain(obj, depth: int = 0) -> int:
     raise CheckpointError(f"unexpected {type(obj).__name__} object in the pickle")
 
 
-class _Visiting(NumpyUnpickler):
-    def __init__(self, file, visit: Callable):
+class Placed(NamedTuple):
+    """An array of a pickle left unread: its dtype, shape and memory order, and where its bytes lie."""
+
+    dtype: np.dtype
+    shape: tuple
+    fortran: bool  # Fortran order that is not also C order (numpy's flags: a vector is both)
+    offset: int
+    nbytes: int
+
+
+class _Span(NamedTuple):  # a BYTEARRAY8 buffer, skipped
+    offset: int
+    nbytes: int
+
+
+def _placed(buffer, dtype, shape, order="C") -> Placed:  # _frombuffer's checks, on a buffer left unread
+    if not isinstance(buffer, _Span) or not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC \
+            or order not in ("C", "F"):
+        raise UnsafeCheckpointError("refused a numpy buffer that is not plain bytes of a plain dtype")
+    if not isinstance(shape, tuple) or not all(type(s) is int and s >= 0 for s in shape):
+        raise CheckpointError("a numpy array with an impossible shape")
+    if math.prod(shape) * dtype.itemsize != buffer.nbytes:
+        raise CheckpointError(f"a numpy array of shape {list(shape)} whose buffer holds {buffer.nbytes} bytes")
+    fortran = order == "F" and 0 not in shape and sum(d > 1 for d in shape) > 1
+    return Placed(dtype, shape, fortran, buffer.offset, buffer.nbytes)
+
+
+class _Placing(pickle._Unpickler):
+    """pickle's own pure-Python unpickler (the C one reads every buffer into fresh memory), restricted as
+    NumpyUnpickler is, whose arrays are left unread: each BYTEARRAY8 buffer is skipped and the array
+    comes out as a `Placed`. For parity's check of what it wrote; a file of anyone else's is read whole."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file):
         super().__init__(file)
-        self.visit = visit
+        self.file = file
 
     def find_class(self, module, name):
-        target = super().find_class(module, name)
-        if target is _frombuffer:
-            return lambda *args: self.visit(_frombuffer(*args))
+        target = NumpyUnpickler.allowed.get((module, name))
+        if target is None:
+            raise unpickler.refused(module, name)
         if target is _reconstruct:
             raise CheckpointError("an array in the pickle's protocol-2 form where parity wrote protocol 5")
-        return target
+        return _placed if target is _frombuffer else target
+
+    def load_bytearray8(self):
+        (n,) = struct.unpack("<Q", self.read(8))
+        if self._unframer.current_frame is not None:  # then the bytes would lie in the frame, not the file
+            raise CheckpointError("a buffer inside a pickle frame, where parity writes none")
+        self.append(_Span(self.file.tell(), n))
+        self.file.seek(n, io.SEEK_CUR)  # `scan` has checked that it lies within the data
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
-def read(source: Source, visit: Callable | None = None):
-    """The pickle's content, arrays as numpy arrays. `visit` is given each array as it is read and returns
-    what stands for it (a check that holds one array at a time)."""
+def read(source: Source, unread: bool = False):
+    """The pickle's content, arrays as numpy arrays; with `unread`, as `Placed` (where each array's bytes
+    lie, never read: a check that hashes them in place)."""
 
     f = source.window()
-    content = unpickler.load(_Visiting(f, visit) if visit else NumpyUnpickler(f), f, source.size)
+    content = unpickler.load(_Placing(f) if unread else NumpyUnpickler(f), f, source.size)
     if isinstance(content, int) and content == LEGACY_TORCH_MAGIC:
         raise CheckpointError("torch's legacy pre-1.6 (non-zip) format is not read; re-save it with a "
                               "current torch (torch.save(torch.load(f, weights_only=True), new_file))")

@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from ...errors import CheckpointError
 
@@ -308,6 +309,18 @@ def sha256(source: Source | str | Path, entries: list[tuple[str, int, int, int]]
     if pending:
         raise CheckpointError(f"entry {pending[0][0]} reaches past the end of the file: truncated", path=source.name)
     return digest.hexdigest()
+
+
+def hash_range(source: Source, offset: int, length: int, block: bytearray) -> int:
+    """The XXH3-128 of `length` bytes of `source` at `offset` (what `tensors.digest` gives for an array of
+    those bytes), read through `block`, which is reused: no fresh memory per range."""
+    hasher = xxhash.xxh3_128()
+    view = memoryview(block)
+    for start in range(offset, offset + length, len(block)):
+        part = view[:min(len(block), offset + length - start)]
+        source.readinto(start, part)
+        hasher.update(part)
+    return hasher.intdigest()
 
 
 TILE = 256

@@ -181,13 +181,17 @@ class Restricted(pickle.Unpickler):
     def find_class(self, module, name):
         target = self.allowed.get((module, name)) or self.dynamic_class(module, name)
         if target is None:
-            raise UnsafeCheckpointError(
-                f"refused to load global {module}.{name}: a checkpoint may hold only tensors, numbers and "
-                "plain containers, so parity stopped reading (nothing in the file was run)")
+            raise refused(module, name)
         return target
 
     def dynamic_class(self, module, name):
         return None
+
+
+def refused(module, name) -> UnsafeCheckpointError:
+    """The error for a global that no unpickler of parity's admits."""
+    return UnsafeCheckpointError(f"refused to load global {module}.{name}: a checkpoint may hold only tensors, "
+                                 "numbers and plain containers, so parity stopped reading (nothing in the file was run)")
 
 
 def latin1(text, encoding="latin1"):
