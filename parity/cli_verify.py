@@ -269,12 +269,18 @@ def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, ju
     import time
 
     from .harness.report import markdown_table, write_verify_all
-    from .harness.sweep import sweep
+    from .harness.sweep import Stopped, sweep
 
     start = time.perf_counter()
+    name = f"parity verify-all, {selection.describe()}"
     try:
         results = sweep(selection.entries, weights_dir, seed, report_dir, show_steps(), **gate_options)
-    except ParityError as e:  # its message names the variant
+    except ParityError as e:  # its message names the variant; a CI gate still gets its JUnit, the error in it
+        if isinstance(e, Stopped):
+            click.echo(" stopped")  # the variant's progress line ends before the error's own line
+            if junit is not None:
+                from .harness.junit import stopped_suite, verify_suite
+                write_junit(junit, [*map(verify_suite, e.done), stopped_suite(e.variant, str(e))], name)
         if debugging():
             raise
         raise UserError(printable(str(e)))
@@ -286,7 +292,7 @@ def run_verify_all(selection, weights_dir: Path, seed: int, report_dir: Path, ju
     echo(f"wrote {md_path} and {json_path}; total {total:.1f} s")
     if junit is not None:
         from .harness.junit import verify_suite
-        write_junit(junit, [verify_suite(r) for r in results], f"parity verify-all, {selection.describe()}")
+        write_junit(junit, [verify_suite(r) for r in results], name)
     sys.exit(0 if all(r.passed for r in results) else 1)
 
 

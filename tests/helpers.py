@@ -97,7 +97,7 @@ def siglip_inputs(image_size: int, vocab_size: int, context: int = 16):
 
 def junit_cases(path) -> dict:
     """A JUnit file, validated against tests/junit.xsd (the structure CI systems read), as
-    {(suite, case): failure message or None}; its counts are checked against its cases."""
+    {(suite, case): failure (or error) message or None}; its counts are checked against its cases."""
     import xml.etree.ElementTree as ET
 
     import xmlschema
@@ -109,10 +109,12 @@ def junit_cases(path) -> dict:
         found = suite.findall("testcase")
         assert int(suite.get("tests")) == len(found)
         assert int(suite.get("failures")) == sum(c.find("failure") is not None for c in found)
+        assert int(suite.get("errors")) == sum(c.find("error") is not None for c in found)
         for c in found:
-            failure = c.find("failure")
+            failure = c.find("failure") if c.find("failure") is not None else c.find("error")
             cases[suite.get("name"), c.get("name")] = None if failure is None else failure.get("message")
     assert int(root.get("tests")) == len(cases)
+    assert int(root.get("errors")) == sum(int(s.get("errors")) for s in root.iter("testsuite"))
     return cases
 
 

@@ -166,6 +166,24 @@ def test_a_wrong_hash_is_never_official_and_a_right_one_meets_the_reference(file
     assert row["reference"]["passed"] is False and row["passed"] is False
 
 
+def test_a_variant_that_cannot_be_verified_stops_the_sweep_with_its_junit(tmp_path):
+    """Bad input (a release file name holding no checkpoint) stops verify-all with exit 2 and one line, and
+    a CI gate still gets its JUnit: the variant as a testcase in error, with the message."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "RN50.pt").write_bytes(b"not a checkpoint at all")
+    junit = tmp_path / "junit.xml"
+    result = CliRunner().invoke(main, ["verify-all", "--variant", "RN50", "--weights-dir", str(weights),
+                                       "--report-dir", str(tmp_path / "r"), "--junit", str(junit)])
+    assert result.exit_code == 2, result.output
+    assert "[1/1] RN50 (weights from " in result.output and "RN50.pt) ... stopped\n" in result.output
+    assert "RN50: " in result.output and "not a checkpoint" in result.output
+    cases = junit_cases(junit)
+    assert list(cases) == [("RN50", "verify")] and "not a checkpoint" in cases["RN50", "verify"]
+    root = ET.parse(junit).getroot()
+    assert root.get("errors") == "1" and root.find("testsuite/testcase/error").get("type") == "parity.bad_input"
+
+
 def test_synthetic_results_never_carry_reference_values(tmp_path):
     result = CliRunner().invoke(main, ["verify-all", "--variant", "RN50", "--weights-dir", str(tmp_path / "none"),
                                        "--report-dir", str(tmp_path)])

@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class Case:
-    """One testcase: `failure` is its message where it failed; `skipped` its reason where not gated."""
+    """One testcase: `failure` is its message where it failed; `skipped` its reason where not gated;
+    `error` where it could not be computed at all (bad input)."""
 
     name: str
     failure: str | None = None
     detail: str = ""
     skipped: str | None = None
+    error: str | None = None
 
 
 def _where(layer: str | None) -> str:
@@ -124,10 +126,16 @@ def export_suite(r: "ExportReport") -> ET.Element:
     return _suite(r.folder, f"parity.export.{r.format}", cases, props, r.seconds)
 
 
+def stopped_suite(variant: str, message: str) -> ET.Element:
+    """The suite of a variant that stopped a sweep (bad input: exit 2): one testcase in error, its message."""
+    return _suite(variant, "parity.verify", [Case("verify", error=message)], {"parity": __version__}, 0.0)
+
+
 def _suite(name: str, classname: str, cases: list[Case], properties: dict, seconds: float) -> ET.Element:
     suite = ET.Element("testsuite", {
         "name": name, "tests": str(len(cases)), "failures": str(sum(c.failure is not None for c in cases)),
-        "errors": "0", "skipped": str(sum(c.skipped is not None for c in cases)), "time": f"{seconds:.3f}",
+        "errors": str(sum(c.error is not None for c in cases)), "skipped": str(sum(c.skipped is not None for c in cases)),
+        "time": f"{seconds:.3f}",
         "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "hostname": platform.node()})
     props = ET.SubElement(suite, "properties")
     for key, value in properties.items():
@@ -136,6 +144,8 @@ def _suite(name: str, classname: str, cases: list[Case], properties: dict, secon
         case = ET.SubElement(suite, "testcase", {"classname": classname, "name": c.name, "time": "0"})
         if c.failure is not None:
             ET.SubElement(case, "failure", {"message": c.failure, "type": "parity.disagreement"}).text = c.detail
+        elif c.error is not None:
+            ET.SubElement(case, "error", {"message": c.error, "type": "parity.bad_input"})
         elif c.skipped is not None:
             ET.SubElement(case, "skipped", {"message": c.skipped})
         if c.detail and c.failure is None:
@@ -147,7 +157,8 @@ def write(path, suites: list[ET.Element], name: str = "parity") -> Path:
     """`testsuites` holding `suites`, written atomically to `path` (replacing what was there)."""
     root = ET.Element("testsuites", {
         "name": name, "tests": str(sum(int(s.get("tests")) for s in suites)),
-        "failures": str(sum(int(s.get("failures")) for s in suites)), "errors": "0",
+        "failures": str(sum(int(s.get("failures")) for s in suites)),
+        "errors": str(sum(int(s.get("errors")) for s in suites)),
         "skipped": str(sum(int(s.get("skipped")) for s in suites)),
         "time": f"{sum(float(s.get('time')) for s in suites):.3f}"})
     root.extend(suites)

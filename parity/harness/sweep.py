@@ -107,6 +107,18 @@ class Stages:
         return {name: round(seconds, 3) for name, seconds in self.seconds.items()}
 
 
+class Stopped(ParityError):
+    """A variant that could not be verified stopped the sweep: `variant` names it, `done` holds the reports
+    of the variants verified before it."""
+
+    def __init__(self, message: str = "", variant: str = "", done: list | None = None):
+        super().__init__(message)
+        self.variant, self.done = variant, done or []
+
+    def __reduce__(self):
+        return type(self), (self.message, self.variant, self.done), self.__dict__
+
+
 def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Path,
           progress: Callable[[Step], None] = lambda step: None, **options) -> list[Report]:
     """Each entry verified, in order: on `weights_dir / entry.filename` when the entry has a release file
@@ -114,7 +126,7 @@ def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Pa
     synthetic weights of `seed` (cached). `options`: verify's device, atol, rtol, noise_factor, quick. Each report is
     written under `report_dir` (`write_variant`); `progress` hears of each variant as it starts and as it ends,
     and of each stage of one that takes over 30 s (`Stages`).
-    ParityError, its message led by the variant's name, for a variant that cannot be verified."""
+    `Stopped` (a ParityError, its message led by the variant's name) for a variant that cannot be verified."""
     from ..api import verify as verify_file
     from ..models.frameworks import require
     from .weights import cached_state_dict
@@ -141,7 +153,7 @@ def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Pa
             write_variant(result, report_dir)
             result.stages = stages.done()
         except ParityError as e:
-            raise ParityError(f"{entry.name}: {e}") from e
+            raise Stopped(f"{entry.name}: {e}", entry.name, reports) from e
         gc.collect()
         reports.append(result)
         progress(Step(i, len(entries), entry, weights, result))
