@@ -17,6 +17,7 @@ from parity.cli import main
 from parity.config import registry
 from parity.errors import ParityError
 from parity.harness import junit, search
+from parity.harness.report import LayerDiagnosis
 from parity.harness.gate import Outputs
 from parity.io.convert import convert
 from parity.testing.synthetic import release_archive
@@ -85,6 +86,36 @@ def test_a_perturbed_bn_fails_on_the_users_data_and_names_the_layer(files, tmp_p
     assert all("first diverging layer: visual.layer3.2.bn2" in m for m in failed.values())
 
 
+def test_a_fault_the_canonical_pair_cannot_show_is_diagnosed_on_the_users_worst_image(files, tmp_path):
+    """ViT-B/32's patch convolution with a zero-sum change to each output channel's kernel, in the Paddle
+    copy: on the canonical image (a constant, no padding) every patch sums to what it summed to, so the
+    canonical pair agrees; on the user's images it does not. The layer diagnosis then runs on the user's
+    image (and caption) that part the frameworks most, and names the convolution there."""
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    convert(release_archive("ViT-B/32"), "paddle", folder / "ViT-B-32.pdparams")
+    with open(folder / "ViT-B-32.pdparams", "rb") as f:
+        content = pickle.load(f)  # our own file: plain pickle is fine here
+    weight = content["visual.conv1.weight"]  # (768, 3, 32, 32)
+    change = np.random.default_rng(2).normal(0, 0.3 * float(weight.std()), weight.shape)
+    change -= change.mean(axis=(1, 2, 3), keepdims=True)  # each output channel's kernel changes by a sum of 0
+    content["visual.conv1.weight"] = (weight + change).astype(np.float32)
+    with open(folder / "perturbed.pdparams", "wb") as f:
+        pickle.dump(content, f, protocol=4)
+    result = verify(release_archive("ViT-B/32"), folder / "perturbed.pdparams", "--images", files["images"],
+                    "--texts", files["texts"], "--skip-bad-images", "--report-dir", tmp_path, "--junit", tmp_path / "j.xml")
+    assert result.exit_code == 1, result.output
+    report = json.loads((tmp_path / "ViT-B-32.json").read_text())
+    assert all(d["passed"] for d in report["differences"].values())  # the canonical pair cannot show it
+    assert not report["search"]["differences"]["image_features"]["passed"]
+    layers = report["layers"]
+    assert layers["inputs"].startswith("your image '") and layers["first_divergence"] == "visual.conv1", layers["inputs"]
+    failed = {c: m for (_, c), m in junit_cases(tmp_path / "j.xml").items() if m}
+    assert "search image_features" in failed and all(f"visual.conv1 (on {layers['inputs']})" in m for m in failed.values())
+    assert f"compared on {layers['inputs']}" in (tmp_path / "ViT-B-32.md").read_text()
+    assert f"first module beyond its bound: visual.conv1 (on {layers['inputs']})" in result.output
+
+
 def test_a_ranking_changed_on_purpose_names_the_first_query_it_changes():
     """Paddle's text features for captions 3 and 7 swapped: text -> image query 3 is the first whose ranking
     differs, and every image's ranking of the captions changes."""
@@ -99,9 +130,10 @@ def test_a_ranking_changed_on_purpose_names_the_first_query_it_changes():
     t2i = found.rankings["text->image"]
     assert (t2i.first_differing_index, t2i.first_differing) == (3, CAPTIONS[3]) and not t2i.passed
     assert t2i.top1_agreement == 0.8 and not found.passed  # queries 3 and 7 (ties aside) find other images
-    failures = {c.name: c.failure for c in junit.search_cases(found, "visual.conv1") if c.failure}
+    layers = LayerDiagnosis("visual.conv1", 1, [], [], "your image 'img03.png' and caption #4")
+    failures = {c.name: c.failure for c in junit.search_cases(found, layers) if c.failure}
     assert CAPTIONS[3] in failures["search text->image"] and "#4" in failures["search text->image"]
-    assert "first diverging layer: visual.conv1" in failures["search text->image"]
+    assert "first diverging layer: visual.conv1 (on your image 'img03.png' and caption #4)" in failures["search text->image"]
     assert search.rank("x", image @ text.T, image @ text.T, [str(i) for i in range(12)], 5).first_differing is None
 
 

@@ -23,7 +23,7 @@ from ..version import __version__
 
 if TYPE_CHECKING:
     from ..exporter.verification import ExportReport
-    from .report import Report
+    from .report import LayerDiagnosis, Report
 
 
 @dataclass
@@ -38,18 +38,23 @@ class Case:
     error: str | None = None
 
 
-def _where(layer: str | None) -> str:
-    return f"first diverging layer: {layer or 'none found on the canonical pair'}"
+def _where(layers: LayerDiagnosis | None) -> str:
+    """Where the layer diagnosis (None: it did not run) found the frameworks part, and on which inputs."""
+    inputs = layers.inputs if layers is not None else "the canonical pair"
+    if layers is None or layers.first_divergence is None:
+        return f"first diverging layer: none found on {inputs}"
+    on = "" if inputs == "the canonical pair" else f" (on {inputs})"
+    return f"first diverging layer: {layers.first_divergence}{on}"
 
 
-def _cosines(name: str, f, what: str, layer: str | None) -> Case:
+def _cosines(name: str, f, what: str, layer: LayerDiagnosis | None) -> Case:
     """A feature over a set of inputs (`what`: "a photograph", "an embedding"), gated on each row's cosine."""
     detail = f"max |Δ| {f.max_abs:.3e}, least cosine {f.min_row_cosine:.8f} (bound {f.bound})"
     return Case(name, None if f.passed else
                 f"{name}: {what}'s cosine {f.min_row_cosine:.8f} is under {f.bound}; {_where(layer)}", detail)
 
 
-def _difference(name: str, d, layer: str | None, gated: bool) -> Case:
+def _difference(name: str, d, layer: LayerDiagnosis | None, gated: bool) -> Case:
     detail = (f"max |Δ| {d.max_abs:.3e}, bound {d.bound:.3e} ({d.bound_kind}), relative {d.relative:.3e}, "
               f"cosine {d.cosine:.8f}")
     if d.passed:
@@ -62,7 +67,7 @@ def _difference(name: str, d, layer: str | None, gated: bool) -> Case:
 
 def verify_cases(r: "Report") -> list[Case]:
     """The cases of one `verify` report, in the report's order."""
-    layer = r.layers.first_divergence if r.layers else None
+    layer = r.layers
     gated = set(r.gated if r.gated is not None else r.differences)
     cases = [_difference(name, d, layer, name in gated) for name, d in r.differences.items()]
     if r.photos:
@@ -84,7 +89,7 @@ def verify_cases(r: "Report") -> list[Case]:
     return cases
 
 
-def search_cases(s, layer: str | None) -> list[Case]:
+def search_cases(s, layer: LayerDiagnosis | None) -> list[Case]:
     """The user's data: each embedding, and each search direction (the first query whose ranking differs)."""
     cases = [_cosines(f"search {name}", f, "an embedding", layer) for name, f in s.differences.items()]
     for r in s.rankings.values():

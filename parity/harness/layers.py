@@ -1,5 +1,5 @@
-"""Layer diagnosis: every module's output in both frameworks on the canonical pair, and the first module,
-in execution order, beyond its bound. One tower of one framework is alive at a time."""
+"""Layer diagnosis: every module's output in both frameworks on the canonical pair (or another input pair),
+and the first module, in execution order, beyond its bound. One tower of one framework is alive at a time."""
 from __future__ import annotations
 
 import gc
@@ -20,7 +20,7 @@ def _first(output):
 
 
 def _record_torch_layers(model, image: np.ndarray, text: np.ndarray, towers) -> tuple[list[str], dict, dict]:
-    """Every module's float32 output on the canonical pair, and its float32 noise (float64 run)."""
+    """Every module's float32 output on the pair, and its float32 noise (float64 run)."""
     import torch
 
     order, outputs, noise = [], {}, {}
@@ -66,14 +66,17 @@ def _aligned(ref: np.ndarray, shape: tuple) -> np.ndarray | None:
 
 def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float, rtol: float,
                     devices: dict[str, str] | None = None, noise_factor: float = NOISE_FACTOR,
-                    towers=layouts.HUB.TOWERS, vocab_file=None) -> LayerDiagnosis:
+                    towers=layouts.HUB.TOWERS, vocab_file=None, inputs: tuple | None = None) -> LayerDiagnosis:
     """Per module (same names in both models), on the canonical pair: max |delta|, cosine, bound, and the
     first module in execution order beyond its bound (its own float32 noise floor counts, as above).
     One tower of one framework is alive at a time. `devices`: each framework's device, as
-    `select_device` gives them (default: the CPU)."""
+    `select_device` gives them (default: the CPU). `inputs`: (image (1, 3, R, R), tokens (1, L), what
+    they are) in place of the canonical pair."""
     devices = devices or {"torch": "cpu", "paddle": "cpu"}
-    resolution, context, kind = input_sizes(config)
-    image, text = canonical_inputs(resolution, context, kind, vocab_file)
+    if inputs is None:
+        resolution, context, kind = input_sizes(config)
+        inputs = (*canonical_inputs(resolution, context, kind, vocab_file), "the canonical pair")
+    image, text, label = inputs
     towers = [t for t in towers if t in config.towers]
     paddle = import_paddle()
     rows: dict[str, dict] = {}
@@ -116,4 +119,4 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float
     table = [rows[name] for name in dict.fromkeys(order) if name in rows]
     first = next((r["module"] for r in table if "passed" in r and not r["passed"]), None)
     return LayerDiagnosis(first_divergence=first, modules_compared=sum("passed" in r for r in table),
-                          modules_torch_only=sorted(set(order) - set(rows)), table=table)
+                          modules_torch_only=sorted(set(order) - set(rows)), table=table, inputs=label)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..version import __version__
-from ..errors import ParityError
+from ..errors import ParityError, printable
 from ..io.formats.atomic import atomic_write, write_bytes
 
 from . import search
@@ -53,13 +53,15 @@ class ReferenceCheck:
 
 @dataclass
 class LayerDiagnosis:
-    """Every module's output compared on the canonical pair (`table`: one row per module, in execution
-    order), and the first module beyond its bound (None: none)."""
+    """Every module's output compared on one input pair (`table`: one row per module, in execution
+    order), and the first module beyond its bound (None: none). `inputs` says which pair: the canonical
+    one, or where that agrees, the photograph or the user's image and caption that part the frameworks most."""
 
     first_divergence: str | None
     modules_compared: int
     modules_torch_only: list[str]
     table: list[dict]
+    inputs: str = "the canonical pair"
 
 
 @dataclass(kw_only=True)
@@ -165,7 +167,8 @@ def verdict(r: Report) -> str:
     if r.reference:
         text += f", reference {r.reference.logit:.4f} {'PASS' if r.reference.passed else 'FAIL'}"
     if r.layers is not None:
-        text += f"; first module beyond its bound: {r.layers.first_divergence or 'none'}"
+        on = "" if r.layers.inputs == "the canonical pair" else f" (on {printable(r.layers.inputs)})"
+        text += f"; first module beyond its bound: {r.layers.first_divergence or 'none'}{on}"
     return text
 
 
@@ -249,7 +252,7 @@ def variant_markdown(r: Report, picture: str | None) -> str:
         md += search.markdown(r.search)
     layers = r.layers
     if layers is not None:
-        md += ["", "## Layers", "", f"{layers.modules_compared} modules compared on the canonical pair; "
+        md += ["", "## Layers", "", f"{layers.modules_compared} modules compared on {printable(layers.inputs)}; "
                f"first beyond its bound: **{layers.first_divergence or 'none'}**.", ""]
         table = [row for row in layers.table if "passed" in row]
         shown = [row for row in table if not row["passed"]][:15] or \

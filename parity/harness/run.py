@@ -22,7 +22,7 @@ from .inputs import SampleSet, canonical_inputs, input_sizes, sample_set
 from ..models.frameworks import device_names, import_paddle, select_device
 from ..models.build import paddle_model, torch_model
 from .gate import (DEFAULT_ATOL, DEFAULT_RTOL, NOISE_FACTOR, Outputs, compare, cosine_features, float64, floor,
-                   similarity)
+                   row_cosines, similarity)
 from ..errors import ParityError
 from . import floors
 from .layers import diagnose_layers
@@ -239,13 +239,30 @@ def verify_pair(torch_sd: Mapping, paddle_sd: Mapping, config: Config, *, weight
     if reference is not None and len(towers) == 2:
         report.reference = reference_check(report, reference, atol)
         passed = passed and report.reference.passed
-    if layers or not passed:
+    if layers or not passed:  # on the pair that parts the frameworks
         stage("layer diagnosis")
         report.layers = diagnose_layers(torch_sd, paddle_sd, config, atol, rtol, devices, noise_factor, towers,
-                                        vocab_file)
+                                        vocab_file, _worst_pair(config, shots, user, t, p, report))
     report.passed, report.quick = passed, quick
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _worst_pair(config: Config, shots: SampleSet | None, user, t: SideResult, p: SideResult,
+                report: Report) -> tuple | None:
+    """Where the canonical pair's gated outputs agree and the photographs or the user's set do not, that
+    set's (image, tokens, what they are) whose features part the frameworks most (least cosine): a
+    diagnosis on the canonical pair would find nothing. Otherwise None (the canonical pair)."""
+    found = report.search if user is not None else report.photos
+    ours, theirs = (t.user, p.user) if user is not None else (t.photos, p.photos)
+    if found is None or found.passed or not config.whole or \
+            not all(report.differences[n].passed for n in report.gated):
+        return None
+    i, k = (int(np.argmin(row_cosines(ours[n], theirs[n]))) for n in ("image_features", "text_features"))
+    if user is not None:
+        return (user.images.one(i, user.prepare), user.tokens[k:k + 1],
+                f"your image {user.images.names[i]!r} and caption #{k + 1}")
+    return shots.images[i:i + 1], shots.tokens[k:k + 1], f"the photograph {shots.names[i]} and caption #{k + 1}"
 
 
 def _inputs(resolution: int, context: int, kind: str, vocab_file, towers, shots: SampleSet | None) -> dict:

@@ -97,10 +97,18 @@ class UserImages:
     def names(self) -> list[str]:
         return [p.name for p in self.paths]
 
+    def one(self, index: int, prepare) -> np.ndarray:
+        """`prepare(image)` of the `index`-th readable image, as a batch of one."""
+        return next(self._prepared(self.paths[index:index + 1], 1, prepare))
+
     def batches(self, size: int, prepare) -> Iterator[np.ndarray]:
         """`prepare(image)` of each readable image, stacked `size` at a time (decoded as its batch is made)."""
+        return self._prepared(self.paths, size, prepare)
+
+    @staticmethod
+    def _prepared(paths: list[Path], size: int, prepare) -> Iterator[np.ndarray]:
         batch = []
-        for path in self.paths:
+        for path in paths:
             try:
                 image = decode(path)
             except BadImage:
