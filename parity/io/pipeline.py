@@ -19,7 +19,7 @@ from .formats import bounded_json
 from .formats.atomic import atomic_write, publish_folder, write_bytes
 from .formats.temps import staging_folder
 from .formats.folders import refuse_overlap
-from .formats.source import open_source
+from .formats.source import blocks, open_source
 
 CHUNK = 16 << 20
 
@@ -149,8 +149,8 @@ def _copy_entry(src: Path, dst: Path) -> None:
     elif stat.S_ISREG(info.st_mode):
         with open_source(src) as source:  # read through one descriptor, bounded by the file's own size
             def write(f):
-                for offset in range(0, source.size, CHUNK):
-                    f.write(source.pread(offset, min(CHUNK, source.size - offset)))
+                for part in blocks(source, 0, source.size, bytearray(CHUNK)):
+                    f.write(part)
             atomic_write(dst, write, force=False)
     else:
         raise CheckpointError("not a regular file or folder: a pipeline's other files are copied, never followed",

@@ -57,12 +57,16 @@ def _scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype)[0]
 
 
-def _frombuffer(buffer, dtype, shape, order="C"):  # numpy's protocol-5 form of an array
-    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)) or not isinstance(dtype, np.dtype) \
-            or dtype.kind not in NUMERIC or order not in ("C", "F"):
+def _check_form(plain_buffer: bool, dtype, shape, order) -> None:
+    """The checks of numpy's protocol-5 form of an array, `_frombuffer(buffer, dtype, shape, order)`."""
+    if not plain_buffer or not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC or order not in ("C", "F"):
         raise UnsafeCheckpointError("refused a numpy buffer that is not plain bytes of a plain dtype")
     if not isinstance(shape, tuple) or not all(type(s) is int and s >= 0 for s in shape):
         raise CheckpointError("a numpy array with an impossible shape")
+
+
+def _frombuffer(buffer, dtype, shape, order="C"):  # numpy's protocol-5 form of an array
+    _check_form(isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)), dtype, shape, order)
     return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
 
 
@@ -118,11 +122,7 @@ class _Span(NamedTuple):  # a BYTEARRAY8 buffer, skipped
 
 
 def _placed(buffer, dtype, shape, order="C") -> Placed:  # _frombuffer's checks, on a buffer left unread
-    if not isinstance(buffer, _Span) or not isinstance(dtype, np.dtype) or dtype.kind not in NUMERIC \
-            or order not in ("C", "F"):
-        raise UnsafeCheckpointError("refused a numpy buffer that is not plain bytes of a plain dtype")
-    if not isinstance(shape, tuple) or not all(type(s) is int and s >= 0 for s in shape):
-        raise CheckpointError("a numpy array with an impossible shape")
+    _check_form(isinstance(buffer, _Span), dtype, shape, order)
     if math.prod(shape) * dtype.itemsize != buffer.nbytes:
         raise CheckpointError(f"a numpy array of shape {list(shape)} whose buffer holds {buffer.nbytes} bytes")
     fortran = order == "F" and 0 not in shape and sum(d > 1 for d in shape) > 1

@@ -16,6 +16,7 @@ import stat
 import sys
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import xxhash
@@ -287,14 +288,9 @@ def sha256(source: Source | str | Path, entries: list[tuple[str, int, int, int]]
     digest = hashlib.sha256()
     pending = sorted(entries, key=lambda e: e[1])
     crc, position = 0, 0
-    block = bytearray(1 << 22)
-    while position < source.size:
-        if stop is not None and stop.is_set():
-            raise CheckpointError("hashing stopped", path=source.name)
-        n = min(len(block), source.size - position)
-        view = memoryview(block)[:n]
-        source.readinto(position, view)
+    for view in blocks(source, 0, source.size, bytearray(1 << 22), stop):
         digest.update(view)
+        n = len(view)
         end = position + n
         while pending and pending[0][1] < end:
             name, start, length, expected = pending[0]
@@ -311,14 +307,25 @@ def sha256(source: Source | str | Path, entries: list[tuple[str, int, int, int]]
     return digest.hexdigest()
 
 
-def hash_range(source: Source, offset: int, length: int, block: bytearray) -> int:
-    """The XXH3-128 of `length` bytes of `source` at `offset` (what `tensors.digest` gives for an array of
-    those bytes), read through `block`, which is reused: no fresh memory per range."""
-    hasher = xxhash.xxh3_128()
+def blocks(source: Source, offset: int, length: int, block: bytearray,
+           stop: threading.Event | None = None) -> Iterator[memoryview]:
+    """`length` bytes of `source` from `offset`, one `block` at a time, each read into `block` (reused: no
+    fresh memory per block, and each view is valid until the next). `stop` set: CheckpointError before the
+    next read (the caller no longer needs the rest)."""
     view = memoryview(block)
     for start in range(offset, offset + length, len(block)):
+        if stop is not None and stop.is_set():
+            raise CheckpointError("hashing stopped", path=source.name)
         part = view[:min(len(block), offset + length - start)]
         source.readinto(start, part)
+        yield part
+
+
+def hash_range(source: Source, offset: int, length: int, block: bytearray) -> int:
+    """The XXH3-128 of `length` bytes of `source` at `offset` (what `tensors.digest` gives for an array of
+    those bytes), read through `block`."""
+    hasher = xxhash.xxh3_128()
+    for part in blocks(source, offset, length, block):
         hasher.update(part)
     return hasher.intdigest()
 
