@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from xml.etree import ElementTree as ET
 
 from ..io.formats.atomic import write_bytes
+from .report import CANONICAL
 from ..version import __version__
 
 if TYPE_CHECKING:
@@ -40,11 +41,9 @@ class Case:
 
 def _where(layers: LayerDiagnosis | None) -> str:
     """Where the layer diagnosis (None: it did not run) found the frameworks part, and on which inputs."""
-    inputs = layers.inputs if layers is not None else "the canonical pair"
     if layers is None or layers.first_divergence is None:
-        return f"first diverging layer: none found on {inputs}"
-    on = "" if inputs == "the canonical pair" else f" (on {inputs})"
-    return f"first diverging layer: {layers.first_divergence}{on}"
+        return f"first diverging layer: none found on {layers.inputs if layers is not None else CANONICAL}"
+    return f"first diverging layer: {layers.first_divergence}{layers.on()}"
 
 
 def _cosines(name: str, f, what: str, layer: LayerDiagnosis | None) -> Case:

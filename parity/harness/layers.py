@@ -13,7 +13,7 @@ from ..models.build import paddle_model, torch_model
 from ..models.frameworks import import_paddle
 from .gate import NOISE_FACTOR, Difference, float64
 from .inputs import canonical_inputs, input_sizes
-from .report import LayerDiagnosis
+from .report import CANONICAL, LayerDiagnosis
 
 def _first(output):
     return output[0] if isinstance(output, (tuple, list)) else output  # torch's MultiheadAttention: (out, weights)
@@ -75,7 +75,7 @@ def diagnose_layers(torch_sd: dict, paddle_sd: dict, config: Config, atol: float
     devices = devices or {"torch": "cpu", "paddle": "cpu"}
     if inputs is None:
         resolution, context, kind = input_sizes(config)
-        inputs = (*canonical_inputs(resolution, context, kind, vocab_file), "the canonical pair")
+        inputs = (*canonical_inputs(resolution, context, kind, vocab_file), CANONICAL)
     image, text, label = inputs
     towers = [t for t in towers if t in config.towers]
     paddle = import_paddle()

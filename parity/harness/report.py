@@ -51,6 +51,9 @@ class ReferenceCheck:
     passed: bool
 
 
+CANONICAL = "the canonical pair"  # the inputs a layer diagnosis runs on unless told others
+
+
 @dataclass
 class LayerDiagnosis:
     """Every module's output compared on one input pair (`table`: one row per module, in execution
@@ -61,7 +64,11 @@ class LayerDiagnosis:
     modules_compared: int
     modules_torch_only: list[str]
     table: list[dict]
-    inputs: str = "the canonical pair"
+    inputs: str = CANONICAL
+
+    def on(self) -> str:
+        """"" on the canonical pair, else " (on <the inputs>)": what follows the layer where it is named."""
+        return "" if self.inputs == CANONICAL else f" (on {printable(self.inputs)})"
 
 
 @dataclass(kw_only=True)
@@ -167,8 +174,7 @@ def verdict(r: Report) -> str:
     if r.reference:
         text += f", reference {r.reference.logit:.4f} {'PASS' if r.reference.passed else 'FAIL'}"
     if r.layers is not None:
-        on = "" if r.layers.inputs == "the canonical pair" else f" (on {printable(r.layers.inputs)})"
-        text += f"; first module beyond its bound: {r.layers.first_divergence or 'none'}{on}"
+        text += f"; first module beyond its bound: {r.layers.first_divergence or 'none'}{r.layers.on()}"
     return text
 
 

@@ -115,9 +115,6 @@ class Stopped(ParityError):
         super().__init__(message)
         self.variant, self.done = variant, done or []
 
-    def __reduce__(self):
-        return type(self), (self.message, self.variant, self.done), self.__dict__
-
 
 def sweep(entries: Sequence[Entry], weights_dir: Path, seed: int, report_dir: Path,
           progress: Callable[[Step], None] = lambda step: None, **options) -> list[Report]:
